@@ -1,0 +1,40 @@
+"""seamless: run Python functions and shell commands as cached, content-addressed transformations.
+
+This module stays light: ``import seamless`` loads neither numpy nor the compiled core, so the
+command line's cache-hit path stays close to a bare interpreter start.  ``Checksum``, ``close``
+and the submodules ``config``, ``errors`` and ``transformer`` load on first attribute access.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+__all__ = ["Checksum", "close", "config", "errors", "transformer"]
+
+_SUBMODULES = {"config", "errors", "transformer", "cache"}
+
+
+def close():
+    """Stop the executors and flush pending persistent-cache writes.
+
+    Safe to call more than once; also runs at interpreter exit (for the cache flush).
+    """
+    import sys
+
+    dispatch = sys.modules.get("seamless.execution.dispatch")
+    if dispatch is not None:
+        dispatch.close()
+    cache = sys.modules.get("seamless.cache")
+    if cache is not None:
+        cache.flush()
+
+
+def __getattr__(name):
+    if name == "Checksum":
+        from .checksum import Checksum
+
+        return Checksum
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'seamless' has no attribute {name!r}")

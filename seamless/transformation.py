@@ -1,0 +1,325 @@
+"""The ``Transformation`` handle (python-api.md, sections 3-6).
+
+A handle is built by calling a delayed transformer.  It owns the canonical encodings of its
+arguments (snapshots taken at build time), knows its transformation checksum (or computes it
+once its dependencies are done), and moves through
+
+    pending -> running -> done | failed        pending/running -> cancelled
+
+Every member is thread-safe: state changes happen under the handle's lock and waiters block on
+its event.  The outcome arrives from the dispatcher (``_job_finished``); a failure is kept as
+text and turned into a ``TransformationError`` only when someone asks for the value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from .checksum import Checksum, _trusted
+from .encoding import Encoded, canonical_json, decode
+from .errors import RemoteTraceback, TransformationCancelledError, TransformationError
+from .execution import dispatch
+from .execution.runner import Failure, Outcome, Work
+
+__all__ = ["Transformation"]
+
+PENDING, RUNNING, DONE, FAILED, CANCELLED = "pending", "running", "done", "failed", "cancelled"
+_FINISHED = (DONE, FAILED, CANCELLED)
+_NO_VALUE = object()
+
+
+def description_checksum(code_checksum: str, arguments: dict, statics: str) -> Checksum:
+    """SHA-256 of the canonical description (identity-and-cache.md, section 2).
+
+    ``arguments``: name -> (kind, checksum); ``statics``: the canonical text of the
+    ``"encoding"``..``"result"`` members, fixed per transformer state.  Built as text because
+    the key order is fixed, so no dict has to be sorted per call.
+    """
+    import hashlib
+
+    args = ",".join(f'"{name}":["{kind}","{cs}"]' for name, (kind, cs) in sorted(arguments.items()))
+    text = '{"arguments":{' + args + '},"code":"' + code_checksum + '",' + statics
+    return _trusted(hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+
+class Transformation:
+    """Handle of one transformation; built by calling a delayed transformer."""
+
+    _seamless_handle = True
+    __slots__ = ("name", "_code", "_params", "_arguments", "_values", "_functions", "_modules",
+                 "_statics", "_local", "_checksum", "_status", "_outcome", "_failure_line",
+                 "_job", "_event", "_lock", "_callbacks", "_value", "__weakref__")
+
+    def __init__(self, name, code, params, arguments, values, functions, modules, statics,
+                 local):
+        self.name = name
+        self._code = code
+        self._params = params
+        self._arguments = arguments    # name -> Encoded | Transformation (dependency)
+        self._values = values
+        self._functions = functions
+        self._modules = modules
+        self._statics = statics
+        self._local = local
+        self._status = PENDING
+        self._outcome: Outcome | None = None
+        self._failure_line: str | None = None
+        self._job = None
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list = []
+        self._value = _NO_VALUE
+        self._checksum = None
+        if not any(isinstance(a, Transformation) for a in arguments.values()):
+            self._checksum = self._compute_checksum(arguments)
+
+    # ------------------------------------------------------------ identity
+
+    def _compute_checksum(self, arguments) -> Checksum:
+        return description_checksum(
+            self._code.checksum, {n: (e.kind, e.checksum) for n, e in arguments.items()},
+            self._statics)
+
+    def _dependencies(self):
+        return [a for a in self._arguments.values() if isinstance(a, Transformation)]
+
+    def _unfinished_dependencies(self):
+        return [d for d in self._dependencies() if d._status not in _FINISHED]
+
+    def _resolved_arguments(self):
+        """Arguments with dependencies replaced by their results; or the first failed dependency."""
+        out = {}
+        for name, arg in self._arguments.items():
+            if isinstance(arg, Transformation):
+                if arg._status != DONE:
+                    return None, (name, arg)
+                out[name] = arg._outcome.result
+            else:
+                out[name] = arg
+        return out, None
+
+    def _resolve(self):
+        """(checksum, Work) once dependencies are done; None after failing for a dependency."""
+        arguments, failed = self._resolved_arguments()
+        if failed is not None:
+            self._fail_dependency(*failed)
+            return None
+        if self._checksum is None:
+            self._checksum = self._compute_checksum(arguments)
+        work = Work(self.name, self._code, self._params, arguments, self._values,
+                    self._functions, self._modules)
+        return self._checksum, work
+
+    def _provisional_checksum(self) -> Checksum:
+        """Identity used in messages when a dependency never produced a result: each
+        dependency stands in with its own transformation checksum."""
+        args = {}
+        for name, arg in self._arguments.items():
+            if isinstance(arg, Transformation):
+                args[name] = ("transformation", arg._provisional_checksum()
+                              if arg._checksum is None else arg._checksum)
+            else:
+                args[name] = (arg.kind, arg.checksum)
+        return description_checksum(self._code.checksum, args, self._statics)
+
+    def _label(self) -> str:
+        cs = self._checksum or self._provisional_checksum()
+        return f"transformation {self.name} ({cs[:12]})"
+
+    # ------------------------------------------------------------ completion
+
+    def _job_finished(self, outcome: Outcome):
+        with self._lock:
+            if self._status != RUNNING:
+                return  # cancelled meanwhile: the outcome is not ours any more
+            self._job = None
+            self._outcome = outcome
+            if outcome.failure is None:
+                self._status = DONE
+            else:
+                self._status = FAILED
+                self._failure_line = f"{self._label()} failed with {outcome.failure.summary}"
+        self._settle()
+
+    def _fail_dependency(self, name, dep):
+        how = "was cancelled" if dep._status == CANCELLED else \
+            f"failed with {dep._outcome.failure.summary}" if dep._outcome is not None \
+            and dep._outcome.failure is not None else f"failed: {dep._failure_line}"
+        with self._lock:
+            if self._status != RUNNING:
+                return
+            text = dep.exception or ""
+            self._outcome = Outcome(None, Failure(f"dependency {name!r} {how}", text), 0.0)
+            self._status = FAILED
+            dep_cs = dep._checksum or dep._provisional_checksum()
+            self._failure_line = (f"{self._label()} failed: its dependency {name!r} "
+                                  f"(transformation {dep.name}, {dep_cs[:12]}) {how}")
+        self._settle()
+
+    def _settle(self):
+        self._event.set()
+        with self._lock:
+            callbacks, self._callbacks = self._callbacks, []
+        for cb in callbacks:
+            cb(self)
+
+    def _add_done_callback(self, cb):
+        """Call ``cb(handle)`` once finished (now, if it already is)."""
+        with self._lock:
+            if self._status not in _FINISHED:
+                self._callbacks.append(cb)
+                return
+        cb(self)
+
+    def _wait(self):
+        if not self._event.is_set():
+            dispatch.help_run(self)
+            try:
+                self._event.wait()
+            except KeyboardInterrupt:
+                self.cancel()
+                raise
+
+    def _error(self) -> TransformationError:
+        if self._status == CANCELLED:
+            err = TransformationCancelledError(self._failure_line, checksum=self._checksum,
+                                               traceback=self._failure_line, name=self.name)
+            return err
+        text = self._outcome.failure.text
+        err = TransformationError(f"{self._failure_line}\n{text}", checksum=self._checksum,
+                                  traceback=text, name=self.name)
+        err.__cause__ = RemoteTraceback(text)
+        return err
+
+    # ------------------------------------------------------------ public API
+
+    def start(self) -> "Transformation":
+        """Schedule the computation without blocking; returns self."""
+        with self._lock:
+            if self._status != PENDING:
+                return self
+            self._status = RUNNING
+        dispatch.start(self)
+        return self
+
+    def run(self):
+        """Start if needed, block until finished, return the value (or raise)."""
+        self.start()
+        self._wait()
+        return self.value
+
+    def compute(self) -> Checksum | None:
+        """Start if needed, block, return the result checksum; None on failure or cancel."""
+        self.start()
+        self._wait()
+        return self.result_checksum
+
+    def task(self) -> "asyncio.Task":
+        """An asyncio task on the running loop resolving to the value (``await tf.task()``)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "tf.task() needs a running event loop; in synchronous code use tf.run()"
+            ) from None
+        future = loop.create_future()
+
+        def settle(_handle):
+            def set_done():
+                if not future.done():
+                    future.set_result(None)
+            try:
+                loop.call_soon_threadsafe(set_done)
+            except RuntimeError:
+                return  # the loop closed; nobody awaits this any more
+
+        self.start()
+        self._add_done_callback(settle)
+
+        async def wait_for_value():
+            await future
+            return self.value
+
+        return loop.create_task(wait_for_value())
+
+    @property
+    def value(self):
+        status = self._status
+        if status == DONE:
+            if self._value is _NO_VALUE:
+                result: Encoded = self._outcome.result
+                self._value = decode(result.kind, result.buffer, result.checksum)
+            return self._value
+        if status in (FAILED, CANCELLED):
+            raise self._error()
+        raise RuntimeError(f"{self._label()} is still running; call .run() to wait for it, "
+                           f"or await tf.task()")
+
+    @property
+    def exception(self) -> str | None:
+        if self._status == FAILED:
+            return self._outcome.failure.text
+        if self._status == CANCELLED:
+            return self._failure_line
+        return None
+
+    @property
+    def checksum(self) -> Checksum:
+        """The transformation checksum; waits for unfinished dependencies."""
+        if self._checksum is None:
+            for dep in self._dependencies():
+                dep.start()
+                dep._wait()
+            arguments, failed = self._resolved_arguments()
+            if failed is not None:
+                name, dep = failed
+                raise TransformationError(
+                    f"the checksum of {self._label()} is unknown: its dependency {name!r} "
+                    f"({dep._label()}) did not finish successfully (status {dep._status})",
+                    checksum=None, traceback=dep.exception, name=self.name)
+            with self._lock:
+                if self._checksum is None:
+                    self._checksum = self._compute_checksum(arguments)
+        return self._checksum
+
+    transformation_checksum = checksum
+
+    @property
+    def result_checksum(self) -> Checksum | None:
+        if self._status == DONE:
+            return self._outcome.result.checksum
+        return None
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    def cancel(self) -> bool:
+        """Cancel a pending or running handle (terminal); False if it had finished."""
+        with self._lock:
+            if self._status in _FINISHED:
+                return False
+            self._status = CANCELLED
+            self._failure_line = (
+                f"{self._label()} was cancelled (by .cancel(), or by parallel() stopping "
+                f"early); build a new handle to run it again")
+        if self._job is not None:
+            dispatch.withdraw(self)
+            self._job = None
+        self._settle()
+        return True
+
+    def clear_exception(self):
+        """Turn a failed handle back into a pending one, so the next start executes again."""
+        with self._lock:
+            if self._status != FAILED:
+                return
+            self._status = PENDING
+            self._outcome = None
+            self._failure_line = None
+            self._event = threading.Event()
+
+    def __repr__(self):
+        cs = self._checksum[:12] if self._checksum else "?"
+        return f"<Transformation {self.name} ({cs}) {self._status}>"
