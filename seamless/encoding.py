@@ -48,10 +48,14 @@ class Encoded(NamedTuple):
     buffer: object
 
 
+_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                        allow_nan=True)
+
+
 def canonical_json(value) -> str:
-    """The canonical JSON text of section 1.1."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=True)
+    """The canonical JSON text of section 1.1 (one shared encoder: json.dumps with these
+    options would build a new one per call)."""
+    return _JSON.encode(value)
 
 
 def type_name(value) -> str:
@@ -130,7 +134,17 @@ def encode(value, what: str = "value", fix: str = "pass the data, not the object
         raise TypeError(msg.replace("; supported", exc.detail + "; supported", 1)) from None
 
 
+def _json_encoded(data: bytes) -> Encoded:
+    return Encoded("json", _trusted(hashlib.sha256(data).hexdigest()), data)
+
+
 def _encode(value, what, cls) -> Encoded:
+    if cls is int:
+        enc = _json_encoded(int.__repr__(value).encode())
+        _remember_small(cls, value, enc)
+        return enc
+    if cls is float or cls is bool or value is None:
+        return _json_encoded(canonical_json(value).encode())
     np = _numpy()
     if cls is str or isinstance(value, str):
         try:
@@ -158,10 +172,7 @@ def _encode(value, what, cls) -> Encoded:
     except UnicodeEncodeError as exc:
         raise ValueError(f"{what} holds a str with a lone surrogate (pass bytes for binary data)"
                          ) from exc
-    enc = Encoded("json", _trusted(hashlib.sha256(data).hexdigest()), data)
-    if cls is int:
-        _remember_small(cls, value, enc)
-    return enc
+    return _json_encoded(data)
 
 
 _small_cache: dict = {}

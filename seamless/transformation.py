@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from hashlib import sha256
 
 from .checksum import Checksum, _trusted
 from .encoding import Encoded, canonical_json, decode
@@ -36,11 +37,10 @@ def description_checksum(code_checksum: str, arguments: dict, statics: str) -> C
     ``"encoding"``..``"result"`` members, fixed per transformer state.  Built as text because
     the key order is fixed, so no dict has to be sorted per call.
     """
-    import hashlib
-
-    args = ",".join(f'"{name}":["{kind}","{cs}"]' for name, (kind, cs) in sorted(arguments.items()))
+    names = sorted(arguments) if len(arguments) > 1 else arguments
+    args = ",".join([f'"{n}":["{arguments[n][0]}","{arguments[n][1]}"]' for n in names])
     text = '{"arguments":{' + args + '},"code":"' + code_checksum + '",' + statics
-    return _trusted(hashlib.sha256(text.encode("utf-8")).hexdigest())
+    return _trusted(sha256(text.encode("utf-8")).hexdigest())
 
 
 class Transformation:
@@ -66,20 +66,22 @@ class Transformation:
         self._outcome: Outcome | None = None
         self._failure_line: str | None = None
         self._job = None
-        self._event = threading.Event()
+        self._event = None  # made by start(): a handle that is never started never needs it
         self._lock = threading.Lock()
         self._callbacks: list = []
         self._value = _NO_VALUE
         self._checksum = None
-        if not any(isinstance(a, Transformation) for a in arguments.values()):
+        for a in arguments.values():
+            if type(a) is Transformation:
+                break
+        else:
             self._checksum = self._compute_checksum(arguments)
 
     # ------------------------------------------------------------ identity
 
     def _compute_checksum(self, arguments) -> Checksum:
-        return description_checksum(
-            self._code.checksum, {n: (e.kind, e.checksum) for n, e in arguments.items()},
-            self._statics)
+        """``arguments``: name -> Encoded (a (kind, checksum, buffer) tuple)."""
+        return description_checksum(self._code.checksum, arguments, self._statics)
 
     def _dependencies(self):
         return [a for a in self._arguments.values() if isinstance(a, Transformation)]
@@ -158,6 +160,9 @@ class Transformation:
         self._settle()
 
     def _settle(self):
+        with self._lock:
+            if self._event is None:  # cancelled before it was ever started
+                self._event = threading.Event()
         self._event.set()
         with self._lock:
             callbacks, self._callbacks = self._callbacks, []
@@ -173,6 +178,7 @@ class Transformation:
         cb(self)
 
     def _wait(self):
+        """Block until finished; only called after start() (so the event exists)."""
         if not self._event.is_set():
             dispatch.help_run(self)
             try:
@@ -200,6 +206,7 @@ class Transformation:
             if self._status != PENDING:
                 return self
             self._status = RUNNING
+            self._event = threading.Event()
         dispatch.start(self)
         return self
 
@@ -318,7 +325,7 @@ class Transformation:
             self._status = PENDING
             self._outcome = None
             self._failure_line = None
-            self._event = threading.Event()
+            self._event = None
 
     def __repr__(self):
         cs = self._checksum[:12] if self._checksum else "?"
