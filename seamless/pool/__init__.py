@@ -1,0 +1,1 @@
+"""The local worker pool (worker-pool.md)."""

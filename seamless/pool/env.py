@@ -1,0 +1,163 @@
+"""What the machine allows this process to use: CPUs and memory (worker-pool.md, section 1).
+
+Data flow: read-only.  Each call reads the affinity mask and a few small files under the cgroup
+mount (``/sys/fs/cgroup``) and ``/proc``; nothing is cached, so a changed limit is seen by the next
+call.  Used by ``seamless.config`` for the defaults of ``workers`` and ``memory_cache``, and by
+the pool.  Stdlib only, so ``seamless.config`` stays light.
+
+Limits are looked up the way the kernel applies them: in the process's own cgroup (from
+``/proc/self/cgroup``) and in each ancestor up to the mount root, the lowest one winning.  Both
+cgroup v2 (``cpu.max``, ``memory.max``) and v1 (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``,
+``memory.limit_in_bytes``) are understood; a missing or unreadable file means "no limit there".
+The paths are parameters so tests can point them at a fake tree.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+__all__ = ["usable_cpu_count", "physical_memory"]
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+PROC_SELF_CGROUP = "/proc/self/cgroup"
+MEMINFO = "/proc/meminfo"
+
+# cgroup v1 mount directory names that may hold the cpu / memory controller
+_V1_CPU_DIRS = ("cpu", "cpu,cpuacct", "cpuacct,cpu")
+_V1_MEMORY_DIRS = ("memory",)
+
+
+def usable_cpu_count(cgroup_root: str = CGROUP_ROOT, proc_cgroup: str = PROC_SELF_CGROUP) -> int:
+    """The number of CPUs this process may use: affinity mask, lowered to the cgroup CPU quota.
+
+    The quota (``quota / period``) is rounded up, so 1.5 CPUs count as 2; never below 1.
+    """
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = _cpu_quota(cgroup_root, proc_cgroup)
+    if quota is not None:
+        count = min(count, math.ceil(quota))
+    return max(1, count)
+
+
+def physical_memory(cgroup_root: str = CGROUP_ROOT, meminfo: str = MEMINFO,
+                    proc_cgroup: str = PROC_SELF_CGROUP) -> int:
+    """Bytes of memory this process may use: ``MemTotal``, lowered to the cgroup memory limit."""
+    total = _mem_total(meminfo)
+    limit = _memory_limit(cgroup_root, proc_cgroup)
+    if limit is not None and limit > 0:
+        total = min(total, limit)
+    return max(1, total)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _cgroup_paths(proc_cgroup: str) -> tuple[str | None, dict[str, str]]:
+    """The process's cgroup v2 path and its v1 paths by controller, from /proc/self/cgroup."""
+    text = _read(proc_cgroup)
+    v2 = None
+    v1: dict[str, str] = {}
+    if text is None:
+        return v2, v1
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
+            v2 = path
+        else:
+            for controller in controllers.split(","):
+                v1[controller] = path
+    return v2, v1
+
+
+def _dirs_upwards(base: str, path: str | None) -> list[str]:
+    """``base/path`` and each of its ancestors up to ``base`` itself (deepest first)."""
+    dirs = []
+    if path:
+        parts = [p for p in path.split("/") if p and p not in (".", "..")]
+        while parts:
+            dirs.append(os.path.join(base, *parts))
+            parts.pop()
+    dirs.append(base)
+    return dirs
+
+
+def _cpu_quota(cgroup_root: str, proc_cgroup: str) -> float | None:
+    """The lowest CPU quota (in CPUs) found along the process's cgroups, or None."""
+    v2_path, v1_paths = _cgroup_paths(proc_cgroup)
+    quotas = []
+    for d in _dirs_upwards(cgroup_root, v2_path):
+        text = _read(os.path.join(d, "cpu.max"))
+        if text is None:
+            continue
+        fields = text.split()
+        if len(fields) >= 1 and fields[0] != "max":
+            try:
+                quota = int(fields[0])
+                period = int(fields[1]) if len(fields) > 1 else 100000
+            except ValueError:
+                continue
+            if quota > 0 and period > 0:
+                quotas.append(quota / period)
+    for name in _V1_CPU_DIRS:
+        base = os.path.join(cgroup_root, name)
+        for d in _dirs_upwards(base, v1_paths.get("cpu")):
+            q = _read(os.path.join(d, "cpu.cfs_quota_us"))
+            p = _read(os.path.join(d, "cpu.cfs_period_us"))
+            if q is None or p is None:
+                continue
+            try:
+                quota, period = int(q.strip()), int(p.strip())
+            except ValueError:
+                continue
+            if quota > 0 and period > 0:
+                quotas.append(quota / period)
+    return min(quotas) if quotas else None
+
+
+def _memory_limit(cgroup_root: str, proc_cgroup: str) -> int | None:
+    """The lowest memory limit (bytes) found along the process's cgroups, or None."""
+    v2_path, v1_paths = _cgroup_paths(proc_cgroup)
+    limits = []
+    for d in _dirs_upwards(cgroup_root, v2_path):
+        text = _read(os.path.join(d, "memory.max"))
+        if text is not None and text.strip().isdigit():
+            limits.append(int(text.strip()))
+    for name in _V1_MEMORY_DIRS:
+        base = os.path.join(cgroup_root, name)
+        for d in _dirs_upwards(base, v1_paths.get("memory")):
+            text = _read(os.path.join(d, "memory.limit_in_bytes"))
+            if text is not None and text.strip().isdigit():
+                limits.append(int(text.strip()))
+    return min(limits) if limits else None
+
+
+def _mem_total(meminfo: str) -> int:
+    text = _read(meminfo)
+    if text is not None:
+        for line in text.splitlines():
+            if line.startswith("MemTotal:"):
+                fields = line.split()
+                try:
+                    value = int(fields[1])
+                except (IndexError, ValueError):
+                    break
+                unit = fields[2].lower() if len(fields) > 2 else "kb"
+                return value * 1024 if unit == "kb" else value
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        # no /proc and no sysconf (not Linux): assume a small machine, so the default
+        # memory_cache (a quarter of this) stays modest
+        return 4 * 2**30
