@@ -1,0 +1,166 @@
+"""The caches of this process, as module-level singletons (identity-and-cache.md, 3-4).
+
+- ``memory_results``: a ``ResultMap`` (transformation checksum -> (kind, result checksum)).
+- ``memory_buffers``: a ``BufferCache`` whose byte bound follows ``seamless.config``'s
+  ``memory_cache``: every ``get``/``put`` compares ``config.generation()`` with the generation it
+  last applied and, when it changed, re-reads the bound (shrinking evicts at once).
+- ``persistent()``: the ``PersistentCache`` of ``config.get("cache")``, or ``None`` when the
+  persistent cache is off. One instance per directory, opened on first use and kept for the life
+  of the process (a directory that was configured earlier may still have queued writes). A
+  directory that cannot be opened gives one ``CacheWarning`` and ``None`` for the rest of the
+  process; the Python API then works from memory only.
+- ``flush()``: waits for the queued writes of every open persistent cache; registered with
+  ``atexit`` (and called by ``seamless.close()``).
+
+Naming: ``seamless.cache.persistent`` as an attribute is the function ``persistent()``; the module
+of the same name is reached with ``from seamless.cache.persistent import PersistentCache`` or
+``importlib.import_module("seamless.cache.persistent")``.
+
+Light module: it imports the standard library (``sqlite3`` included) and ``seamless.errors``,
+``seamless.checksum``; ``seamless.config`` only on first use, never numpy or ``seamless._ipc``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+
+from seamless.cache import persistent as _persistent_module
+from seamless.cache.memory import BufferCache, ResultMap
+from seamless.cache.persistent import PersistentCache, warn_cache
+from seamless.errors import CacheError, ConfigurationError
+
+__all__ = [
+    "memory_results", "memory_buffers", "persistent", "flush",
+    "ResultMap", "BufferCache", "PersistentCache",
+]
+
+_log = logging.getLogger("seamless")
+
+
+def _config():
+    """The ``seamless.config`` module, imported on first use (it may read files)."""
+    global _config_module
+    if _config_module is None:
+        from seamless import config as module
+        _config_module = module
+    return _config_module
+
+
+_config_module = None
+
+
+def _default_memory_bytes() -> int:
+    """The smaller of 2 GiB and 25 % of physical memory (the bound before config is read)."""
+    limit = 2 << 30
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return limit
+    return min(limit, physical // 4) if physical > 0 else limit
+
+
+class _ConfiguredBufferCache(BufferCache):
+    """A ``BufferCache`` whose bound tracks ``config.get("memory_cache")``."""
+
+    def __init__(self):
+        super().__init__(_default_memory_bytes())
+        self._generation = None
+
+    def _sync(self) -> None:
+        config = _config()
+        generation = config.generation()
+        if generation == self._generation:
+            return
+        try:
+            bound = config.get("memory_cache")
+        except ConfigurationError as e:
+            # The call that reads the configuration for the transformation raises this error
+            # to the user; here the current bound stays.
+            _log.debug("memory cache bound unchanged (%s)", e)
+        else:
+            self.set_max_bytes(bound)
+        self._generation = generation
+
+    @property
+    def max_bytes(self) -> int:
+        self._sync()
+        return self._max
+
+    def get(self, cs):
+        self._sync()
+        return super().get(cs)
+
+    def put(self, cs, buffer) -> None:
+        self._sync()
+        super().put(cs, buffer)
+
+
+memory_results = ResultMap()
+memory_buffers = _ConfiguredBufferCache()
+
+_lock = threading.Lock()
+_caches: dict[str, PersistentCache] = {}
+_failed: set[str] = set()
+_last = (None, None)  # (config generation, what persistent() returned for it)
+
+
+def persistent():
+    """The persistent cache configured now, or ``None`` (off, or unusable: warned once)."""
+    global _last
+    config = _config()
+    generation = config.generation()
+    last_generation, last = _last
+    if generation == last_generation:
+        return last
+    directory = config.get("cache")
+    error = None
+    cache = None
+    if directory is not None:
+        with _lock:
+            cache = _caches.get(directory)
+            if cache is None and directory not in _failed:
+                try:
+                    cache = PersistentCache(directory)
+                except CacheError as e:
+                    _failed.add(directory)
+                    error = e
+                else:
+                    _caches[directory] = cache
+    _last = (generation, cache)
+    if error is not None:
+        warn_cache(
+            f"could not open the persistent cache at {directory} ({error}); results stay in "
+            "memory only for the rest of this process (fix the directory, or choose another "
+            "one with SEAMLESS_CACHE or seamless.config.init(cache=...))"
+        )
+    return cache
+
+
+def flush() -> None:
+    """Wait until every open persistent cache of this process has written its queued results."""
+    for cache in list(_persistent_module._instances):
+        cache.flush()
+
+
+atexit.register(flush)
+
+
+def _reset_for_tests() -> None:
+    """Back to a fresh process's state: empty memory caches, no persistent cache opened, no
+    cache failure remembered (the caches this module opened are flushed and closed)."""
+    global _last
+    with _lock:
+        opened = list(_caches.values())
+        _caches.clear()
+        _failed.clear()
+        _last = (None, None)
+    for cache in opened:
+        cache.close()
+    memory_results.clear()
+    memory_buffers.clear()
+    memory_buffers._generation = None
+    with _persistent_module._reported_lock:
+        _persistent_module._reported.clear()

@@ -1,0 +1,624 @@
+"""The persistent cache: a directory shared by processes on one host (identity-and-cache.md, 4).
+
+``PersistentCache(directory)`` pairs the SQLite database (``database.py``) with the buffer files
+(``buffers.py``). Data flow:
+
+- **Lookup and read** run on the caller's thread, on that thread's own SQLite connection.
+  ``lookup`` is a hit only when the ``results`` row exists and the buffer file exists with the
+  recorded size; ``read_buffer`` reads the whole file and verifies size and SHA-256 on every read
+  (a large file is hashed while a short-lived helper thread reads it), returning a read-only
+  ``memoryview`` that owns its memory.
+  A corrupt buffer is deleted with its ``buffers`` row and the ``results`` rows that point to it,
+  and reported by one ``CacheWarning``.
+- **Writes** are queued on ONE daemon writer thread per process, shared by every
+  ``PersistentCache`` instance (``_Writer``); jobs run in submission order. A job holds a
+  reference to the caller's buffer until it is written, then drops it. The thread is started on
+  the first job and ends after ``_IDLE_EXIT`` seconds without work (so an idle process has no
+  cache thread); the next job starts a new one. ``flush()`` waits until this instance's queued
+  jobs are done. The writer also applies ``last_used`` updates, at most one per buffer per hour.
+- **Failed writes** (no space, file too large, read-only, permission, quota, SQLite errors) leave
+  no temp file and no row. The writer thread never warns itself: a warning raised there would be
+  invisible to the user, and under ``-W error`` it would kill the thread. It records the failure
+  instead, and the ``CacheWarning`` is emitted on the caller's thread at the next call on that
+  instance (``lookup``, ``read_buffer``, ``write``, ``flush``); ``seamless.cache.flush()`` runs at
+  interpreter exit, so none is lost. Each (directory, errno) warns once per process; repeats are
+  logged at DEBUG on the ``seamless`` logger. ``stacklevel`` points at the first frame outside
+  the seamless package.
+
+The ``stats``/``verify``/``clear``/``gc`` methods are the primitives of the ``seamless-cache``
+command (section 4.7); each is safe while other processes use the directory.
+
+After ``os.fork()`` the child starts with an empty queue, no writer thread and no connections
+(the parent's pending jobs stay the parent's).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno as _errno
+import logging
+import os
+import sqlite3
+import sys
+import threading
+import time
+import warnings
+import weakref
+
+from seamless.cache.buffers import (
+    BufferCorrupt, BufferMissing, BufferStore, check_checksum, makedirs_0700,
+)
+from seamless.cache.database import TOUCH_INTERVAL, Database
+from seamless.checksum import Checksum
+from seamless.errors import CacheError, CacheWarning
+
+__all__ = ["PersistentCache", "warn_cache"]
+
+_log = logging.getLogger("seamless")
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_IDLE_EXIT = 5.0
+_TEMP_MAX_AGE = 3600.0
+
+_LOOKUP = (
+    "SELECT r.kind, r.result, b.size, b.last_used FROM results AS r "
+    "LEFT JOIN buffers AS b ON b.checksum = r.result WHERE r.transformation = ?"
+)
+
+_FIXES = {
+    _errno.ENOSPC: "free space, or point SEAMLESS_CACHE elsewhere",
+    _errno.EDQUOT: "free space within your quota, or point SEAMLESS_CACHE elsewhere",
+    _errno.EFBIG: "raise the file size limit (ulimit -f), or point SEAMLESS_CACHE elsewhere",
+    _errno.EROFS: "the file system is read-only: point SEAMLESS_CACHE at a writable directory",
+    _errno.EACCES: "make the directory writable, or point SEAMLESS_CACHE elsewhere",
+    _errno.EPERM: "make the directory writable, or point SEAMLESS_CACHE elsewhere",
+}
+_DEFAULT_FIX = "point SEAMLESS_CACHE at a writable directory on a local file system"
+
+# (directory, errno or error name) already reported by a CacheWarning in this process.
+_reported: set = set()
+_reported_lock = threading.Lock()
+
+
+def _stacklevel() -> int:
+    """``stacklevel`` for a ``warnings.warn`` made by our caller: the first non-seamless frame."""
+    frame = sys._getframe(2)  # the caller of the function that calls warnings.warn
+    level = 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PKG_DIR):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def warn_cache(message: str) -> None:
+    """Emit a ``CacheWarning`` attributed to the user's code."""
+    warnings.warn(message, CacheWarning, stacklevel=_stacklevel())
+
+
+def _first_report(directory: str, key) -> bool:
+    """True the first time (directory, key) is reported in this process."""
+    with _reported_lock:
+        if (directory, key) in _reported:
+            return False
+        _reported.add((directory, key))
+        return True
+
+
+class _Writer:
+    """The process's one writer thread and its FIFO of jobs ``(cache, function, args)``."""
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._jobs: collections.deque = collections.deque()
+        self._thread = None
+
+    def submit(self, cache, function, args) -> None:
+        with self._cond:
+            self._jobs.append((cache, function, args))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="seamless-cache-writer", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        me = threading.current_thread()
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    self._cond.wait(_IDLE_EXIT)
+                    # Decided under the lock: a submit either sees the thread gone or is seen.
+                    if not self._jobs and self._thread is me:
+                        self._thread = None
+                        return
+                cache, function, args = self._jobs.popleft()
+            try:
+                function(*args)
+            except Exception:
+                # Expected failures are handled inside the jobs; anything else is a bug, and
+                # the thread must survive it or flush() would wait forever.
+                _log.exception("seamless cache writer: job %s failed", function.__name__)
+            finally:
+                del args
+                cache._job_done()
+
+    def thread(self):
+        """The running writer thread, or ``None`` (for tests and diagnostics)."""
+        with self._cond:
+            return self._thread
+
+
+_writer = _Writer()
+_instances: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    global _writer, _reported_lock
+    _writer = _Writer()
+    _reported_lock = threading.Lock()
+    for cache in list(_instances):
+        cache._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _os_detail(e: OSError) -> str:
+    if e.errno is None:
+        return str(e)
+    return f"[Errno {e.errno}] {e.strerror}"
+
+
+class PersistentCache:
+    """One cache directory: ``seamless.db`` plus ``buffers/`` (identity-and-cache.md, 4.2)."""
+
+    def __init__(self, directory):
+        directory = os.path.abspath(os.path.expanduser(os.fspath(directory)))
+        self.directory = directory
+        try:
+            makedirs_0700(directory)
+            self._store = BufferStore(directory)
+            self._store.ensure_root()
+        except (FileExistsError, NotADirectoryError) as e:
+            blocker = f": {e.filename}" if e.filename and e.filename != directory else ""
+            raise CacheError(
+                f"cache directory {directory} is not a directory ({_os_detail(e)}{blocker}); "
+                "set SEAMLESS_CACHE to a writable directory",
+                e.errno, e.strerror, directory,
+            ) from e
+        except OSError as e:
+            raise CacheError(
+                f"cache directory {directory} is not writable ({_os_detail(e)}); "
+                "set SEAMLESS_CACHE to a writable directory",
+                e.errno, e.strerror, directory,
+            ) from e
+        if not os.access(directory, os.W_OK):
+            # An existing directory on a read-only mount, or without write permission: say so
+            # here rather than let SQLite report "unable to open database file".
+            try:
+                read_only = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+            except OSError:
+                read_only = False
+            code = _errno.EROFS if read_only else _errno.EACCES
+            raise CacheError(
+                f"cache directory {directory} is not writable ([Errno {code}] "
+                f"{os.strerror(code)}); set SEAMLESS_CACHE to a writable directory",
+                code, os.strerror(code), directory,
+            )
+        self.db_path = os.path.join(directory, "seamless.db")
+        self._db = Database(self.db_path)
+        self._state_lock = threading.Lock()
+        self._closed = False
+        self._pending = 0
+        self._pending_cond = threading.Condition(threading.Lock())
+        self._warnings: list[str] = []
+        self._warn_lock = threading.Lock()
+        self._touching: set = set()
+        _instances.add(self)
+
+    def __repr__(self):
+        return f"PersistentCache({self.directory!r})"
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def lookup(self, tf_cs):
+        """``(kind, result_cs)`` when the result row exists and its buffer file has the
+        recorded size; else ``None``."""
+        check_checksum("tf_cs", tf_cs)
+        self._emit_warnings()
+        try:
+            row = self._db.conn().execute(_LOOKUP, (tf_cs,)).fetchone()
+        except sqlite3.Error as e:
+            self._read_failed(e)
+            return None
+        if row is None:
+            return None
+        kind, result, size, last_used = row
+        if size is None:
+            # A results row without its buffers row (removed by hand): no recorded size, so
+            # a miss. Its results rows go; a file, if any, is reused by the next write.
+            self._drop_rows(result, only_if_missing=False)
+            return None
+        try:
+            st = os.stat(self._store.path(result))
+        except FileNotFoundError:
+            self._drop_missing(result)
+            return None
+        except OSError as e:
+            self._discard_corrupt(result, BufferCorrupt(
+                self._store.path(result), f"could not be read ({_os_detail(e)})"))
+            return None
+        if st.st_size != size:
+            self._discard_corrupt(result, BufferCorrupt(
+                self._store.path(result),
+                f"failed verification (size {st.st_size}, expected {size})", st))
+            return None
+        self._maybe_touch(result, last_used)
+        return kind, Checksum(result)
+
+    def read_buffer(self, cs):
+        """The verified content of buffer ``cs``, or ``None`` (missing, or corrupt and discarded).
+
+        The content is a read-only ``memoryview`` (1-D, format ``"B"``) that owns its memory:
+        use it as a bytes-like object (``len``, slicing, ``==``, ``np.frombuffer``,
+        ``str(view, "utf-8")``, ``bytes(view)`` for a ``bytes`` copy). Why not ``bytes``: large
+        buffers are read into huge-page memory while being hashed, which ``bytes`` cannot hold
+        (buffers.py); one return type for every size keeps callers honest.
+        """
+        check_checksum("cs", cs)
+        self._emit_warnings()
+        try:
+            row = self._db.conn().execute(
+                "SELECT size, last_used FROM buffers WHERE checksum = ?", (cs,)
+            ).fetchone()
+        except sqlite3.Error as e:
+            self._read_failed(e)
+            row = None
+        try:
+            data, _ = self._store.read_file(cs, None if row is None else row[0])
+        except BufferMissing:
+            if row is not None:
+                self._drop_missing(cs)
+            return None
+        except BufferCorrupt as corrupt:
+            self._discard_corrupt(cs, corrupt)
+            return None
+        if row is not None:
+            self._maybe_touch(cs, row[1])
+        return data
+
+    def _read_failed(self, e: sqlite3.Error) -> None:
+        message = (
+            f"could not read the persistent cache at {self.directory} ({e}); lookups count "
+            f"as misses (run `seamless-cache verify`, or point SEAMLESS_CACHE elsewhere)"
+        )
+        if _first_report(self.directory, "read:" + _sqlite_name(e)):
+            warn_cache(message)
+        else:
+            _log.debug(message)
+
+    def _drop_rows(self, result_cs: str, only_if_missing: bool) -> None:
+        """Delete the buffers row of ``result_cs`` and the results rows that point to it."""
+        try:
+            with self._db.transaction() as c:
+                # Re-checked inside the write lock: a concurrent writer may have just stored it.
+                if only_if_missing and os.path.exists(self._store.path(result_cs)):
+                    return
+                c.execute("DELETE FROM results WHERE result = ?", (result_cs,))
+                c.execute("DELETE FROM buffers WHERE checksum = ?", (result_cs,))
+        except sqlite3.Error as e:
+            # The rows stay; the next reader sees the same miss and tries again.
+            _log.debug("could not delete cache rows of %s in %s: %s", result_cs,
+                       self.directory, e)
+
+    def _drop_missing(self, result_cs: str) -> None:
+        _log.debug("cache buffer %s… is missing from %s; its rows are dropped",
+                   result_cs[:12], self.directory)
+        self._drop_rows(result_cs, only_if_missing=True)
+
+    def _discard_corrupt_quietly(self, cs: str, corrupt: BufferCorrupt) -> None:
+        try:
+            gone = self._store.remove_if_same(cs, corrupt.stat_result)
+        except OSError as e:
+            # It stays on disk, but without rows it is never served: a miss from now on.
+            _log.debug("could not remove corrupt cache buffer %s: %s", corrupt.path, e)
+            gone = True
+        if gone:
+            self._drop_rows(cs, only_if_missing=False)
+        else:
+            _log.debug("corrupt cache buffer %s was replaced by a new copy meanwhile",
+                       corrupt.path)
+
+    def _discard_corrupt(self, cs: str, corrupt: BufferCorrupt) -> None:
+        self._discard_corrupt_quietly(cs, corrupt)
+        warn_cache(
+            f"cache buffer {cs[:12]}… at {corrupt.path} {corrupt.reason}; discarded, the "
+            "result will be recomputed"
+        )
+
+    def _maybe_touch(self, cs: str, last_used) -> None:
+        now = time.time()
+        if last_used is not None and now - last_used < TOUCH_INTERVAL:
+            return
+        with self._state_lock:
+            if cs in self._touching or self._closed:
+                return
+            self._touching.add(cs)
+            self._submit(self._do_touch, (cs,))
+
+    def _do_touch(self, cs: str) -> None:
+        now = time.time()
+        try:
+            with self._db.transaction() as c:
+                c.execute(
+                    "UPDATE buffers SET last_used = ? WHERE checksum = ? AND last_used < ?",
+                    (now, cs, now - TOUCH_INTERVAL),
+                )
+        except sqlite3.Error as e:
+            _log.debug("could not update last_used of %s in %s: %s", cs, self.directory, e)
+        finally:
+            with self._state_lock:
+                self._touching.discard(cs)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _check_write_args(self, tf_cs, kind, result_cs, buffer, duration, replace):
+        check_checksum("tf_cs", tf_cs)
+        check_checksum("result_cs", result_cs)
+        if not isinstance(kind, str) or not kind:
+            raise TypeError(f"kind must be a non-empty str such as 'json', got {kind!r}")
+        if duration is not None and (isinstance(duration, bool)
+                                     or not isinstance(duration, (int, float))):
+            raise TypeError(f"duration must be a number of seconds or None, got {duration!r}")
+        if not isinstance(replace, bool):
+            raise TypeError(f"replace must be True or False, got {replace!r}")
+        with memoryview(buffer) as view:
+            if not view.c_contiguous:
+                raise ValueError(
+                    f"the buffer of result {result_cs[:12]}… must be C-contiguous (pass "
+                    "bytes(buffer))"
+                )
+
+    def write(self, tf_cs, kind, result_cs, buffer, duration=None, replace=False) -> None:
+        """Queue the storage of a successful result; returns at once (see ``flush``).
+
+        ``buffer`` (bytes or a C-contiguous buffer of exactly the canonical bytes of
+        ``result_cs``) is referenced until written and must not change meanwhile.
+        ``replace=True`` overwrites an existing results row (``seamless-run --no-cache``).
+        """
+        self._check_write_args(tf_cs, kind, result_cs, buffer, duration, replace)
+        with self._state_lock:
+            if self._closed:
+                raise RuntimeError(f"{self!r} is closed; open a new PersistentCache")
+            self._submit(self._job_write, (tf_cs, kind, result_cs, buffer, duration, replace))
+        self._emit_warnings()
+
+    def write_now(self, tf_cs, kind, result_cs, buffer, duration=None, replace=False) -> bool:
+        """Store a result synchronously; ``True`` when its rows are in place.
+
+        A failure is reported like a queued one (one ``CacheWarning`` per directory and errno,
+        emitted here) and returns ``False``.
+        """
+        self._check_write_args(tf_cs, kind, result_cs, buffer, duration, replace)
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; open a new PersistentCache")
+        ok, message = self._do_write(tf_cs, kind, result_cs, buffer, duration, replace)
+        if message is not None:
+            warn_cache(message)
+        return ok
+
+    def _submit(self, function, args) -> None:
+        with self._pending_cond:
+            self._pending += 1
+        _writer.submit(self, function, args)
+
+    def _job_done(self) -> None:
+        with self._pending_cond:
+            self._pending -= 1
+            if self._pending == 0:
+                self._pending_cond.notify_all()
+
+    def _job_write(self, *args) -> None:
+        _, message = self._do_write(*args)
+        if message is not None:
+            with self._warn_lock:
+                self._warnings.append(message)
+
+    def _do_write(self, tf_cs, kind, result_cs, buffer, duration, replace):
+        """Write file then rows; return ``(ok, message)``: ``message`` is the warning text of a
+        failure reported for the first time, else ``None`` (repeats are logged at DEBUG)."""
+        try:
+            self._store.write_file(result_cs, buffer)
+            size = memoryview(buffer).nbytes
+            now = time.time()
+            verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+            with self._db.transaction() as c:
+                c.execute(
+                    "INSERT OR IGNORE INTO buffers (checksum, size, created, last_used) "
+                    "VALUES (?, ?, ?, ?)", (result_cs, size, now, now),
+                )
+                c.execute(
+                    "UPDATE buffers SET last_used = ? WHERE checksum = ? AND last_used < ?",
+                    (now, result_cs, now - TOUCH_INTERVAL),
+                )
+                c.execute(
+                    f"{verb} INTO results (transformation, result, kind, created, duration) "
+                    "VALUES (?, ?, ?, ?, ?)", (tf_cs, result_cs, kind, now, duration),
+                )
+            return True, None
+        except OSError as e:
+            key = e.errno if e.errno is not None else type(e).__name__
+            detail, fix = _os_detail(e), _FIXES.get(e.errno, _DEFAULT_FIX)
+        except sqlite3.Error as e:
+            key = "sqlite:" + _sqlite_name(e)
+            detail = str(e)
+            fix = _FIXES[_errno.ENOSPC] if "full" in detail else _DEFAULT_FIX
+        message = (
+            f"could not write to the persistent cache at {self.directory} ({detail}); "
+            f"results stay in memory only ({fix})"
+        )
+        if _first_report(self.directory, key):
+            return False, message
+        _log.debug(message)
+        return False, None
+
+    def _emit_warnings(self) -> None:
+        """Emit, on the caller's thread, the warnings the writer thread recorded."""
+        while self._warnings:
+            with self._warn_lock:
+                if not self._warnings:
+                    return
+                message = self._warnings.pop(0)
+            warn_cache(message)
+
+    def flush(self, timeout=None) -> bool:
+        """Wait until this cache's queued writes are done; ``False`` if ``timeout`` ran out.
+
+        Then emits the warnings of failed writes.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._pending_cond:
+            while self._pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._pending_cond.wait(remaining)
+            done = self._pending == 0
+        self._emit_warnings()
+        return done
+
+    def close(self) -> None:
+        """Flush, then close this process's connections; later calls raise ``RuntimeError``."""
+        with self._state_lock:
+            self._closed = True
+        try:
+            self.flush()
+        finally:
+            self._db.close()
+            _instances.discard(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._state_lock = threading.Lock()
+        self._pending = 0
+        self._pending_cond = threading.Condition(threading.Lock())
+        self._warn_lock = threading.Lock()
+        self._warnings = []
+        self._touching = set()
+        self._db.after_fork_in_child()
+
+    # -- primitives for `seamless-cache` (identity-and-cache.md, 4.7) ---------------------------
+
+    def stats(self) -> dict:
+        """Counts of results and buffers, total buffer bytes, oldest and newest ``last_used``."""
+        conn = self._db.conn()
+        conn.execute("BEGIN")
+        try:
+            (results,) = conn.execute("SELECT count(*) FROM results").fetchone()
+            buffers, total, oldest, newest = conn.execute(
+                "SELECT count(*), coalesce(sum(size), 0), min(last_used), max(last_used) "
+                "FROM buffers"
+            ).fetchone()
+        finally:
+            conn.execute("COMMIT")
+        return {"directory": self.directory, "results": results, "buffers": buffers,
+                "bytes": total, "oldest_use": oldest, "newest_use": newest}
+
+    def verify(self) -> dict:
+        """Re-hash every buffer file: drop corrupt ones with their rows, drop rows whose file
+        is missing, register valid files that have no row.
+
+        Returns ``{"checked": n, "dropped": [checksums], "missing": [checksums],
+        "registered": [checksums]}``.
+        """
+        conn = self._db.conn()
+        sizes = dict(conn.execute("SELECT checksum, size FROM buffers").fetchall())
+        report = {"checked": 0, "dropped": [], "missing": [], "registered": []}
+        on_disk = set()
+        for cs, _path in self._store.iter_files():
+            on_disk.add(cs)
+            report["checked"] += 1
+            try:
+                data, _ = self._store.read_file(cs, sizes.get(cs))
+            except BufferMissing:
+                on_disk.discard(cs)
+                continue
+            except BufferCorrupt as corrupt:
+                self._discard_corrupt_quietly(cs, corrupt)
+                report["dropped"].append(cs)
+                continue
+            if cs not in sizes:
+                now = time.time()
+                with self._db.transaction() as c:
+                    c.execute(
+                        "INSERT OR IGNORE INTO buffers (checksum, size, created, last_used) "
+                        "VALUES (?, ?, ?, ?)", (cs, len(data), now, now),
+                    )
+                report["registered"].append(cs)
+            del data
+        for cs in sizes:
+            if cs not in on_disk and not os.path.exists(self._store.path(cs)):
+                self._drop_rows(cs, only_if_missing=True)
+                report["missing"].append(cs)
+        with self._db.transaction() as c:
+            c.execute(
+                "DELETE FROM results WHERE result NOT IN (SELECT checksum FROM buffers)"
+            )
+        return report
+
+    def clear(self) -> int:
+        """Delete every row and buffer file (temp files of writes in progress are left);
+        returns the number of buffer files removed."""
+        with self._db.transaction() as c:
+            c.execute("DELETE FROM results")
+            c.execute("DELETE FROM buffers")
+        removed = 0
+        for _cs, path in self._store.iter_files():
+            try:
+                os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def gc(self, max_bytes: int) -> dict:
+        """Drop least recently used buffers (and their results rows) until the total is at most
+        ``max_bytes``; remove temp files older than one hour.
+
+        Returns ``{"buffers": n, "bytes": freed, "temp_files": n}``.
+        """
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(f"max_bytes must be an integer >= 0, got {max_bytes!r}")
+        conn = self._db.conn()
+        rows = conn.execute(
+            "SELECT checksum, size FROM buffers ORDER BY last_used ASC, checksum ASC"
+        ).fetchall()
+        total = sum(size for _, size in rows)
+        freed = dropped = 0
+        for cs, size in rows:
+            if total <= max_bytes:
+                break
+            with self._db.transaction() as c:
+                c.execute("DELETE FROM results WHERE result = ?", (cs,))
+                c.execute("DELETE FROM buffers WHERE checksum = ?", (cs,))
+            total -= size
+            dropped += 1
+            try:
+                os.unlink(self._store.path(cs))
+                freed += size
+            except FileNotFoundError:
+                continue
+        temps = 0
+        cutoff = time.time() - _TEMP_MAX_AGE
+        for path in self._store.iter_temp_files():
+            try:
+                if os.stat(path).st_mtime < cutoff:
+                    os.unlink(path)
+                    temps += 1
+            except FileNotFoundError:
+                continue
+        return {"buffers": dropped, "bytes": freed, "temp_files": temps}
+
+
+def _sqlite_name(e: sqlite3.Error) -> str:
+    return getattr(e, "sqlite_errorname", None) or type(e).__name__
