@@ -38,5 +38,4 @@ def fresh_seamless_state():
     yield
     seamless.close()
     seamless.config._reset_for_tests()
-    seamless.cache.memory_results.__init__()  # placeholder until cache reset lands
-    seamless.cache.memory_buffers.clear()
+    seamless.cache._reset_for_tests()

@@ -18,6 +18,7 @@ result buffer afterwards.  Failures are never cached.
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from .. import cache, config
@@ -28,6 +29,7 @@ from .runner import Outcome, run
 
 __all__ = ["start", "execute", "help_run", "close", "backend_name"]
 
+_log = logging.getLogger("seamless")
 _running: dict = {}
 _lock = threading.Lock()
 _backends: dict = {}
@@ -128,10 +130,25 @@ def _persistent_hit(checksum):
     return Outcome(Encoded(kind, result_checksum, buffer), None, 0.0)
 
 
+def _cache_step(step, *args):
+    """Run a persistent-cache step for a job; its failure never fails the transformation.
+
+    The cache reports its own problems as ``CacheWarning``; where warnings are errors
+    (``-W error``) such a warning arrives here as an exception: it is logged, and the job goes
+    on from memory (a lookup counts as a miss, a write is skipped).
+    """
+    try:
+        return step(*args)
+    except Exception as exc:
+        _log.warning("persistent cache: %s; continuing from memory",
+                     f"{type(exc).__name__}: {exc}")
+        return None
+
+
 def execute(job: Job):
     """Run a claimed job (on an executor thread, or on a waiting thread: run-here)."""
     try:
-        outcome = _persistent_hit(job.checksum)
+        outcome = _cache_step(_persistent_hit, job.checksum)
         if outcome is None:
             outcome = run(job.work)
             if outcome.result is not None:
@@ -147,10 +164,10 @@ def _record(checksum, outcome: Outcome):
     result = outcome.result
     cache.memory_results.put(checksum, result.kind, result.checksum)
     cache.memory_buffers.put(result.checksum, result.buffer)
-    store = cache.persistent()
+    store = _cache_step(cache.persistent)
     if store is not None:
-        store.write(checksum, result.kind, result.checksum, result.buffer,
-                    duration=outcome.duration)
+        _cache_step(store.write, checksum, result.kind, result.checksum, result.buffer,
+                    outcome.duration)
 
 
 def withdraw(handle):
