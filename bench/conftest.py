@@ -1,0 +1,114 @@
+"""Benchmark plumbing shared by bench/bench_*.py (performance.md, section 4).
+
+Flow of one gated benchmark: ``time_reference(fn)`` times the reference first
+(warm-up, then the minimum of several rounds); ``time_subject(fn)`` runs the
+subject under ``benchmark.pedantic`` and returns its minimum; ``record_ratio``
+puts both times, the ratio, the bounds and the machine facts in
+``benchmark.extra_info`` (so ``--benchmark-json`` carries them) and asserts
+``subject / reference <= bound_now``.
+
+Smoke runs (``--benchmark-disable``): pytest-benchmark runs the subject once and
+keeps no statistics; the reference also runs once, the ratio is recorded with
+``timed: False`` and is not asserted.  Structural checks in the benchmarks still
+run.  The whole directory refuses to run on the pure-Python core.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+import warnings
+
+import pytest
+
+
+def pytest_sessionstart(session):
+    """Stop with a usage error unless every seamless._ipc module is compiled."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import seamless._ipc as ipc
+    if ipc.BACKEND != "cython":
+        why = "".join(f"; {w.message}" for w in caught)
+        pytest.exit(
+            f"benchmarks need the compiled core, but seamless._ipc.BACKEND is "
+            f"{ipc.BACKEND!r} (modules: {ipc.backends()}){why}; unset SEAMLESS_PUREPYTHON "
+            f"and build the core with `pip install -e . --no-build-isolation`",
+            returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_facts() -> tuple[str, bool]:
+    """(CPU model name, whether the CPU has SHA extensions) from /proc/cpuinfo."""
+    model, sha_ni = "unknown", False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model == "unknown":
+                    model = value.strip()
+                elif key == "flags":
+                    sha_ni = sha_ni or "sha_ni" in value.split()
+    except OSError as exc:
+        model = f"unknown (/proc/cpuinfo: {exc.strerror})"
+    return model, sha_ni
+
+
+def record_ratio(benchmark, reference_s: float, subject_s: float, bound_now: float,
+                 goal: float) -> float:
+    """Record subject / reference in extra_info and assert it is within bound_now (when timed)."""
+    import seamless._ipc as ipc
+
+    ratio = subject_s / reference_s if reference_s > 0 else math.inf
+    model, sha_ni = _cpu_facts()
+    benchmark.extra_info.update(
+        reference_s=reference_s, subject_s=subject_s, ratio=ratio, bound_now=bound_now,
+        goal=goal, ipc_backend=ipc.BACKEND, cpu_model=model, sha_ni=sha_ni,
+        timed=not benchmark.disabled)
+    if benchmark.disabled:
+        return ratio
+    assert ratio <= bound_now, (
+        f"{benchmark.name}: subject {subject_s * 1e3:.2f} ms / reference "
+        f"{reference_s * 1e3:.2f} ms = {ratio:.3f}, above the bound {bound_now} (goal {goal})")
+    return ratio
+
+
+@pytest.fixture(name="record_ratio")
+def _record_ratio_fixture():
+    """``record_ratio(benchmark, reference_s, subject_s, bound_now, goal)``, see above."""
+    return record_ratio
+
+
+@pytest.fixture
+def time_reference(benchmark):
+    """``time_reference(fn, rounds=5, warmup=1)``: min seconds of ``fn()`` (once in smoke runs)."""
+    def run(fn, rounds: int = 5, warmup: int = 1) -> float:
+        if benchmark.disabled:
+            rounds, warmup = 1, 0
+        for _ in range(warmup):
+            fn()
+        best = math.inf
+        for _ in range(rounds):
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
+        return best
+    return run
+
+
+@pytest.fixture
+def time_subject(benchmark):
+    """``time_subject(fn, setup=None, rounds=5, warmup_rounds=1)`` -> (min seconds, last result).
+
+    Runs ``fn`` under ``benchmark.pedantic``; in smoke runs (one call, no stats) the
+    time is that single call, measured here.
+    """
+    def run(fn, setup=None, rounds: int = 5, warmup_rounds: int = 1):
+        start = time.perf_counter()
+        result = benchmark.pedantic(fn, setup=setup, rounds=rounds, warmup_rounds=warmup_rounds)
+        elapsed = time.perf_counter() - start
+        if benchmark.stats is not None:
+            return benchmark.stats.stats.min, result
+        return elapsed, result
+    return run

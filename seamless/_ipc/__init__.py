@@ -1,0 +1,89 @@
+"""Private compiled core of seamless: picks the compiled module or its pure-Python twin, per module.
+
+Data flow: on import, for each name in ``_MODULES`` this package imports
+``seamless._ipc.<name>`` (the Cython extension) or ``seamless._ipc._pure.<name>``
+and binds the chosen one as the attribute ``<name>`` of this package.  Callers
+use ``from seamless._ipc import shm_array`` (never ``import
+seamless._ipc.shm_array``, which names the compiled module whatever was chosen).
+
+- ``SEAMLESS_PUREPYTHON`` (1/true/yes on; 0/false/no/empty off) forces every
+  twin; one record at WARNING on the ``seamless`` logger says so (a choice, not
+  a warning).  Any other value raises ConfigurationError.
+- A compiled module that fails to import is replaced by its twin with one
+  BackendWarning per module naming the failure and how to rebuild.
+
+``BACKEND`` is ``"cython"`` only when every module is compiled, else ``"python"``;
+``backends()`` gives the choice per module.  Light on purpose: no numpy here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import warnings
+from types import ModuleType
+
+from seamless.errors import BackendWarning, ConfigurationError
+
+__all__ = ["BACKEND", "backends", "shm_array"]
+
+# Every module of the core, in import order (a module may cimport an earlier one).
+_MODULES = ("shm_array",)
+
+shm_array: ModuleType  # bound by _load_all()
+
+_ON = frozenset({"1", "true", "yes"})
+_OFF = frozenset({"", "0", "false", "no"})
+_ENV = "SEAMLESS_PUREPYTHON"
+
+
+def _purepython_requested(environ=os.environ) -> bool:
+    """Read SEAMLESS_PUREPYTHON; a bad value is a configuration error (config.md, section 4)."""
+    raw = environ.get(_ENV, "")
+    value = raw.strip().lower()
+    if value in _ON:
+        return True
+    if value in _OFF:
+        return False
+    raise ConfigurationError(
+        f"{_ENV} must be one of 1, true, yes (pure-Python core) or 0, false, no, empty "
+        f"(compiled core), got {raw!r} (unset it to use the compiled core)",
+        source=_ENV, value=raw)
+
+
+def _load(name: str, pure: bool):
+    """Import one module of the core; return (module, "cython" | "python")."""
+    if not pure:
+        try:
+            return importlib.import_module(f"{__name__}.{name}"), "cython"
+        except ImportError as exc:
+            warnings.warn(BackendWarning(
+                f"{__name__}.{name}: compiled module not available "
+                f"({type(exc).__name__}: {exc}); using the slower pure-Python twin "
+                f"(reinstall from source with Cython>=3.0,<4: pip install --force-reinstall .)"),
+                stacklevel=4)  # _load, _load_all, this module, the importer
+    return importlib.import_module(f"{__name__}._pure.{name}"), "python"
+
+
+def _load_all() -> dict:
+    pure = _purepython_requested()
+    chosen = {}
+    for name in _MODULES:
+        module, kind = _load(name, pure)
+        globals()[name] = module
+        chosen[name] = kind
+    if pure:
+        logging.getLogger("seamless").warning(
+            "%s=%s: using the pure-Python core (seamless._ipc.BACKEND = 'python'), "
+            "slower than the compiled one", _ENV, os.environ.get(_ENV, ""))
+    return chosen
+
+
+_BACKENDS = _load_all()
+BACKEND = "cython" if all(kind == "cython" for kind in _BACKENDS.values()) else "python"
+
+
+def backends() -> dict:
+    """Which implementation each module of the core uses: {"shm_array": "cython" | "python"}."""
+    return dict(_BACKENDS)
