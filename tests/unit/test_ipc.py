@@ -19,6 +19,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -387,8 +388,11 @@ def _run_child(code: str, **env_changes) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(
         [str(PROJECT_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     env.update(env_changes)
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    # Run outside the source tree: with -c, the cwd comes first on sys.path, and the checkout's
+    # seamless/ (without a built extension) would shadow the installed package.
+    with tempfile.TemporaryDirectory() as cwd:
+        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=cwd,
+                              capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
