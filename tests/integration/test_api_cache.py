@@ -153,3 +153,16 @@ def test_cache_write_failure_on_file_size_limit(tmp_path):
     assert out.stdout.strip() == "ok"
     leftovers = [p for p in cache_dir.rglob(".tmp-*")]
     assert leftovers == []
+
+
+def test_interpreter_exit_flushes_queued_writes(tmp_path):
+    """No seamless.close(): the atexit hook must still write the 24 MB result."""
+    cache_dir, log = tmp_path / "cache", tmp_path / "log"
+    script = tmp_path / "noclose.py"
+    script.write_text(SCRIPT.replace("seamless.close()\n", ""))
+    env = dict(os.environ, SEAMLESS_CACHE=str(cache_dir))
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-W", "error", str(script), str(log), "3000000"],
+                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+        assert out.returncode == 0, out.stderr
+    assert lines(log) == 1
