@@ -286,8 +286,8 @@ class BufferStore:
             return True
         return True
 
-    def iter_files(self):
-        """Yield ``(checksum, path)`` for every file named like a buffer (for verify/gc)."""
+    def _entries(self):
+        """Yield ``(subdir name, subdir path, file name)`` for everything below the root."""
         try:
             subdirs = sorted(os.listdir(self.root))
         except FileNotFoundError:
@@ -299,21 +299,16 @@ class BufferStore:
             except (FileNotFoundError, NotADirectoryError):
                 continue
             for name in names:
-                if _CHECKSUM.fullmatch(name) and name[:2] == sub:
-                    yield name, os.path.join(subdir, name)
+                yield sub, subdir, name
+
+    def iter_files(self):
+        """Yield ``(checksum, path)`` for every file named like a buffer (for verify/gc)."""
+        for sub, subdir, name in self._entries():
+            if _CHECKSUM.fullmatch(name) and name[:2] == sub:
+                yield name, os.path.join(subdir, name)
 
     def iter_temp_files(self):
         """Yield the paths of temp files (writes in progress or left by a dead writer)."""
-        try:
-            subdirs = sorted(os.listdir(self.root))
-        except FileNotFoundError:
-            return
-        for sub in subdirs:
-            subdir = os.path.join(self.root, sub)
-            try:
-                names = os.listdir(subdir)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for name in names:
-                if name.startswith(TEMP_PREFIX):
-                    yield os.path.join(subdir, name)
+        for _sub, subdir, name in self._entries():
+            if name.startswith(TEMP_PREFIX):
+                yield os.path.join(subdir, name)

@@ -30,6 +30,17 @@ def count_lines(path) -> int:
 
 
 @delayed
+def blocked(path, n):
+    """Waits until ``path`` exists: keeps a transformation running as long as a test needs."""
+    import os
+    import time
+
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return n
+
+
+@delayed
 def log_and_add(logfile, a, b):
     with open(logfile, "a") as f:
         f.write("ran\n")
@@ -190,15 +201,6 @@ def test_failures_are_not_cached(tmp_path):
 
 def test_cancel_pending_and_running(tmp_path):
     gate = tmp_path / "gate"
-
-    @delayed
-    def blocked(path, n):
-        import os
-        import time
-
-        while not os.path.exists(path):
-            time.sleep(0.01)
-        return n
 
     pending = blocked(str(gate), 1)
     assert pending.cancel() is True
@@ -685,17 +687,18 @@ def test_checksum_of_dependent_waits_for_dependency():
 # ---------------------------------------------------------------- latch-on and nesting
 
 
+@delayed
+def slow_log(path, x):
+    import time
+
+    with open(path, "a") as f:
+        f.write("ran\n")
+    time.sleep(0.3)
+    return x
+
+
 def test_identical_transformations_started_together_run_once(tmp_path):
     log = str(tmp_path / "log")
-
-    @delayed
-    def slow_log(path, x):
-        import time
-
-        with open(path, "a") as f:
-            f.write("ran\n")
-        time.sleep(0.3)
-        return x
 
     handles = [slow_log(log, 5) for _ in range(6)]
     for h in handles:
@@ -706,15 +709,6 @@ def test_identical_transformations_started_together_run_once(tmp_path):
 
 def test_cancel_detaches_one_latched_handle(tmp_path):
     log = str(tmp_path / "log")
-
-    @delayed
-    def slow_log(path, x):
-        import time
-
-        with open(path, "a") as f:
-            f.write("ran\n")
-        time.sleep(0.3)
-        return x
 
     a = slow_log(log, 6).start()
     b = slow_log(log, 6).start()
@@ -771,15 +765,6 @@ def test_local_attribute_is_not_part_of_identity():
 def test_close_cancels_queued_work(tmp_path):
     seamless.config.init(workers=1)
     gate = tmp_path / "gate"
-
-    @delayed
-    def blocked(path, n):
-        import os
-        import time
-
-        while not os.path.exists(path):
-            time.sleep(0.01)
-        return n
 
     first = blocked(str(gate), 1).start()
     queued = blocked(str(gate), 2).start()
