@@ -163,9 +163,9 @@ def _encode(value, what, cls) -> Encoded:
         known = _known_array(value)
         if known is not None:
             return known
-        return _encode_array(value)
+        return _encode_array(value, what)
     if _scan(value, np):
-        return _encode_tree(value)
+        return _encode_tree(value, what)
     try:
         text = canonical_json(value)
         data = text.encode("utf-8")
@@ -289,14 +289,70 @@ def _copy_fields(dst, src, np):
             np.copyto(d, s)
 
 
-def _encode_array(value) -> Encoded:
-    np = _import_numpy()
+# ---------------------------------------------------------------- where buffers live
+
+_segment_threshold = None
+
+
+def use_segments(threshold) -> None:
+    """Build buffers of ``threshold`` bytes or more in shared-memory segments (None: never).
+
+    Set while a worker pool is active and inside pool workers, so a large argument or result
+    is copied and hashed once, straight into the memory that travels (worker-pool.md, 5).
+    """
+    global _segment_threshold
+    _segment_threshold = threshold
+
+
+class _PrivateBuffer:
+    """Process-private memory for a canonical buffer; read-only once filled."""
+
+    def __init__(self, n: int):
+        self.array = _import_numpy().empty(n, _import_numpy().uint8)
+
+    def finish(self):
+        buf, self.array = self.array, None
+        buf.flags.writeable = False
+        return buf
+
+
+class _SegmentBuffer:
+    """A segment for a canonical buffer: filled through a writable mapping that is dropped
+    before the buffer is shared; the buffer handed on is a read-only mapping."""
+
+    def __init__(self, n: int, what: str):
+        from seamless._ipc import segments
+
+        self.segments = segments
+        self.segment = segments.Segment.create(n, what)
+        self._writable = self.segment.writable()
+        self.array = _import_numpy().frombuffer(self._writable, _import_numpy().uint8)
+
+    def finish(self):
+        self.array = None
+        self._writable.release()
+        return self.segment.readonly()
+
+
+def _allocate(n: int, what: str):
+    if _segment_threshold is not None and n >= _segment_threshold:
+        return _SegmentBuffer(n, what)
+    return _PrivateBuffer(n)
+
+
+def _count_segment_fill(alloc, nbytes: int):
+    if isinstance(alloc, _SegmentBuffer):
+        alloc.segments.add_copied(nbytes)
+        alloc.segments.add_hashed(nbytes)
+
+
+def _encode_array(value, what="value") -> Encoded:
     arr, prefix, nbytes = _array_parts(value)
-    buf = np.empty(len(prefix) + nbytes, np.uint8)
+    alloc = _allocate(len(prefix) + nbytes, what)
     hasher = hashlib.sha256()
-    _write_array(arr, prefix, nbytes, buf, hasher)
-    buf.flags.writeable = False
-    return Encoded("array", _trusted(hasher.hexdigest()), buf)
+    _write_array(arr, prefix, nbytes, alloc.array, hasher)
+    _count_segment_fill(alloc, nbytes)
+    return Encoded("array", _trusted(hasher.hexdigest()), alloc.finish())
 
 
 # ---------------------------------------------------------------- trees
@@ -313,7 +369,7 @@ def _leaves(value, path, out, np):
     return value
 
 
-def _encode_tree(value) -> Encoded:
+def _encode_tree(value, what="value") -> Encoded:
     np = _import_numpy()
     found: list = []
     skeleton = _leaves(value, [], found, np)
@@ -328,7 +384,8 @@ def _encode_tree(value) -> Encoded:
     header = {"leaves": [[p, kind, size] for p, kind, _, _, size in plans], "skeleton": skeleton}
     prefix = _prefix(b"T", header)
     total = len(prefix) + sum(-(-size // 64) * 64 for *_, size in plans)
-    buf = np.empty(total, np.uint8)
+    alloc = _allocate(total, what)
+    buf = alloc.array
     hasher = hashlib.sha256()
     buf[:len(prefix)] = np.frombuffer(prefix, np.uint8)
     hasher.update(prefix)
@@ -343,8 +400,9 @@ def _encode_tree(value) -> Encoded:
         buf[pos + size:pos + size + pad] = 0
         hasher.update(bytes(pad))
         pos += size + pad
-    buf.flags.writeable = False
-    return Encoded("tree", _trusted(hasher.hexdigest()), buf)
+    del buf
+    _count_segment_fill(alloc, total)
+    return Encoded("tree", _trusted(hasher.hexdigest()), alloc.finish())
 
 
 # ---------------------------------------------------------------- decoding

@@ -19,7 +19,8 @@ from hashlib import sha256
 
 from .checksum import Checksum, _trusted
 from .encoding import Encoded, canonical_json, decode
-from .errors import RemoteTraceback, TransformationCancelledError, TransformationError
+from .errors import (RemoteTraceback, SeamlessError, TransformationCancelledError,
+                     TransformationError, WorkerCrashedError)
 from .execution import dispatch
 from .execution.runner import Failure, Outcome, Work
 
@@ -141,7 +142,8 @@ class Transformation:
                 self._status = DONE
             else:
                 self._status = FAILED
-                self._failure_line = f"{self._label()} failed with {outcome.failure.summary}"
+                how = ": " if outcome.failure.crash is not None else " with "
+                self._failure_line = f"{self._label()} failed{how}{outcome.failure.summary}"
         self._settle()
 
     def _fail_dependency(self, name, dep):
@@ -182,7 +184,11 @@ class Transformation:
         if not self._event.is_set():
             dispatch.help_run(self)
             try:
-                self._event.wait()
+                hook = dispatch.wait_hook
+                if hook is not None:
+                    hook(self)  # in a pool worker: may run declined children here
+                else:
+                    self._event.wait()
             except KeyboardInterrupt:
                 self.cancel()
                 raise
@@ -192,7 +198,16 @@ class Transformation:
             err = TransformationCancelledError(self._failure_line, checksum=self._checksum,
                                                traceback=self._failure_line, name=self.name)
             return err
-        text = self._outcome.failure.text
+        failure = self._outcome.failure
+        text = failure.text
+        if failure.crash is not None:
+            crash = failure.crash
+            err = WorkerCrashedError(f"{self._failure_line}\n{text}", checksum=self._checksum,
+                                     traceback=text, name=self.name, exitcode=crash["exitcode"],
+                                     signal=crash["signal"], pid=crash["pid"])
+            err.__cause__ = SeamlessError(crash["cause"]) if crash["cause"] else \
+                RemoteTraceback(text)
+            return err
         err = TransformationError(f"{self._failure_line}\n{text}", checksum=self._checksum,
                                   traceback=text, name=self.name)
         err.__cause__ = RemoteTraceback(text)

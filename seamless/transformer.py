@@ -19,7 +19,7 @@ from .code import FunctionCode, capture, capture_module
 from .encoding import canonical_json, encode
 from .transformation import Transformation
 
-__all__ = ["direct", "delayed", "Transformation", "Transformer"]
+__all__ = ["direct", "delayed", "Transformation", "Transformer", "spawn", "has_spawned"]
 
 _P = inspect.Parameter
 _KIND_CODE = {_P.POSITIONAL_ONLY: 0, _P.POSITIONAL_OR_KEYWORD: 1, _P.VAR_POSITIONAL: 2,
@@ -239,3 +239,46 @@ def delayed(func=None) -> Transformer:
 def direct(func=None) -> Transformer:
     """Make ``func`` a direct transformer: calling it runs the transformation, returns the value."""
     return _make(func, "direct")
+
+
+def spawn(N=None) -> None:
+    """Start the worker pool of ``N`` processes (default: the ``workers`` setting).
+
+    Returns at once: the workers start in the background and are reused for every later
+    transformation (worker-pool.md, section 1).
+    """
+    from . import config
+    from .errors import ConfigurationError
+    from .execution import dispatch
+
+    if N is not None:
+        if isinstance(N, bool) or not isinstance(N, int):
+            raise TypeError(f"spawn() needs a positive integer number of workers, got {N!r} "
+                            f"(a {type(N).__name__}); use spawn() for the default worker count")
+        if N <= 0:
+            raise ValueError(f"spawn() needs a positive integer number of workers, got {N!r}; "
+                             f"use spawn() for the default worker count")
+    if dispatch._worker_backend is not None:
+        raise RuntimeError("spawn() cannot be called inside a pool worker: nested "
+                           "transformations already use the parent's pool")
+    if dispatch.has_spawned():
+        raise RuntimeError(
+            f"spawn() was already called: a pool of {dispatch.pool_size()} workers is active "
+            f"(call spawn() once, check has_spawned() first, or seamless.close() the pool "
+            f"before spawning a new one)")
+    if config.get("execution") == "remote":
+        raise ConfigurationError(
+            "spawn() cannot start a local pool while execution is 'remote' (remove "
+            "'execution: remote' from the configuration, or run on the Dask cluster)",
+            key="execution", value="remote")
+    if N is not None:
+        config._set_python("workers", N)
+    config._set_python("execution", "spawn")
+    dispatch.start_pool(config.get("workers"))
+
+
+def has_spawned() -> bool:
+    """True while a worker pool exists in this process, and inside a pool worker."""
+    from .execution import dispatch
+
+    return dispatch.has_spawned()

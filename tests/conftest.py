@@ -21,12 +21,17 @@ def pytest_report_header(config):
 
 
 def pytest_sessionstart(session):
+    """Every module that has a compiled version must be the compiled one (unless the run asked
+    for the pure-Python twin): a broken build must fail the run, not slow it down."""
     wanted = _requested_backend()
-    if seamless._ipc.BACKEND != wanted:
+    ipc = seamless._ipc
+    expected = {name: ("cython" if wanted == "cython" and ipc._has_compiled(name) else "python")
+                for name in ipc.backends()}
+    if ipc.backends() != expected:
         raise pytest.UsageError(
-            f"this run asked for the {wanted!r} _ipc backend but {seamless._ipc.BACKEND!r} is "
-            f"loaded ({seamless._ipc.backends()}); build the extension with `pip install .` or "
-            f"set SEAMLESS_PUREPYTHON=1 for the pure-Python twin")
+            f"this run asked for the {wanted!r} _ipc backend but {ipc.backends()} is loaded "
+            f"(expected {expected}); build the extension with `pip install .` or set "
+            f"SEAMLESS_PUREPYTHON=1 for the pure-Python twin")
 
 
 @pytest.fixture(autouse=True)

@@ -11,14 +11,21 @@ seamless._ipc.shm_array``, which names the compiled module whatever was chosen).
   a warning).  Any other value raises ConfigurationError.
 - A compiled module that fails to import is replaced by its twin with one
   BackendWarning per module naming the failure and how to rebuild.
+- A module that ships no compiled form (no extension file and no ``.pyx`` source next to
+  this file, e.g. ``segments`` until its Cython version exists) uses its twin silently.
 
 ``BACKEND`` is ``"cython"`` only when every module is compiled, else ``"python"``;
 ``backends()`` gives the choice per module.  Light on purpose: no numpy here.
+
+The counters and ``trim()`` of the chosen ``segments`` module are re-exported here as thin
+functions (``bytes_copied()``, ``bytes_hashed()``, ``live_segments()``, ``reset_counters()``,
+``trim()``), so tests and the pool need not know which backend is loaded.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import logging
 import os
 import warnings
@@ -26,12 +33,14 @@ from types import ModuleType
 
 from seamless.errors import BackendWarning, ConfigurationError
 
-__all__ = ["BACKEND", "backends", "shm_array"]
+__all__ = ["BACKEND", "backends", "shm_array", "segments", "bytes_copied", "bytes_hashed",
+           "live_segments", "reset_counters", "trim"]
 
-# Every module of the core, in import order (a module may cimport an earlier one).
-_MODULES = ("shm_array",)
+# Every module of the core, in import order (a module may cimport or import an earlier one).
+_MODULES = ("shm_array", "segments")
 
 shm_array: ModuleType  # bound by _load_all()
+segments: ModuleType
 
 _ON = frozenset({"1", "true", "yes"})
 _OFF = frozenset({"", "0", "false", "no"})
@@ -52,9 +61,20 @@ def _purepython_requested(environ=os.environ) -> bool:
         source=_ENV, value=raw)
 
 
+def _has_compiled(name: str) -> bool:
+    """Whether module ``name`` ships a compiled form: its extension file or its Cython source.
+
+    A file check, so no import hook runs; a ``.pyx`` without its extension (a build that
+    failed or was skipped) counts, so that case still warns when the import fails.
+    """
+    suffixes = (*importlib.machinery.EXTENSION_SUFFIXES, ".pyx")
+    return any(os.path.exists(os.path.join(directory, name + suffix))
+               for directory in __path__ for suffix in suffixes)
+
+
 def _load(name: str, pure: bool):
     """Import one module of the core; return (module, "cython" | "python")."""
-    if not pure:
+    if not pure and _has_compiled(name):
         try:
             return importlib.import_module(f"{__name__}.{name}"), "cython"
         except ImportError as exc:
@@ -85,5 +105,31 @@ BACKEND = "cython" if all(kind == "cython" for kind in _BACKENDS.values()) else 
 
 
 def backends() -> dict:
-    """Which implementation each module of the core uses: {"shm_array": "cython" | "python"}."""
+    """Which implementation each module of the core uses, e.g.
+    {"shm_array": "cython", "segments": "python"}."""
     return dict(_BACKENDS)
+
+
+def bytes_copied() -> int:
+    """Bytes copied into or out of segments for this process's transformations so far."""
+    return segments.bytes_copied()
+
+
+def bytes_hashed() -> int:
+    """Bytes hashed while filling segments (worker-side hashing included) so far."""
+    return segments.bytes_hashed()
+
+
+def live_segments() -> int:
+    """Segments of this process whose descriptor is still open."""
+    return segments.live_segments()
+
+
+def reset_counters() -> None:
+    """Set bytes_copied() and bytes_hashed() back to 0."""
+    segments.reset_counters()
+
+
+def trim() -> None:
+    """Empty this process's segment free lists and run the registered trim hooks."""
+    segments.trim()

@@ -6,18 +6,23 @@ Lookup order (identity-and-cache.md, 4.6):
       └─ dependencies unfinished? start them; continue when the last one finishes
       └─ checksum known ─► same checksum running here?  attach to its Job (latch-on)
                         ─► memory result map + memory buffer?  done (no thread involved)
-                        ─► new Job ─► backend.submit(job)
-    executor thread: execute(job)
-      └─ persistent cache hit (read + verified off the caller's path)?  done
-      └─ runner.run(work) ─► success: memory maps + queued persistent write ─► job.finish()
+                        ─► new Job ─► persistent lookup (off the caller's path) ─► backend
+    backend: in-process threads call execute(job); the pool sends it to a worker
+    complete(job, outcome): success ─► memory maps + queued persistent write; job.finish()
 
-Ownership: the dispatcher's ``_running`` map holds each job from submission until it
-finishes; the job holds its argument buffers until then; the caches and the handles hold the
-result buffer afterwards.  Failures are never cached.
+Backends: ``inprocess.InProcessExecutor`` (``execution: process`` and ``.local``), the worker
+pool ``pool.Pool`` (``spawn``), and inside a pool worker the parent itself (children go up as
+``nested-submit``).  Interface: ``submit(job)``, ``withdraw(job)``, ``abandon(job)``,
+``run_here(job)``, ``close() -> unstarted jobs``.
+
+Ownership: ``_running`` holds each job from submission until it finishes; the job holds its
+argument buffers until then; the caches and the handles hold the result buffer afterwards.
+Failures are never cached.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 
@@ -27,13 +32,21 @@ from .inprocess import InProcessExecutor, in_executor_thread
 from .job import Job
 from .runner import Outcome, run
 
-__all__ = ["start", "execute", "help_run", "close", "backend_name"]
+__all__ = ["start", "execute", "complete", "help_run", "withdraw", "close", "start_pool",
+           "has_spawned", "pool_size"]
 
 _log = logging.getLogger("seamless")
 _running: dict = {}
-_lock = threading.Lock()
+_lock = threading.RLock()
 _backends: dict = {}
 
+#: Inside a pool worker: the backend that sends children to the parent, and the function a
+#: waiting thread blocks in (it runs children the parent declined).  None in a parent.
+_worker_backend = None
+wait_hook = None
+
+
+# ---------------------------------------------------------------- backends
 
 def _in_process() -> InProcessExecutor:
     workers = config.get("workers")
@@ -49,23 +62,60 @@ def _in_process() -> InProcessExecutor:
     return backend
 
 
+def start_pool(n: int):
+    """Create the worker pool (``spawn()``); it launches its workers in the background."""
+    from .. import encoding
+    from ..pool.pool import Pool
+    from ..pool.wire import INLINE_MAX
+
+    with _lock:
+        pool = _backends.get("spawn")
+        if pool is None:
+            encoding.use_segments(INLINE_MAX)  # large inputs are born in shared memory
+            pool = Pool(n, complete)
+            _backends["spawn"] = pool
+    return pool
+
+
+def has_spawned() -> bool:
+    return _worker_backend is not None or "spawn" in _backends
+
+
+def pool_size():
+    pool = _backends.get("spawn")
+    return pool.n if pool is not None else None
+
+
+def become_worker(backend, hook, index: int):
+    """Called once by a pool worker: children go to the parent through ``backend``."""
+    from .. import encoding
+    from ..pool.wire import INLINE_MAX
+
+    global _worker_backend, wait_hook
+    _worker_backend = backend
+    wait_hook = hook
+    encoding.use_segments(INLINE_MAX)
+
+
 def _backend_for(handle):
-    """The backend a handle runs on: ``.local`` and ``execution: process`` stay in-process."""
+    """``.local`` and ``execution: process`` stay in-process; ``spawn`` uses the pool."""
     if handle._local:
         return _in_process()
+    if _worker_backend is not None:
+        return _worker_backend
     mode = config.get("execution")
     if mode == "process":
         return _in_process()
+    if mode == "spawn":
+        return _backends.get("spawn") or start_pool(config.get("workers"))
     from ..errors import ConfigurationError
 
     raise ConfigurationError(
         f"execution {mode!r} is not available in this version of seamless; use execution: "
-        f"process (the default)", key="execution", value=mode)
+        f"process (the default) or spawn", key="execution", value=mode)
 
 
-def backend_name() -> str:
-    return config.get("execution")
-
+# ---------------------------------------------------------------- starting
 
 def start(handle):
     """Called once per start of a handle (its status is already "running")."""
@@ -88,6 +138,16 @@ def start(handle):
         dep._add_done_callback(one_done)
 
 
+def _memory_hit(checksum):
+    hit = cache.memory_results.get(checksum)
+    if hit is None:
+        return None
+    buffer = cache.memory_buffers.get(hit[1])
+    if buffer is None:
+        return None
+    return Outcome(Encoded(hit[0], hit[1], buffer), None, 0.0, True)
+
+
 def _dispatch(handle):
     if handle.status != "running":
         return
@@ -95,12 +155,10 @@ def _dispatch(handle):
     if resolved is None:  # a dependency failed: the handle has failed already
         return
     checksum, work = resolved
-    hit = cache.memory_results.get(checksum)
+    hit = _memory_hit(checksum)
     if hit is not None:
-        buffer = cache.memory_buffers.get(hit[1])
-        if buffer is not None:
-            handle._job_finished(Outcome(Encoded(hit[0], hit[1], buffer), None, 0.0))
-            return
+        handle._job_finished(hit)
+        return
     backend = _backend_for(handle)
     with _lock:
         job = _running.get(checksum)
@@ -111,24 +169,56 @@ def _dispatch(handle):
         job.attach(handle)
         handle._job = job
         _running[checksum] = job
-    backend.submit(job)
+    if isinstance(backend, InProcessExecutor) or _worker_backend is not None \
+            or _cache_step(cache.persistent) is None:
+        backend.submit(job)  # in-process threads look the persistent cache up themselves
+    else:
+        _lookups().submit(job)
 
 
-def _persistent_hit(checksum):
-    store = cache.persistent()
-    if store is None:
-        return None
-    row = store.lookup(checksum)
-    if row is None:
-        return None
-    kind, result_checksum = row
-    buffer = store.read_buffer(result_checksum)
-    if buffer is None:
-        return None
-    cache.memory_results.put(checksum, kind, result_checksum)
-    cache.memory_buffers.put(result_checksum, buffer)
-    return Outcome(Encoded(kind, result_checksum, buffer), None, 0.0)
+class _LookupThread:
+    """Reads the persistent cache for pool jobs, off the caller's and the pool's threads."""
 
+    def __init__(self):
+        self._queue: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._thread = None
+
+    def submit(self, job):
+        with self._cond:
+            self._queue.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, daemon=True,
+                                                name="seamless-cache-lookup")
+                self._thread.start()
+            self._cond.notify()
+
+    def _serve(self):
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                job = self._queue.popleft()
+            hit = _cache_step(_persistent_hit, job.checksum)
+            if hit is None:
+                job.backend.submit(job)
+            elif job.claim():
+                complete(job, hit)
+
+
+_lookup_thread = None
+
+
+def _lookups() -> _LookupThread:
+    global _lookup_thread
+    if _lookup_thread is None:
+        with _lock:
+            if _lookup_thread is None:
+                _lookup_thread = _LookupThread()
+    return _lookup_thread
+
+
+# ---------------------------------------------------------------- caches
 
 def _cache_step(step, *args):
     """Run a persistent-cache step for a job; its failure never fails the transformation.
@@ -145,14 +235,56 @@ def _cache_step(step, *args):
         return None
 
 
+def _persistent_hit(checksum):
+    store = cache.persistent()
+    if store is None:
+        return None
+    row = store.lookup(checksum)
+    if row is None:
+        return None
+    kind, result_checksum = row
+    buffer = store.read_buffer(result_checksum)
+    if buffer is None:
+        return None
+    cache.memory_results.put(checksum, kind, result_checksum)
+    cache.memory_buffers.put(result_checksum, buffer)
+    return Outcome(Encoded(kind, result_checksum, buffer), None, 0.0, True)
+
+
+def _record(checksum, outcome: Outcome):
+    result = outcome.result
+    cache.memory_results.put(checksum, result.kind, result.checksum)
+    if not _is_segment(result.buffer):  # the memory cache never keeps a segment alive
+        cache.memory_buffers.put(result.checksum, result.buffer)
+    store = _cache_step(cache.persistent)
+    if store is not None:
+        _cache_step(store.write, checksum, result.kind, result.checksum, result.buffer,
+                    outcome.duration)
+
+
+def _is_segment(buffer) -> bool:
+    import sys
+
+    segments = sys.modules.get("seamless._ipc._pure.segments") or \
+        sys.modules.get("seamless._ipc.segments")
+    return segments is not None and segments.segment_of(buffer) is not None
+
+
+# ---------------------------------------------------------------- finishing
+
 def execute(job: Job):
-    """Run a claimed job (on an executor thread, or on a waiting thread: run-here)."""
+    """Run a claimed job here (an executor thread, or a waiting thread: run-here)."""
+    outcome = _cache_step(_persistent_hit, job.checksum) if _worker_backend is None else None
+    if outcome is None:
+        outcome = run(job.work)
+    complete(job, outcome)
+
+
+def complete(job: Job, outcome: Outcome):
+    """Record a job's outcome (successes only) and hand it to every waiting handle."""
     try:
-        outcome = _cache_step(_persistent_hit, job.checksum)
-        if outcome is None:
-            outcome = run(job.work)
-            if outcome.result is not None:
-                _record(job.checksum, outcome)
+        if outcome.result is not None and not outcome.from_cache:
+            _record(job.checksum, outcome)
     finally:
         with _lock:
             if _running.get(job.checksum) is job:
@@ -160,25 +292,47 @@ def execute(job: Job):
     job.finish(outcome)
 
 
-def _record(checksum, outcome: Outcome):
-    result = outcome.result
-    cache.memory_results.put(checksum, result.kind, result.checksum)
-    cache.memory_buffers.put(result.checksum, result.buffer)
-    store = _cache_step(cache.persistent)
-    if store is not None:
-        _cache_step(store.write, checksum, result.kind, result.checksum, result.buffer,
-                    outcome.duration)
+def nested_from_worker(checksum, work, proxy, run_elsewhere: bool):
+    """A child that a pool worker's body started: answer from memory, latch on, queue it ahead
+    of top-level work on an idle worker, or tell the requester to run it itself."""
+    hit = _memory_hit(checksum)
+    if hit is not None:
+        proxy._job_finished(hit)
+        return
+    with _lock:
+        job = _running.get(checksum)
+        if job is not None and job.attach(proxy):
+            proxy.job = job
+            return
+        if not run_elsewhere:
+            proxy.run_here()
+            return
+        pool = _backends["spawn"]
+        job = Job(checksum, work, pool)
+        job.attach(proxy)
+        proxy.job = job
+        _running[checksum] = job
+    pool.submit_front(job)
+
+
+def detach_proxy(proxy):
+    job = getattr(proxy, "job", None)
+    if job is not None and job.detach(proxy) and job.state == "running":
+        job.backend.abandon(job)
 
 
 def withdraw(handle):
-    """A cancelled handle leaves its job; an unstarted job that nobody wants is dropped."""
+    """A cancelled handle leaves its job; a job that nobody wants any more is stopped."""
     job = handle._job
     if job is None or not job.detach(handle):
         return
-    if job.backend.withdraw(job) and job.drop():
-        with _lock:
-            if _running.get(job.checksum) is job:
-                del _running[job.checksum]
+    if job.state == "queued":
+        if job.backend.withdraw(job) and job.drop():
+            with _lock:
+                if _running.get(job.checksum) is job:
+                    del _running[job.checksum]
+    elif job.state == "running":
+        job.backend.abandon(job)
 
 
 def help_run(handle):
@@ -193,10 +347,16 @@ def help_run(handle):
 
 
 def close():
-    """Stop the backends; the handles of work that had not started are cancelled."""
+    """Stop the backends; the handles of work that had not finished are cancelled."""
     with _lock:
         backends = list(_backends.values())
         _backends.clear()
+    if any(b.name == "spawn" for b in backends):
+        from .. import encoding
+
+        encoding.use_segments(None)
+        if config.get_setting("execution").source == "python":
+            config._set_python("execution", None)  # spawn() set it; spawn() sets it anew
     for backend in backends:
         for job in backend.close():
             with job.lock:

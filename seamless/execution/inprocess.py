@@ -68,6 +68,11 @@ class InProcessExecutor:
             self._execute(job)
         return True
 
+    def abandon(self, job):
+        """A running job nobody wants: threads cannot be interrupted, so the body runs to its
+        end and its result is still cached (python-api.md, section 4)."""
+        return None
+
     def resize(self, nthreads: int):
         """Follow a new ``workers`` setting: grow lazily, shrink as threads fall idle."""
         with self._cond:

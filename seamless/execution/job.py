@@ -20,7 +20,8 @@ QUEUED, RUNNING, FINISHED = "queued", "running", "finished"
 class Job:
     """State machine queued -> running -> finished; ``handles`` are the handles waiting for it."""
 
-    __slots__ = ("checksum", "work", "state", "outcome", "handles", "lock", "backend")
+    __slots__ = ("checksum", "work", "state", "outcome", "handles", "lock", "backend",
+                 "backend_ref")
 
     def __init__(self, checksum, work: Work, backend):
         self.checksum = checksum
@@ -30,6 +31,7 @@ class Job:
         self.handles: list = []
         self.lock = threading.Lock()
         self.backend = backend
+        self.backend_ref = None  # the backend's own id for the job (a nested request id)
 
     def attach(self, handle) -> bool:
         """Add a waiting handle; False when the job already finished (the caller starts anew)."""
@@ -53,6 +55,13 @@ class Job:
                 return False
             self.state = RUNNING
             return True
+
+    def unclaim(self):
+        """A staged job that never started goes back to the queue (its worker died or it
+        was revoked)."""
+        with self.lock:
+            if self.state == RUNNING:
+                self.state = QUEUED
 
     def drop(self) -> bool:
         """Withdraw a job nobody wants any more, if it has not started."""

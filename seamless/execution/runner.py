@@ -37,16 +37,24 @@ class Work(NamedTuple):
 
 
 class Failure(NamedTuple):
-    """A failure as text: ``summary`` is "ValueError: boom", ``text`` the whole failure text."""
+    """A failure as text: ``summary`` is "ValueError: boom", ``text`` the whole failure text.
+
+    ``crash`` is set when the process running the body died (pool workers): a dict with
+    ``exitcode``, ``signal``, ``pid`` and ``cause`` (the machinery's own error text, or None).
+    """
 
     summary: str
     text: str
+    crash: dict | None = None
 
 
 class Outcome(NamedTuple):
+    """What became of a job; ``from_cache`` marks outcomes that need no recording."""
+
     result: Encoded | None
     failure: Failure | None
     duration: float
+    from_cache: bool = False
 
 
 _POSITIONAL_ONLY, _POSITIONAL_OR_KEYWORD, _VAR_POSITIONAL, _KEYWORD_ONLY, _VAR_KEYWORD = range(5)

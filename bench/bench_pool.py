@@ -1,0 +1,140 @@
+"""The worker pool against its floor and its peer (performance.md: S1, P1, T4).
+
+- S1: the seed example, 20 x sleep(1) on spawn(4) in a fresh interpreter, lazy start included,
+  vs the ideal 5 s.  Gate: <= 1.25x.
+- P1: 10,000 tiny tasks (x + 1), all ``.start()`` then ``.run()``, on spawn(2), vs
+  ``multiprocessing.Pool(2).apply_async`` + ``.get()`` in the same run.  Reported here (the
+  compiled-core issue gates it at <= 1.0x); per-task microseconds go to extra_info.
+- T4 (structural): chaining a returned 200 MB array into the next transformation copies and
+  hashes nothing and builds the handle in under 1 ms.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import seamless
+import seamless._ipc as ipc
+from seamless.transformer import delayed, spawn
+
+SEED = textwrap.dedent("""
+    import time
+    t0 = time.perf_counter()
+    from seamless.transformer import delayed, spawn
+    spawn(4)
+
+    @delayed
+    def compute(x):
+        import time
+        time.sleep(1)
+        return x * 2
+
+    handles = [compute(i) for i in range(20)]
+    for h in handles:
+        h.start()
+    results = [h.run() for h in handles]
+    assert results == [2 * i for i in range(20)]
+    print(time.perf_counter() - t0)
+""")
+
+
+@pytest.mark.benchmark(group="pool")
+def test_s1_seed_example(benchmark, time_subject, record_ratio, tmp_path):
+    script = tmp_path / "seed.py"
+    script.write_text(SEED)
+
+    def subject():
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return float(out.stdout)
+
+    subject_s, inner = time_subject(subject, rounds=1, warmup_rounds=0)
+    benchmark.extra_info["wall_s"] = subject_s
+    benchmark.extra_info["inside_script_s"] = inner
+    record_ratio(benchmark, 5.0, subject_s, bound_now=1.25, goal=1.1)
+
+
+def _increment(x):
+    return x + 1
+
+
+@delayed
+def increment(x):
+    return x + 1
+
+
+N_TINY = 10_000
+
+
+@pytest.mark.benchmark(group="pool")
+def test_p1_tiny_tasks(benchmark, time_reference, time_subject, record_ratio):
+    with multiprocessing.Pool(2) as peer:
+        peer.apply(_increment, (1,))  # warm
+
+        def reference():
+            results = [peer.apply_async(_increment, (i,)) for i in range(N_TINY)]
+            assert [r.get() for r in results][-1] == N_TINY
+
+        ref_s = time_reference(reference, rounds=3)
+    spawn(2)
+    increment(-1).run()  # workers up and warm
+    offset = iter(range(10 ** 9, 10 ** 10, N_TINY))
+
+    def subject():
+        start = next(offset)  # new arguments each round: no cache hits
+        handles = [increment(start + i).start() for i in range(N_TINY)]
+        assert handles[-1].run() == start + N_TINY
+        for h in handles:
+            h.run()
+
+    try:
+        subj_s, _ = time_subject(subject, rounds=3, warmup_rounds=1)
+    finally:
+        seamless.close()
+    benchmark.extra_info["per_task_us"] = subj_s / N_TINY * 1e6
+    benchmark.extra_info["peer_per_task_us"] = ref_s / N_TINY * 1e6
+    # Reported now; the next issue gates at 1.0. The bound here only catches a collapse.
+    record_ratio(benchmark, ref_s, subj_s, bound_now=10.0, goal=0.5)
+
+
+@pytest.mark.benchmark(group="pool")
+def test_t4_chaining_is_free(benchmark, record_ratio):
+    @delayed
+    def make(n):
+        import numpy as np
+
+        return np.ones(n)
+
+    @delayed
+    def ident(a):
+        return a
+
+    spawn(1)
+    try:
+        r = make(25_000_000).run()  # 200 MB, born in a worker segment
+        copied, hashed = ipc.bytes_copied(), ipc.bytes_hashed()
+        t0 = time.perf_counter()
+        h = ident(r)
+        build_s = time.perf_counter() - t0
+        assert (ipc.bytes_copied(), ipc.bytes_hashed()) == (copied, hashed)
+        assert build_s < 1e-3, f"building the chained handle took {build_s * 1e3:.3f} ms"
+        out = h.run()
+        assert np.shares_memory(out, r) or ipc.segments.segment_id(out) == \
+            ipc.segments.segment_id(r)
+        benchmark.extra_info["build_ms"] = build_s * 1e3
+        dst = np.empty_like(r)
+        t0 = time.perf_counter()
+        np.copyto(dst, r)
+        copy_s = time.perf_counter() - t0
+        benchmark.pedantic(lambda: ident(r), rounds=20)
+        record_ratio(benchmark, copy_s, build_s, bound_now=0.05, goal=0.01)
+    finally:
+        seamless.close()

@@ -1,0 +1,605 @@
+"""The lazy, reused, self-healing pool of worker processes (``spawn()``, ``execution: spawn``).
+
+Data flow (worker-pool.md, sections 2-9):
+
+    caller threads                      I/O thread "seamless-pool-io"            worker k
+    ──────────────                      ─────────────────────────────            ────────
+    dispatch: backend.submit(job) ──►   inbox ─► FIFO queue (nested children
+                                        first) ─► least-loaded worker:
+                                        send submit (+ segment fds) ──────────►  run body
+                                        result / error ◄─────────────────────  send result
+                                        dispatch.complete(job, outcome)
+                                        (caches, handles, dependants)
+    handle.cancel() ─► abandon(job) ─►  SIGKILL the worker running it ─► replaced
+
+Ownership:
+- The I/O thread alone launches, watches and reaps workers (so PR_SET_PDEATHSIG, which follows
+  the launching *thread*, lasts as long as the pool) and alone touches worker state.  Other
+  threads talk to it through ``_inbox`` plus an eventfd wake-up.
+- Each worker: a ``Popen`` (reaped at once on death: no zombie), a pidfd and the parent end of
+  its socketpair (both closed when it is replaced or the pool closes), and a stderr pipe whose
+  bytes are forwarded to our stderr and whose last 64 KiB explain a crash or a failed start.
+- A job belongs to the dispatcher's running map; the pool holds it from ``submit`` until it
+  hands the outcome to ``dispatch.complete``.  Input segments stay alive through the job's
+  ``Work`` until then; result segments come back as descriptors owned by the parent's mapping.
+
+Dispatch rules: one body at a time per worker, plus at most one *staged* submission (sent
+ahead, so tiny tasks do not wait a round trip).  Staged work that has not started is revoked
+and moved when another worker falls idle, and requeued (never failed) when its worker dies.
+Crashes are seen through channel EOF and the pidfd (no polling); only the running job fails,
+with ``WorkerCrashedError``; the worker is replaced at once.  Three failed starts in a row
+break the pool: every waiting job then fails with the last worker's stderr tail.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from ..errors import SeamlessError
+from ..execution.runner import Failure, Outcome
+from . import wire
+from .env import usable_cpu_count
+from .protocol import Channel, ProtocolError
+
+__all__ = ["Pool"]
+
+_HELLO_TIMEOUT = 30.0
+_SHUTDOWN_GRACE = 2.0
+_STDERR_TAIL = 64 * 1024
+_MAX_START_FAILURES = 3
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class _Worker:
+    """The parent's view of one worker process (touched by the I/O thread only)."""
+
+    def __init__(self, index: int):
+        self.index = index
+        self.proc = None
+        self.channel = None
+        self.pidfd = None
+        self.started_at = 0.0
+        self.ready = False
+        self.running = None  # (request id, job)
+        self.staged = None   # (request id, job) sent ahead, not started
+        self.revoking = False
+        self.rss = 0
+        self.stderr_tail = bytearray()
+        self.killed_on_purpose = False
+        self.protocol_error = None
+        self.start_timeout = False
+        self.last_pid = None
+
+    @property
+    def load(self) -> int:
+        return (self.running is not None) + (self.staged is not None)
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+
+def _describe_signal(signum: int) -> str:
+    try:
+        return f"signal {signum} ({signal.Signals(signum).name})"
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
+
+
+class Pool:
+    """A pool of ``n`` worker processes; a dispatch backend (see ``execution.inprocess``)."""
+
+    name = "spawn"
+
+    def __init__(self, n: int, complete):
+        self.n = n
+        self._complete = complete
+        self._inbox: collections.deque = collections.deque()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._queue: collections.deque = collections.deque()
+        self._workers: list = []
+        self._ids = itertools.count(1)
+        self._by_id: dict = {}  # request id -> (worker, job)
+        self._nested_proxies: dict = {}
+        self._selector = selectors.DefaultSelector()
+        self._start_failures = 0
+        self._broken: str | None = None
+        self._closed = threading.Event()
+        self._dropped: list = []
+        self._thread = threading.Thread(target=self._io_loop, name="seamless-pool-io",
+                                        daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------ backend interface
+
+    def submit(self, job):
+        self._post(("submit", job))
+
+    def submit_front(self, job):
+        self._post(("submit-front", job))
+
+    def withdraw(self, job) -> bool:
+        """Remove a queued job (best effort: the I/O thread skips it if it was not sent)."""
+        self._post(("withdraw", job))
+        return True
+
+    def abandon(self, job):
+        """Nobody wants a running job any more: stop it (kills and replaces its worker)."""
+        self._post(("abandon", job))
+
+    def run_here(self, job) -> bool:
+        return False
+
+    def close(self) -> list:
+        """Cancel everything, stop the workers (2 s, then SIGKILL); return unstarted jobs."""
+        if self._closed.is_set():
+            return []
+        self._post(("close", None))
+        self._thread.join(_SHUTDOWN_GRACE + 5.0)
+        return self._dropped
+
+    def _post(self, item):
+        self._inbox.append(item)
+        try:
+            os.eventfd_write(self._wake, 1)
+        except OSError:
+            return  # closed: the pool is gone, nothing will read the inbox
+
+    # ------------------------------------------------------------ I/O thread
+
+    def _io_loop(self):
+        self._selector.register(self._wake, selectors.EVENT_READ, ("wake", None, None))
+        for index in range(self.n):
+            self._workers.append(_Worker(index))
+            self._launch(self._workers[-1])
+        try:
+            while True:
+                timeout = self._next_timeout()
+                for key, _ in self._selector.select(timeout):
+                    what, worker, proc = key.data
+                    if worker is not None and worker.proc is not proc:
+                        continue  # an event of a process that was already replaced
+                    if what == "wake":
+                        self._drain_wake()
+                    elif what == "channel":
+                        self._on_channel(worker)
+                    elif what == "pidfd":
+                        self._on_death(worker)
+                    elif what == "stderr":
+                        self._on_stderr(worker)
+                if self._handle_inbox():
+                    return
+                self._check_hello_timeouts()
+                self._schedule()
+        finally:
+            self._shutdown()
+
+    def _drain_wake(self):
+        try:
+            os.eventfd_read(self._wake)
+        except BlockingIOError:
+            return
+
+    def _next_timeout(self):
+        starting = [w for w in self._workers if w.proc and not w.ready]
+        return 1.0 if starting else None
+
+    def _handle_inbox(self) -> bool:
+        """Apply requests from other threads; True when the pool must close."""
+        while self._inbox:
+            what, job = self._inbox.popleft()
+            if what == "submit":
+                self._queue.append(job)
+            elif what == "submit-front":
+                self._queue.appendleft(job)
+            elif what == "withdraw":
+                if job in self._queue:
+                    self._queue.remove(job)
+                    job.drop()
+            elif what == "abandon":
+                self._abandon(job)
+            elif what == "close":
+                return True
+        return False
+
+    # ------------------------------------------------------------ workers
+
+    def _launch(self, worker: _Worker):
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ, SEAMLESS_WORKER_FD=str(child_end.fileno()),
+                   SEAMLESS_WORKER_PPID=str(os.getpid()))
+        if sys.version_info >= (3, 11):
+            cmd = [sys.executable, "-P", "-m", "seamless.pool.worker"]
+        else:
+            cmd = [sys.executable, "-c",
+                   "import sys; del sys.path[0]; from seamless.pool.worker import main; main()"]
+        try:
+            worker.proc = subprocess.Popen(cmd, pass_fds=[child_end.fileno()], env=env,
+                                           stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                           close_fds=True)
+        except OSError as exc:
+            parent_end.close()
+            child_end.close()
+            self._start_failed(worker, f"could not start {cmd[0]}: {exc}")
+            return
+        child_end.close()
+        parent_end.setblocking(False)
+        worker.channel = Channel(parent_end)
+        worker.pidfd = os.pidfd_open(worker.proc.pid)
+        worker.started_at = time.monotonic()
+        worker.ready = False
+        worker.stderr_tail = bytearray()
+        worker.killed_on_purpose = False
+        worker.protocol_error = None
+        worker.start_timeout = False
+        os.set_blocking(worker.proc.stderr.fileno(), False)
+        proc = worker.proc
+        worker.last_pid = proc.pid
+        self._selector.register(worker.channel.fileno(), selectors.EVENT_READ,
+                                ("channel", worker, proc))
+        self._selector.register(worker.pidfd, selectors.EVENT_READ, ("pidfd", worker, proc))
+        self._selector.register(proc.stderr, selectors.EVENT_READ, ("stderr", worker, proc))
+        worker.channel.send([("init", 0, self._init_header(worker), [], [])])
+
+    def _init_header(self, worker: _Worker) -> dict:
+        per_worker = str(max(1, usable_cpu_count() // self.n))
+        return {"environ": dict(os.environ), "cwd": os.getcwd(), "sys_path": list(sys.path),
+                "index": worker.index,
+                "threads": {name: per_worker for name in _THREAD_VARS if name not in os.environ}}
+
+    def _on_stderr(self, worker: _Worker):
+        try:
+            data = os.read(worker.proc.stderr.fileno(), 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            self._selector.unregister(worker.proc.stderr)
+            return
+        worker.stderr_tail += data
+        del worker.stderr_tail[:-_STDERR_TAIL]
+        try:
+            os.write(2, data)
+        except OSError:
+            return  # our own stderr is gone; the tail still explains crashes
+
+    def _on_channel(self, worker: _Worker):
+        try:
+            frames = worker.channel.receive()
+        except EOFError:
+            self._on_death(worker)
+            return
+        except ProtocolError as exc:
+            self._kill(worker, protocol_error=str(exc))
+            return
+        for frame in frames:
+            handler = getattr(self, "_frame_" + frame.kind.replace("-", "_"), None)
+            if handler is None:
+                self._kill(worker, protocol_error=f"unexpected {frame.kind!r} frame from a worker")
+                return
+            handler(worker, frame)
+
+    def _check_hello_timeouts(self):
+        now = time.monotonic()
+        for worker in self._workers:
+            if worker.proc and not worker.ready and now - worker.started_at > _HELLO_TIMEOUT:
+                self._kill(worker, start_timeout=True)
+
+    def _kill(self, worker: _Worker, protocol_error=None, start_timeout=False,
+              on_purpose=False):
+        worker.killed_on_purpose = on_purpose
+        worker.protocol_error = protocol_error
+        worker.start_timeout = start_timeout
+        try:
+            os.kill(worker.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return  # already gone; the pidfd reports it
+        self._on_death(worker)
+
+    def _on_death(self, worker: _Worker):
+        """Reap, explain, fail its running job, requeue its staged one, and replace it."""
+        if worker.proc is None:
+            return
+        proc = worker.proc
+        returncode = proc.wait()
+        self._drain_stderr(worker)
+        for fileobj in (worker.channel.fileno(), worker.pidfd, proc.stderr):
+            try:
+                self._selector.unregister(fileobj)
+            except (KeyError, ValueError):
+                continue
+        worker.channel.close()
+        os.close(worker.pidfd)
+        proc.stderr.close()
+        worker.proc = None
+        if worker.staged is not None:
+            rid, job = worker.staged
+            self._by_id.pop(rid, None)
+            job.unclaim()
+            self._queue.appendleft(job)
+            worker.staged = None
+        if not worker.ready and not worker.killed_on_purpose:
+            self._start_failed(worker, self._start_failure_text(worker, returncode))
+            return
+        self._start_failures = 0
+        if worker.running is not None:
+            rid, job = worker.running
+            self._by_id.pop(rid, None)
+            worker.running = None
+            self._finish(job, Outcome(None, self._crash_failure(worker, returncode, job), 0.0))
+        if not self._closed.is_set():
+            self._launch(worker)
+
+    def _drain_stderr(self, worker: _Worker):
+        while True:
+            try:
+                data = os.read(worker.proc.stderr.fileno(), 65536)
+            except (BlockingIOError, ValueError, OSError):
+                return
+            if not data:
+                return
+            worker.stderr_tail += data
+            del worker.stderr_tail[:-_STDERR_TAIL]
+
+    def _start_failure_text(self, worker, returncode) -> str:
+        how = (f"did not say hello within {_HELLO_TIMEOUT:.0f} s"
+               if worker.start_timeout
+               else f"exited with code {returncode}" if returncode >= 0
+               else f"was killed by {_describe_signal(-returncode)}")
+        tail = worker.stderr_tail.decode("utf-8", "replace").strip()
+        return (f"worker {worker.index} {how} before it was ready"
+                + (f"; its stderr ends with:\n{tail}" if tail else "; it wrote nothing to stderr"))
+
+    def _start_failed(self, worker, text: str):
+        self._start_failures += 1
+        if self._start_failures < _MAX_START_FAILURES:
+            self._launch(worker)
+            return
+        self._broken = (f"the worker pool could not start workers ({_MAX_START_FAILURES} "
+                        f"failed starts in a row): {text}")
+        for job in list(self._queue):
+            self._queue.remove(job)
+            if job.claim():
+                self._finish(job, Outcome(None, self._broken_failure(job), 0.0))
+
+    def _broken_failure(self, job) -> Failure:
+        return Failure(f"the worker pool is broken ({self._broken.splitlines()[0]})",
+                       self._broken + "\n", crash={"exitcode": None, "signal": None,
+                                                   "pid": None, "cause": self._broken})
+
+    def _crash_failure(self, worker, returncode, job) -> Failure:
+        pid = worker.last_pid
+        if worker.protocol_error:
+            what = (f"worker {worker.index} (pid {pid}) sent a malformed frame while running "
+                    f"it and was killed ({worker.protocol_error}); the worker was replaced")
+            code, sig = None, signal.SIGKILL
+        elif returncode >= 0:
+            what = (f"worker {worker.index} (pid {pid}) exited with code {returncode} while "
+                    f"running it; the code called os._exit() or a library ended the process; "
+                    f"the worker was replaced")
+            code, sig = returncode, None
+        else:
+            sig = -returncode
+            if sig == signal.SIGKILL:
+                cause = ("killed from outside, most often by the kernel's out-of-memory killer"
+                         + (f" (last seen using {_gib(worker.rss)})" if worker.rss else ""))
+            elif sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL,
+                         signal.SIGFPE):
+                cause = "a crash in compiled code (see the faulthandler traceback below)"
+            else:
+                cause = "a signal from outside"
+            what = (f"worker {worker.index} (pid {pid}) was killed by {_describe_signal(sig)} "
+                    f"while running it; {cause}; the worker was replaced")
+            code = None
+        tail = worker.stderr_tail.decode("utf-8", "replace")[-_STDERR_TAIL:].strip()
+        text = what + "\n" + (f"\n--- captured stderr (last 64 KiB) ---\n{tail}\n" if tail else "")
+        cause = worker.protocol_error
+        return Failure(what, text, crash={"exitcode": code, "signal": sig, "pid": pid,
+                                          "cause": cause})
+
+    # ------------------------------------------------------------ frames from workers
+
+    def _frame_hello(self, worker, frame):
+        worker.ready = True
+        worker.last_pid = frame.header["pid"]
+        self._start_failures = 0
+
+    def _frame_heartbeat(self, worker, frame):
+        worker.rss = frame.header.get("rss", 0)
+
+    def _take(self, worker, rid):
+        """The job of a finished request; the staged one (if any) now runs."""
+        if worker.running is not None and worker.running[0] == rid:
+            job = worker.running[1]
+            worker.running = worker.staged
+            worker.staged = None
+            worker.revoking = False
+        elif worker.staged is not None and worker.staged[0] == rid:
+            job = worker.staged[1]
+            worker.staged = None
+        else:
+            return None
+        self._by_id.pop(rid, None)
+        return job
+
+    def _frame_result(self, worker, frame):
+        result, duration = wire.unpack_result(frame)
+        job = self._take(worker, frame.id)
+        if job is not None:
+            self._finish(job, Outcome(result, None, duration))
+
+    def _frame_error(self, worker, frame):
+        job = self._take(worker, frame.id)
+        if job is not None:
+            self._finish(job, Outcome(None, wire.unpack_failure(frame), 0.0))
+
+    def _frame_revoked(self, worker, frame):
+        if worker.staged is not None and worker.staged[0] == frame.id:
+            job = worker.staged[1]
+            worker.staged = None
+            worker.revoking = False
+            self._by_id.pop(frame.id, None)
+            job.unclaim()
+            self._queue.appendleft(job)
+
+    def _frame_nested_submit(self, worker, frame):
+        from ..execution import dispatch
+
+        checksum, work = wire.unpack_work(frame)
+        proxy = _NestedProxy(self, worker, frame.id)
+        self._nested_proxies[(worker.index, frame.id)] = proxy
+        idle = any(w.ready and w.load == 0 and w is not worker for w in self._workers)
+        dispatch.nested_from_worker(checksum, work, proxy, run_elsewhere=idle)
+
+    def _frame_nested_cancel(self, worker, frame):
+        proxy = self._nested_proxies.pop((worker.index, frame.id), None)
+        if proxy is not None:
+            proxy.cancel()
+
+    # ------------------------------------------------------------ scheduling
+
+    def _schedule(self):
+        while self._queue:
+            candidates = [w for w in self._workers if w.ready and w.proc and w.load < 2
+                          and not w.revoking]
+            if not candidates:
+                break
+            worker = min(candidates, key=lambda w: (w.load, w.index))
+            if worker.load == 1 and any(w.ready and w.load == 0 for w in self._workers):
+                break
+            job = self._queue.popleft()
+            if not job.claim():
+                continue  # withdrawn or dropped meanwhile
+            self._send(worker, job)
+        if not self._queue:
+            self._rebalance()
+
+    def _send(self, worker, job):
+        rid = next(self._ids)
+        header, inline, fds, keep = wire.pack_work(job.work, job.checksum)
+        try:
+            worker.channel.send([("submit", rid, header, inline, fds)])
+        except OSError:
+            job.unclaim()
+            self._queue.appendleft(job)
+            return
+        for seg in keep:
+            seg.close()
+        if worker.running is None:
+            worker.running = (rid, job)
+        else:
+            worker.staged = (rid, job)
+        self._by_id[rid] = (worker, job)
+
+    def _rebalance(self):
+        """An idle worker and staged work elsewhere: revoke it, so it can move."""
+        if not any(w.ready and w.load == 0 for w in self._workers):
+            return
+        for worker in self._workers:
+            if worker.staged is not None and not worker.revoking:
+                worker.revoking = True
+                worker.channel.send([("revoke", worker.staged[0], {}, [], [])])
+                return
+
+    def _abandon(self, job):
+        if job in self._queue:
+            self._queue.remove(job)
+            return
+        for worker in self._workers:
+            if worker.running is not None and worker.running[1] is job:
+                self._kill(worker, on_purpose=True)
+                return
+            if worker.staged is not None and worker.staged[1] is job and not worker.revoking:
+                worker.revoking = True
+                worker.channel.send([("revoke", worker.staged[0], {}, [], [])])
+                return
+
+    def _finish(self, job, outcome: Outcome):
+        self._complete(job, outcome)
+
+    # ------------------------------------------------------------ shutdown
+
+    def _shutdown(self):
+        self._closed.set()
+        self._dropped = list(self._queue)
+        self._queue.clear()
+        running = []
+        for worker in self._workers:
+            for slot in (worker.running, worker.staged):
+                if slot is not None:
+                    running.append(slot[1])
+            worker.running = worker.staged = None
+            if worker.proc is not None:
+                try:
+                    worker.channel.send([("shutdown", 0, {}, [], [])])
+                except OSError:
+                    continue  # already gone: reaped below
+        deadline = time.monotonic() + _SHUTDOWN_GRACE
+        for worker in self._workers:
+            if worker.proc is None:
+                continue
+            try:
+                worker.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+                worker.proc.wait()
+            worker.channel.close()
+            os.close(worker.pidfd)
+            worker.proc.stderr.close()
+            worker.proc = None
+        self._selector.close()
+        os.close(self._wake)
+        self._dropped.extend(running)
+
+
+class _NestedProxy:
+    """Stands in for a worker's waiting handle: sends the child's outcome back to it."""
+
+    def __init__(self, pool: Pool, worker: _Worker, rid: int):
+        self.pool = pool
+        self.worker = worker
+        self.rid = rid
+        self.done = False
+
+    def _job_finished(self, outcome: Outcome):
+        if self.done:
+            return
+        self.done = True
+        self.pool._nested_proxies.pop((self.worker.index, self.rid), None)
+        if self.worker.proc is None:
+            return  # the requester died meanwhile
+        if outcome.failure is None:
+            header, inline, fds, keep = wire.pack_result(outcome.result, outcome.duration)
+            header["reply"] = "result"
+        else:
+            header, inline, fds, keep = wire.pack_failure(outcome.failure), [], [], []
+            header["reply"] = "error"
+        self.worker.channel.send([("nested-reply", self.rid, header, inline, fds)])
+        for seg in keep:
+            seg.close()
+
+    def run_here(self):
+        self.done = True
+        self.pool._nested_proxies.pop((self.worker.index, self.rid), None)
+        self.worker.channel.send([("nested-reply", self.rid, {"reply": "run-here"}, [], [])])
+
+    def cancel(self):
+        from ..execution import dispatch
+
+        self.done = True
+        dispatch.detach_proxy(self)
+
+    def __repr__(self):
+        return f"<nested request {self.rid:#x} of worker {self.worker.index}>"

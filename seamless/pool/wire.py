@@ -1,0 +1,148 @@
+"""Work and outcomes as frames: what a ``submit``, ``result`` or ``error`` frame carries.
+
+The frame format itself is ``protocol``; this module maps seamless's objects onto it:
+
+- ``pack_work(work, checksum)`` -> (header, inline buffers, descriptors, keep): the code text,
+  parameters, argument and ``.globals`` encodings and ``.modules`` entries.  A buffer under
+  ``INLINE_MAX`` travels inline; a larger one travels as its segment's descriptor (an input
+  built while the pool runs, or a result passed on: no copy), else it is copied into a new
+  segment here (one copy, no hash: its checksum is known).  ``keep`` holds those new segments
+  until the frame is sent.
+- ``unpack_work(frame)`` rebuilds the ``Work`` on the other side; segment buffers are mapped
+  read-only and their descriptors closed at once (the mapping keeps the memory).
+- ``pack_result`` / ``unpack_result``, ``pack_failure`` / ``unpack_failure`` likewise.
+
+Ownership: descriptors received with a frame belong to the receiver; ``Segment.from_fd`` takes
+them over.  No pickle anywhere: JSON headers, canonical bytes, failure text.
+"""
+
+from __future__ import annotations
+
+from ..code import FunctionCode, ModuleEntry
+from ..encoding import Encoded
+from ..execution.runner import Failure, Work
+
+__all__ = ["INLINE_MAX", "pack_work", "unpack_work", "pack_result", "unpack_result",
+           "pack_failure", "unpack_failure"]
+
+INLINE_MAX = 1 << 20
+
+
+def _segments():
+    from seamless._ipc import segments
+
+    return segments
+
+
+class _Packer:
+    """Collects the buffer table, inline buffers and descriptors of one frame."""
+
+    def __init__(self):
+        self.table: list = []
+        self.inline: list = []
+        self.fds: list = []
+        self.keep: list = []
+
+    def add(self, enc: Encoded) -> int:
+        view = memoryview(enc.buffer).cast("B")
+        n = view.nbytes
+        if n < INLINE_MAX:
+            self.inline.append(view)
+            self.table.append([enc.checksum, n, "inline"])
+        else:
+            segments = _segments()
+            seg = segments.segment_of(enc.buffer)
+            if seg is None or seg.closed:
+                seg = segments.Segment.create(n, f"a {n}-byte buffer sent to a worker")
+                seg.fill(view)
+                self.keep.append(seg)
+            self.table.append([enc.checksum, n, len(self.fds)])
+            self.fds.append(seg.fd)
+        return len(self.table) - 1
+
+
+def _buffer(frame, index: int, inline_iter, keep: list):
+    checksum, length, where = frame.header["buffers"][index]
+    if where == "inline":
+        return next(inline_iter)
+    segments = _segments()
+    seg = segments.Segment.from_fd(frame.fds[where], length)
+    view = seg.readonly()
+    keep.append(seg)
+    return view
+
+
+def _code_dict(code: FunctionCode) -> dict:
+    return {"name": code.name, "text": code.text, "checksum": code.checksum,
+            "filename": code.filename, "first_line": code.first_line}
+
+
+def _code_from(d: dict) -> FunctionCode:
+    return FunctionCode(d["name"], d["text"], d["checksum"], d["filename"], d["first_line"])
+
+
+def pack_work(work: Work, checksum: str):
+    """(header, inline, fds, keep) of a ``submit`` / ``nested-submit`` frame."""
+    p = _Packer()
+    header = {
+        "checksum": checksum,
+        "name": work.name,
+        "code": _code_dict(work.code),
+        "params": [list(x) for x in work.params],
+        "arguments": {n: [e.kind, p.add(e)] for n, e in work.arguments.items()},
+        "values": {n: [e.kind, p.add(e)] for n, e in work.values.items()},
+        "functions": {n: _code_dict(c) for n, c in work.functions.items()},
+        "modules": {n: m._asdict() for n, m in work.modules.items()},
+    }
+    header["buffers"] = p.table
+    return header, p.inline, p.fds, p.keep
+
+
+def unpack_work(frame):
+    """(checksum, Work) from a ``submit`` / ``nested-submit`` frame."""
+    h = frame.header
+    inline = iter(frame.inline)
+    keep: list = []
+    order = sorted(
+        [(idx, "arguments", n, kind) for n, (kind, idx) in h["arguments"].items()] +
+        [(idx, "values", n, kind) for n, (kind, idx) in h["values"].items()])
+    decoded = {"arguments": {}, "values": {}}
+    for idx, where, name, kind in order:
+        buf = _buffer(frame, idx, inline, keep)
+        decoded[where][name] = Encoded(kind, h["buffers"][idx][0], buf)
+    for seg in keep:
+        seg.close()  # the read-only mappings keep the memory; the descriptor is not needed
+    work = Work(h["name"], _code_from(h["code"]), tuple(tuple(x) for x in h["params"]),
+                decoded["arguments"], decoded["values"],
+                {n: _code_from(c) for n, c in h["functions"].items()},
+                {n: ModuleEntry(**m) for n, m in h["modules"].items()})
+    return h["checksum"], work
+
+
+def pack_result(result: Encoded, duration: float):
+    """(header, inline, fds, keep) of a ``result`` frame."""
+    p = _Packer()
+    index = p.add(result)
+    header = {"kind": result.kind, "buffer": index, "duration": duration, "buffers": p.table}
+    return header, p.inline, p.fds, p.keep
+
+
+def unpack_result(frame) -> tuple:
+    """(Encoded, duration) from a ``result`` frame; a segment result stays mapped read-only."""
+    h = frame.header
+    keep: list = []
+    buf = _buffer(frame, h["buffer"], iter(frame.inline), keep)
+    # A segment result keeps its descriptor open while the mapping lives (``segment_of``
+    # finds it again to resend it when the array is chained); an inline one is copied out of
+    # the frame body, so the handle does not pin the whole frame.
+    if not keep:
+        buf = bytes(buf)
+    return Encoded(h["kind"], h["buffers"][h["buffer"]][0], buf), h["duration"]
+
+
+def pack_failure(failure: Failure) -> dict:
+    return {"summary": failure.summary, "text": failure.text}
+
+
+def unpack_failure(frame) -> Failure:
+    return Failure(frame.header["summary"], frame.header["text"])

@@ -1,0 +1,351 @@
+"""A pool worker: ``python -m seamless.pool.worker``, one transformation at a time.
+
+Threads and ownership inside the worker:
+
+    reader thread ──frames──► submit/revoke/shutdown: the main thread's inbox (FIFO)
+                              nested-reply: the nested child job it answers
+    main thread   ◄─inbox──── runs one body at a time; sends result / error
+    heartbeat thread          every 1 s while busy: RSS and the running request id
+
+- The channel (socketpair end inherited as ``SEAMLESS_WORKER_FD``) is owned by this process;
+  EOF on it means the parent is gone: the worker exits.
+- Input segments are mapped read-only and their descriptors closed at once (``wire``); the
+  mappings go when the body's values are dropped.  A result of 1 MiB or more is copied into a
+  new segment, hashed in the same pass, and its descriptor closed after sending: from then on
+  the parent's mapping owns the memory.
+- Nested transformations started by a body go to the parent (``nested-submit``).  The parent
+  answers with the child's result or error, or with ``run-here``: then the thread that waits
+  for the child runs it itself, so nesting never deadlocks.
+- The worker never opens the persistent cache (the parent owns it) and ignores SIGINT (the
+  parent handles Ctrl-C); PR_SET_PDEATHSIG makes it die with the parent.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import faulthandler
+import io
+import itertools
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+from seamless.pool.protocol import Channel, ProtocolError
+
+_TAIL = 64 * 1024
+_NESTED_BIT = 1 << 63
+
+
+class _Tee(io.TextIOBase):
+    """Writes through to the real stream and keeps the last 64 KiB of the running body."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._tail = collections.deque()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def write(self, text):
+        with self._lock:
+            self._tail.append(text)
+            self._size += len(text)
+            while self._size > _TAIL and len(self._tail) > 1:
+                self._size -= len(self._tail.popleft())
+        return self._stream.write(text)
+
+    def flush(self):
+        self._stream.flush()
+
+    def fileno(self):
+        return self._stream.fileno()
+
+    @property
+    def encoding(self):
+        return self._stream.encoding
+
+    def isatty(self):
+        return self._stream.isatty()
+
+    def take(self) -> str:
+        with self._lock:
+            text = "".join(self._tail)[-_TAIL:]
+            self._tail.clear()
+            self._size = 0
+        return text
+
+
+def _die_with_parent(parent_pid: int):
+    """PR_SET_PDEATHSIG(SIGKILL), then make sure the parent did not die before that."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        return  # no prctl: channel EOF still ends the worker
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Worker:
+    """State of this worker process; ``serve()`` is its main loop."""
+
+    def __init__(self, channel: Channel):
+        self.channel = channel
+        self.inbox: collections.deque = collections.deque()
+        self.cond = threading.Condition()
+        self.current = None  # request id of the running body
+        self.nested: dict = {}  # nested request id -> Job waiting for the parent's reply
+        self.nested_ids = itertools.count(1)
+        self.run_here: dict = {}  # Job -> True once the parent declined it
+        self.stdout = _Tee(sys.stdout)
+        self.stderr = _Tee(sys.stderr)
+        self.closing = False
+
+    # ------------------------------------------------------------ threads
+
+    def read_frames(self):
+        """Reader thread: route every frame; EOF means the parent is gone."""
+        try:
+            while True:
+                frame = self.channel.receive_blocking()
+                if frame.kind == "nested-reply":
+                    self._nested_reply(frame)
+                    continue
+                if frame.kind == "revoke":
+                    self._revoke(frame.id)
+                    continue
+                with self.cond:
+                    self.inbox.append(frame)
+                    self.cond.notify_all()
+        except (EOFError, OSError):
+            os._exit(0)  # the parent is gone
+        except ProtocolError as exc:
+            os.write(2, f"seamless worker {os.getpid()}: bad frame from the parent: {exc}\n"
+                     .encode())
+            os._exit(70)
+
+    def _revoke(self, rid: int):
+        """Drop a staged submission at once if the main thread has not taken it yet."""
+        with self.cond:
+            staged = [f for f in self.inbox if f.kind == "submit" and f.id == rid]
+            for frame in staged:
+                self.inbox.remove(frame)
+        for frame in staged:
+            for fd in frame.fds:
+                os.close(fd)
+            self.channel.send([("revoked", rid, {}, [], [])])
+
+    def heartbeat(self):
+        while True:
+            time.sleep(1.0)
+            current = self.current
+            if current is not None:
+                try:
+                    self.channel.send([("heartbeat", current, {"rss": _rss_bytes()}, [], [])])
+                except OSError:
+                    return
+
+    # ------------------------------------------------------------ main loop
+
+    def serve(self):
+        while True:
+            with self.cond:
+                while not self.inbox:
+                    self.cond.wait()
+                frame = self.inbox.popleft()
+            if frame.kind == "shutdown":
+                return
+            if frame.kind == "recycle":
+                for fd in frame.fds:
+                    os.close(fd)
+                continue
+            if frame.kind == "submit":
+                self._run_submit(frame)
+
+    def _run_submit(self, frame):
+        from seamless.execution.runner import run
+        from seamless.pool import wire
+
+        self.current = frame.id
+        self.stdout.take()
+        self.stderr.take()
+        try:
+            _checksum, work = wire.unpack_work(frame)
+            outcome = run(work)
+        except Exception as exc:  # unpacking failed: report it as this transformation's failure
+            from seamless.execution.runner import failure_from_exception
+
+            outcome = None
+            failure = failure_from_exception(exc)
+        else:
+            failure = outcome.failure
+        self.current = None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if failure is None:
+            header, inline, fds, keep = wire.pack_result(outcome.result, outcome.duration)
+            self.channel.send([("result", frame.id, header, inline, fds)])
+            for seg in keep:
+                seg.close()
+        else:
+            text = failure.text + _output_sections(self.stdout.take(), self.stderr.take())
+            header = wire.pack_failure(failure._replace(text=text))
+            self.channel.send([("error", frame.id, header, [], [])])
+
+    # ------------------------------------------------------------ nested children
+
+    def submit_nested(self, job):
+        """Backend ``submit`` in a worker: send the child to the parent."""
+        from seamless.pool import wire
+
+        rid = _NESTED_BIT | next(self.nested_ids)
+        with self.cond:
+            self.nested[rid] = job
+        header, inline, fds, keep = wire.pack_work(job.work, job.checksum)
+        self.channel.send([("nested-submit", rid, header, inline, fds)])
+        for seg in keep:
+            seg.close()
+        job.backend_ref = rid
+
+    def _nested_reply(self, frame):
+        from seamless.execution import dispatch
+        from seamless.execution.runner import Outcome
+        from seamless.pool import wire
+
+        with self.cond:
+            job = self.nested.pop(frame.id, None)
+        if job is None:
+            for fd in frame.fds:
+                os.close(fd)
+            return
+        reply = frame.header["reply"]
+        if reply == "run-here":
+            with self.cond:
+                self.run_here[job] = True
+                self.cond.notify_all()
+            return
+        if reply == "result":
+            result, duration = wire.unpack_result(frame)
+            outcome = Outcome(result, None, duration)
+        else:
+            outcome = Outcome(None, wire.unpack_failure(frame), 0.0)
+        if job.claim():
+            dispatch.complete(job, outcome)
+
+    def wait_for(self, handle):
+        """Block the calling thread until ``handle`` is done, running declined children here."""
+        from seamless.execution import dispatch
+
+        while not handle._event.is_set():
+            with self.cond:
+                ready = [job for job in self.run_here if job.state == "queued"]
+                for job in ready:
+                    del self.run_here[job]
+                if not ready:
+                    self.cond.wait(0.05)
+                    continue
+            for job in ready:
+                if job.claim():
+                    dispatch.execute(job)
+
+    def withdraw(self, job) -> bool:
+        """Backend ``withdraw``: tell the parent this child is no longer needed."""
+        rid = getattr(job, "backend_ref", None)
+        with self.cond:
+            if rid is None or self.nested.pop(rid, None) is None:
+                return False
+        self.channel.send([("nested-cancel", rid, {}, [], [])])
+        return True
+
+
+class _ParentBackend:
+    """The backend of ``dispatch`` inside a worker: children go to the parent's pool."""
+
+    name = "parent"
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+
+    def submit(self, job):
+        self.worker.submit_nested(job)
+
+    def withdraw(self, job) -> bool:
+        return self.worker.withdraw(job)
+
+    def run_here(self, job) -> bool:
+        return False
+
+    def abandon(self, job):
+        self.worker.withdraw(job)
+
+    def close(self) -> list:
+        return []
+
+
+def _output_sections(out: str, err: str) -> str:
+    text = ""
+    if out:
+        text += "\n--- captured stdout (last 64 KiB) ---\n" + out
+    if err:
+        text += "\n--- captured stderr (last 64 KiB) ---\n" + err
+    return text
+
+
+def _apply_init(header: dict):
+    """The parent's environment, cwd and sys.path; the worker's own variables stay."""
+    own = {k: v for k, v in os.environ.items() if k.startswith("SEAMLESS_WORKER_")}
+    os.environ.clear()
+    os.environ.update(header["environ"])
+    os.environ.update(own)
+    os.chdir(header["cwd"])
+    sys.path[:] = header["sys_path"]
+    for name, value in header["threads"].items():
+        os.environ.setdefault(name, value)
+
+
+def main():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(int(os.environ["SEAMLESS_WORKER_PPID"]))
+    faulthandler.enable()
+    sock = socket.socket(fileno=int(os.environ["SEAMLESS_WORKER_FD"]))
+    channel = Channel(sock)
+    init = channel.receive_blocking()
+    if init.kind != "init":
+        raise SystemExit(f"seamless worker: expected an init frame, got {init.kind!r}")
+    _apply_init(init.header)
+    worker = Worker(channel)
+    sys.stdout, sys.stderr = worker.stdout, worker.stderr
+
+    import seamless
+    import seamless._ipc
+    from seamless import config
+    from seamless.execution import dispatch
+
+    config._set_python("cache", False)  # the parent owns the persistent cache
+    dispatch.become_worker(_ParentBackend(worker), worker.wait_for, init.header["index"])
+    threading.Thread(target=worker.read_frames, name="seamless-worker-reader",
+                     daemon=True).start()
+    threading.Thread(target=worker.heartbeat, name="seamless-worker-heartbeat",
+                     daemon=True).start()
+    hello = {"pid": os.getpid(), "python": sys.version.split()[0],
+             "seamless": seamless.__version__, "ipc": seamless._ipc.backends()}
+    channel.send([("hello", 0, hello, [], [])])
+    worker.serve()
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,501 @@
+"""The worker pool for real: spawn(), transport both ways, crashes, cancel, nesting, shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import seamless
+import seamless._ipc as ipc
+from seamless.errors import (SeamlessError, SharedMemoryError, TransformationCancelledError,
+                             TransformationError, WorkerCrashedError)
+from seamless.transformer import delayed, has_spawned, spawn
+
+pytestmark = pytest.mark.integration
+
+
+def children_of(pid: int) -> list:
+    """Live (non-zombie) child processes of ``pid``, read from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def open_fds() -> set:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fail a test that leaves a child process, a descriptor or a segment behind."""
+    fds = open_fds()
+    segments = ipc.live_segments()
+    yield
+    seamless.close()
+    ipc.trim()
+    import gc
+
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while children_of(os.getpid()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert children_of(os.getpid()) == [], "worker processes outlived the test"
+    assert ipc.live_segments() <= segments, "segments outlived the test"
+    leaked = open_fds() - fds
+    deadline = time.monotonic() + 5
+    while leaked and time.monotonic() < deadline:  # a closing cache thread may hold one briefly
+        time.sleep(0.05)
+        leaked = open_fds() - fds
+    assert not leaked, f"descriptors outlived the test: {leaked}"
+
+
+@delayed
+def where(x):
+    import os
+
+    return [os.getpid(), x]
+
+
+@delayed
+def double(a):
+    return a * 2
+
+
+@delayed
+def ident(a):
+    return a
+
+
+def test_spawn_runs_in_other_processes():
+    spawn(2)
+    assert has_spawned()
+    results = [where(i).start() for i in range(6)]
+    pids = {h.run()[0] for h in results}
+    assert os.getpid() not in pids
+    assert [h.value[1] for h in results] == list(range(6))
+    assert len(pids) <= 2
+
+
+def test_spawn_arguments_and_second_call():
+    with pytest.raises(ValueError, match=r"^spawn\(\) needs a positive integer number of "
+                                         r"workers, got 0; use spawn\(\) for the default"):
+        spawn(0)
+    with pytest.raises(ValueError, match="got -1"):
+        spawn(-1)
+    with pytest.raises(TypeError, match="got '4'"):
+        spawn("4")
+    assert not has_spawned()
+    spawn(1)
+    with pytest.raises(RuntimeError, match=r"spawn\(\) was already called: a pool of 1 "
+                                           r"workers is active"):
+        spawn(2)
+    assert where(1).run()[1] == 1  # the pool keeps working
+    seamless.close()
+    assert not has_spawned()
+    spawn(1)
+    assert where(2).run()[1] == 2
+
+
+def test_large_arrays_travel_both_ways_read_only():
+    spawn(2)
+
+    @delayed
+    def inspect_input(a):
+        try:
+            a[0] = 1
+            writable = True
+        except ValueError:
+            writable = False
+        return [writable, float(a.sum())]
+
+    a = np.arange(1_000_000, dtype=float)  # 8 MB: through a segment
+    assert inspect_input(a).run() == [False, float(a.sum())]
+    r = double(a).run()
+    np.testing.assert_array_equal(r, a * 2)
+    assert r.flags.writeable is False
+    with pytest.raises(ValueError):
+        r.setflags(write=True)
+
+
+def test_chaining_a_result_copies_and_hashes_nothing():
+    spawn(1)
+    r = double(np.ones(2_000_000)).run()  # 16 MB result in a segment
+    copied, hashed = ipc.bytes_copied(), ipc.bytes_hashed()
+    h = ident(r)
+    assert (ipc.bytes_copied(), ipc.bytes_hashed()) == (copied, hashed)
+    out = h.run()
+    assert np.shares_memory(out, r) or ipc.segments.segment_id(out) is not None
+    assert float(out.sum()) == 4_000_000.0
+
+
+def test_a_view_travels_as_its_own_elements():
+    spawn(1)
+    big = np.zeros((4000, 1000))
+    view = big[:800:4]  # 200 rows of 8 KB, non-contiguous: 1.6 MB travels, not 32 MB
+    before = ipc.bytes_copied()
+    assert ident(view).run().shape == (200, 1000)
+    assert ipc.bytes_copied() - before == view.nbytes
+
+
+def test_empty_and_zero_d_arrays():
+    spawn(1)
+    assert ident(np.zeros(0)).run().shape == (0,)
+    zero_d = ident(np.array(3.5)).run()
+    assert zero_d.shape == () and float(zero_d) == 3.5
+
+
+# ---------------------------------------------------------------- the crash table
+
+
+@delayed
+def crash_os_exit(x):
+    import os
+
+    os._exit(3)
+
+
+@delayed
+def crash_segfault(x):
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+@delayed
+def crash_sigkill(x):
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@delayed
+def raises_unpicklable(x):
+    import threading
+
+    class Weird(Exception):
+        def __init__(self):
+            super().__init__("cannot pickle me")
+            self.lock = threading.Lock()
+
+    raise Weird()
+
+
+@delayed
+def calls_sys_exit(x):
+    import sys
+
+    sys.exit(4)
+
+
+@delayed
+def returns_lock(x):
+    import threading
+
+    return threading.Lock()
+
+
+@pytest.mark.parametrize("func, error, pattern", [
+    (crash_os_exit, WorkerCrashedError, r"exited with code 3 while running it; the code called "
+                                        r"os._exit\(\) or a library ended the process; the "
+                                        r"worker was replaced"),
+    (crash_segfault, WorkerCrashedError, r"killed by signal 11 \(SIGSEGV\) while running it; a "
+                                         r"crash in compiled code"),
+    (crash_sigkill, WorkerCrashedError, r"killed by signal 9 \(SIGKILL\) while running it; "
+                                        r"killed from outside"),
+    (raises_unpicklable, TransformationError, r"failed with .*Weird: cannot pickle me"),
+    (calls_sys_exit, TransformationError, r"failed with SystemExit: 4"),
+    (returns_lock, TransformationError, r"result of returns_lock has unsupported type "
+                                        r"_thread.lock"),
+])
+def test_crash_table(func, error, pattern):
+    spawn(2)
+    h = func(1)
+    with pytest.raises(error, match=pattern) as info:
+        h.run()
+    if error is WorkerCrashedError:
+        assert info.value.pid is not None
+        assert str(info.value).startswith(f"transformation {func.__name__} (")
+    else:
+        assert not isinstance(info.value, WorkerCrashedError)
+    # only that transformation failed: the pool goes on
+    assert [where(i).run()[1] for i in range(4)] == [0, 1, 2, 3]
+
+
+def test_segfault_text_has_the_faulthandler_traceback():
+    spawn(1)
+    h = crash_segfault(2)
+    assert h.compute() is None
+    assert "Fatal Python error: Segmentation fault" in h.exception
+
+
+def test_repeated_crashes_never_exhaust_the_pool():
+    spawn(2)
+    for i in range(6):
+        with pytest.raises(WorkerCrashedError):
+            crash_os_exit(100 + i).run()
+    assert where(7).run()[1] == 7
+
+
+def test_staged_work_survives_a_crash():
+    spawn(1)
+    crash = crash_os_exit(50).start()
+    after = [where(i).start() for i in range(5)]
+    with pytest.raises(WorkerCrashedError):
+        crash.run()
+    assert [h.run()[1] for h in after] == list(range(5))
+
+
+def test_cancel_running_kills_and_replaces_the_worker(tmp_path):
+    spawn(1)
+
+    @delayed
+    def forever(x):
+        import time
+
+        while True:
+            time.sleep(0.05)
+
+    h = forever(1).start()
+    time.sleep(0.5)
+    assert h.cancel() is True
+    assert h.status == "cancelled"
+    with pytest.raises(TransformationCancelledError):
+        h.run()
+    assert where(3).run()[1] == 3
+
+
+def test_shared_memory_failure_names_the_size():
+    spawn(1)
+    ipc.segments._fail_next_create(OSError(27, "File too large"))
+    with pytest.raises(SharedMemoryError) as info:
+        double(np.ones(500_000))
+    assert info.value.size is not None and info.value.size >= 4_000_000
+    assert "argument 'a' of double" in str(info.value)
+    assert double(np.ones(10)).run().sum() == 20.0  # pool unaffected
+
+
+def test_malformed_frame_from_a_worker():
+    spawn(1)
+
+    @delayed
+    def scribble(x):
+        import os
+        import socket
+
+        s = socket.socket(fileno=os.dup(int(os.environ["SEAMLESS_WORKER_FD"])))
+        s.sendall(b"\xff\xff\xff\xff garbage that is not a frame")
+        import time
+
+        time.sleep(5)
+
+    with pytest.raises(WorkerCrashedError) as info:
+        scribble(1).run()
+    assert isinstance(info.value.__cause__, SeamlessError)
+    assert "malformed" in str(info.value)
+    assert where(1).run()[1] == 1
+
+
+# ---------------------------------------------------------------- nesting
+
+
+@delayed
+def driver(n):
+    from seamless.transformer import delayed
+
+    @delayed
+    def square(i):
+        return i * i
+
+    tfs = [square(i).start() for i in range(n)]
+    return sum(tf.run() for tf in tfs)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_nested_transformations_never_deadlock(workers):
+    spawn(workers)
+    drivers = [driver(n).start() for n in (5, 6, 7)]
+    assert [d.run() for d in drivers] == [sum(i * i for i in range(n)) for n in (5, 6, 7)]
+
+
+# ---------------------------------------------------------------- whole programs
+
+
+def run_script(tmp_path, body: str, timeout=120, **kw):
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent(body))
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=timeout, **kw)
+
+
+def test_unguarded_script_runs_once(tmp_path):
+    out = run_script(tmp_path, """
+        import os
+        from seamless.transformer import delayed, spawn
+        with open("runs.log", "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        spawn(2)
+
+        @delayed
+        def f(x):
+            return x + 1
+
+        print([f(i).run() for i in range(4)])
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[1, 2, 3, 4]"
+    assert len((tmp_path / "runs.log").read_text().split()) == 1
+
+
+def test_execution_spawn_from_yaml(tmp_path):
+    (tmp_path / "seamless.yaml").write_text("- execution: spawn\n- workers: 2\n")
+    out = run_script(tmp_path, """
+        import os
+        from seamless.transformer import delayed, has_spawned
+
+        @delayed
+        def pid(x):
+            import os
+            return os.getpid()
+
+        print(pid(1).run() != os.getpid(), has_spawned())
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True True"
+
+
+def test_interpreter_exit_with_jobs_running(tmp_path):
+    out = run_script(tmp_path, """
+        import os
+        from seamless.transformer import delayed, spawn
+        spawn(2)
+
+        @delayed
+        def sleepy(x):
+            import time
+            time.sleep(60)
+
+        @delayed
+        def pid(x):
+            import os
+            return os.getpid()
+
+        print(" ".join(str(pid(i).run()) for i in range(2)), flush=True)
+        handles = [sleepy(i).start() for i in range(5)]
+    """, timeout=30)
+    assert out.returncode == 0, out.stderr
+    for pid in map(int, out.stdout.split()):
+        assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_parent_killed_takes_the_workers_along(tmp_path):
+    script = tmp_path / "victim.py"
+    script.write_text(textwrap.dedent("""
+        from seamless.transformer import delayed, spawn
+        spawn(2)
+
+        @delayed
+        def sleepy(x):
+            import os, time
+            os.write(1, f"{os.getpid()}\\n".encode())  # one write: the lines cannot interleave
+            time.sleep(60)
+
+        handles = [sleepy(i).start() for i in range(2)]
+        handles[0].run()
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+    try:
+        pids = [int(proc.stdout.readline()) for _ in range(2)]
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while any(os.path.exists(f"/proc/{p}") and not _is_zombie(p) for p in pids) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(not os.path.exists(f"/proc/{p}") or _is_zombie(p) for p in pids)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+def test_ctrl_c_while_jobs_run(tmp_path):
+    script = tmp_path / "interrupted.py"
+    script.write_text(textwrap.dedent("""
+        from seamless.transformer import delayed, spawn
+        spawn(2)
+
+        @delayed
+        def sleepy(x):
+            import time
+            time.sleep(60)
+            return x
+
+        handles = [sleepy(i).start() for i in range(20)]
+        print("started", flush=True)
+        try:
+            [h.run() for h in handles]
+        except KeyboardInterrupt:
+            print("interrupted", handles[0].status, flush=True)
+            raise
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert "interrupted cancelled" in out, err
+        assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_seed_example_on_spawn_4(tmp_path):
+    out = run_script(tmp_path, """
+        import time
+        from seamless.transformer import delayed, spawn
+        spawn(4)
+
+        @delayed
+        def compute(x):
+            import time
+            time.sleep(0.3)
+            return x * 2
+
+        handles = [compute(i) for i in range(20)]
+        for h in handles:
+            h.start()
+        print([h.run() for h in handles])
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str([2 * i for i in range(20)])
