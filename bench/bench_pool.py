@@ -127,8 +127,7 @@ def test_t4_chaining_is_free(benchmark, record_ratio):
         assert (ipc.bytes_copied(), ipc.bytes_hashed()) == (copied, hashed)
         assert build_s < 1e-3, f"building the chained handle took {build_s * 1e3:.3f} ms"
         out = h.run()
-        assert np.shares_memory(out, r) or ipc.segments.segment_id(out) == \
-            ipc.segments.segment_id(r)
+        assert np.shares_memory(out, r)
         benchmark.extra_info["build_ms"] = build_s * 1e3
         dst = np.empty_like(r)
         t0 = time.perf_counter()

@@ -435,10 +435,13 @@ class Pool:
         return job
 
     def _frame_result(self, worker, frame):
-        result, duration = wire.unpack_result(frame)
         job = self._take(worker, frame.id)
         if job is not None:
+            result, duration = wire.unpack_result(frame, job.work)
             self._finish(job, Outcome(result, None, duration))
+        else:
+            for fd in frame.fds:
+                os.close(fd)
 
     def _frame_error(self, worker, frame):
         job = self._take(worker, frame.id)

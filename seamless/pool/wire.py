@@ -98,6 +98,12 @@ def pack_work(work: Work, checksum: str):
     return header, p.inline, p.fds, p.keep
 
 
+def input_buffers(work: Work) -> list:
+    """The buffers of a work in buffer-table order (``pack_work``'s order): results that are
+    an input, whole and unchanged, refer to it by this index instead of travelling again."""
+    return [e.buffer for e in work.arguments.values()] + [e.buffer for e in work.values.values()]
+
+
 def unpack_work(frame):
     """(checksum, Work) from a ``submit`` / ``nested-submit`` frame."""
     h = frame.header
@@ -119,18 +125,35 @@ def unpack_work(frame):
     return h["checksum"], work
 
 
-def pack_result(result: Encoded, duration: float):
-    """(header, inline, fds, keep) of a ``result`` frame."""
+def pack_result(result: Encoded, duration: float, inputs=()):
+    """(header, inline, fds, keep) of a ``result`` frame.
+
+    ``inputs``: the submit's buffers (``input_buffers``); a result that is one of them goes
+    back as a reference to it: no copy, no descriptor, and the parent's result is a view of
+    the very memory it sent.
+    """
     p = _Packer()
-    index = p.add(result)
+    for i, buf in enumerate(inputs):
+        if buf is result.buffer:
+            p.table.append([result.checksum, memoryview(buf).nbytes, ["input", i]])
+            index = 0
+            break
+    else:
+        index = p.add(result)
     header = {"kind": result.kind, "buffer": index, "duration": duration, "buffers": p.table}
     return header, p.inline, p.fds, p.keep
 
 
-def unpack_result(frame) -> tuple:
-    """(Encoded, duration) from a ``result`` frame; a segment result stays mapped read-only."""
+def unpack_result(frame, work: Work | None = None) -> tuple:
+    """(Encoded, duration) from a ``result`` frame; a segment result stays mapped read-only.
+
+    ``work``: what was submitted, for results that refer to one of its inputs."""
     h = frame.header
     keep: list = []
+    where = h["buffers"][h["buffer"]][2]
+    if isinstance(where, list):
+        buf = input_buffers(work)[where[1]]
+        return Encoded(h["kind"], h["buffers"][h["buffer"]][0], buf), h["duration"]
     buf = _buffer(frame, h["buffer"], iter(frame.inline), keep)
     # A segment result keeps its descriptor open while the mapping lives (``segment_of``
     # finds it again to resend it when the array is chained); an inline one is copied out of

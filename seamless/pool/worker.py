@@ -195,7 +195,8 @@ class Worker:
         sys.stdout.flush()
         sys.stderr.flush()
         if failure is None:
-            header, inline, fds, keep = wire.pack_result(outcome.result, outcome.duration)
+            header, inline, fds, keep = wire.pack_result(outcome.result, outcome.duration,
+                                                         wire.input_buffers(work))
             self.channel.send([("result", frame.id, header, inline, fds)])
             for seg in keep:
                 seg.close()
@@ -237,7 +238,7 @@ class Worker:
                 self.cond.notify_all()
             return
         if reply == "result":
-            result, duration = wire.unpack_result(frame)
+            result, duration = wire.unpack_result(frame, job.work)
             outcome = Outcome(result, None, duration)
         else:
             outcome = Outcome(None, wire.unpack_failure(frame), 0.0)
