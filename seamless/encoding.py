@@ -71,6 +71,72 @@ def unsupported_type_message(what: str, value, fix: str) -> str:
     return f"{what} has unsupported type {type_name(value)}; supported: {SUPPORTED} ({fix})"
 
 
+class PendingChecksum:
+    """A result checksum that a pool worker is still computing (worker-pool.md, section 5,
+    "Deferred result checksum"): the value is usable at once; whoever needs the checksum
+    waits for it (``wait()``) or is called back (``add_callback``)."""
+
+    __slots__ = ("_value", "_event", "_callbacks", "_lock")
+
+    def __init__(self):
+        import threading
+
+        self._value = None
+        self._event = threading.Event()
+        self._callbacks: list = []
+        self._lock = threading.Lock()
+
+    def set(self, checksum: str):
+        """Publish the checksum: callbacks (cache records) run before waiters wake, so a
+        caller that waited for the checksum finds the cache entry already queued."""
+        with self._lock:
+            self._value = Checksum(checksum)
+            callbacks, self._callbacks = self._callbacks, []
+        try:
+            for cb in callbacks:
+                cb(self._value)
+        finally:
+            self._event.set()
+
+    def done(self) -> bool:
+        """True once the value is known (its callbacks may still be running)."""
+        return self._value is not None
+
+    def wait(self) -> Checksum:
+        """The checksum, once it is known and every callback (cache record) has run."""
+        self._event.wait()
+        return self._value
+
+    def add_callback(self, cb):
+        """Call ``cb(checksum)`` once known (now, if it already is)."""
+        with self._lock:
+            if self._value is None:
+                self._callbacks.append(cb)
+                return
+        cb(self._value)
+
+    def __repr__(self):
+        return f"<PendingChecksum {self._value or 'pending'}>"
+
+
+def resolved(checksum) -> Checksum:
+    """The checksum itself, waiting first if it is still being computed.
+
+    Does not wait for the callbacks: it is called from them (dispatching a handle that was
+    waiting for this very checksum)."""
+    if type(checksum) is not PendingChecksum:
+        return checksum
+    value = checksum._value
+    return value if value is not None else checksum.wait()
+
+
+class _NoHash:
+    """Stands in for a hasher when the checksum is computed later (deferred results)."""
+
+    def update(self, data):
+        return None
+
+
 class _Unsupported(Exception):
     """Internal: the offending value found during the scan (becomes a TypeError)."""
 
@@ -117,15 +183,21 @@ def _scan(v, np) -> bool:
 
 # ---------------------------------------------------------------- encoding
 
-def encode(value, what: str = "value", fix: str = "pass the data, not the object") -> Encoded:
-    """Encode ``value`` into its canonical bytes; ``what`` names it in errors ("argument 'x' of f")."""
+def encode(value, what: str = "value", fix: str = "pass the data, not the object",
+           defer: bool = False) -> Encoded:
+    """Encode ``value`` into its canonical bytes; ``what`` names it in errors ("argument 'x' of f").
+
+    ``defer=True`` (pool workers, for results): an array or tree built in a shared-memory
+    segment is copied without hashing and its checksum is ``None``; the caller hashes the
+    buffer later, off the receiver's path.
+    """
     cls = type(value)
     if cls is int or cls is str:
         hit = _small_cache.get((cls, value))
         if hit is not None:
             return hit
     try:
-        return _encode(value, what, cls)
+        return _encode(value, what, cls, defer)
     except _Unsupported as exc:
         if getattr(type(exc.value), "_seamless_handle", False):
             raise TypeError(f"{what} holds a transformation inside a list, tuple or dict; "
@@ -138,7 +210,7 @@ def _json_encoded(data: bytes) -> Encoded:
     return Encoded("json", _trusted(hashlib.sha256(data).hexdigest()), data)
 
 
-def _encode(value, what, cls) -> Encoded:
+def _encode(value, what, cls, defer=False) -> Encoded:
     if cls is int:
         enc = _json_encoded(int.__repr__(value).encode())
         _remember_small(cls, value, enc)
@@ -163,9 +235,9 @@ def _encode(value, what, cls) -> Encoded:
         known = _known_array(value)
         if known is not None:
             return known
-        return _encode_array(value, what)
+        return _encode_array(value, what, defer)
     if _scan(value, np):
-        return _encode_tree(value, what)
+        return _encode_tree(value, what, defer)
     try:
         text = canonical_json(value)
         data = text.encode("utf-8")
@@ -340,19 +412,29 @@ def _allocate(n: int, what: str):
     return _PrivateBuffer(n)
 
 
-def _count_segment_fill(alloc, nbytes: int):
+def _count_segment_fill(alloc, nbytes: int, hashed: bool = True):
     if isinstance(alloc, _SegmentBuffer):
         alloc.segments.add_copied(nbytes)
-        alloc.segments.add_hashed(nbytes)
+        if hashed:
+            alloc.segments.add_hashed(nbytes)
 
 
-def _encode_array(value, what="value") -> Encoded:
+def _hasher_for(alloc, defer: bool):
+    """A real hasher, or none at all for a deferred result built in a segment."""
+    if defer and isinstance(alloc, _SegmentBuffer):
+        return None, _NoHash()
+    h = hashlib.sha256()
+    return h, h
+
+
+def _encode_array(value, what="value", defer=False) -> Encoded:
     arr, prefix, nbytes = _array_parts(value)
     alloc = _allocate(len(prefix) + nbytes, what)
-    hasher = hashlib.sha256()
+    real, hasher = _hasher_for(alloc, defer)
     _write_array(arr, prefix, nbytes, alloc.array, hasher)
-    _count_segment_fill(alloc, nbytes)
-    return Encoded("array", _trusted(hasher.hexdigest()), alloc.finish())
+    _count_segment_fill(alloc, nbytes, hashed=real is not None)
+    checksum = _trusted(real.hexdigest()) if real is not None else None
+    return Encoded("array", checksum, alloc.finish())
 
 
 # ---------------------------------------------------------------- trees
@@ -369,7 +451,7 @@ def _leaves(value, path, out, np):
     return value
 
 
-def _encode_tree(value, what="value") -> Encoded:
+def _encode_tree(value, what="value", defer=False) -> Encoded:
     np = _import_numpy()
     found: list = []
     skeleton = _leaves(value, [], found, np)
@@ -386,7 +468,7 @@ def _encode_tree(value, what="value") -> Encoded:
     total = len(prefix) + sum(-(-size // 64) * 64 for *_, size in plans)
     alloc = _allocate(total, what)
     buf = alloc.array
-    hasher = hashlib.sha256()
+    real, hasher = _hasher_for(alloc, defer)
     buf[:len(prefix)] = np.frombuffer(prefix, np.uint8)
     hasher.update(prefix)
     pos = len(prefix)
@@ -401,8 +483,9 @@ def _encode_tree(value, what="value") -> Encoded:
         hasher.update(bytes(pad))
         pos += size + pad
     del buf
-    _count_segment_fill(alloc, total)
-    return Encoded("tree", _trusted(hasher.hexdigest()), alloc.finish())
+    _count_segment_fill(alloc, total, hashed=real is not None)
+    checksum = _trusted(real.hexdigest()) if real is not None else None
+    return Encoded("tree", checksum, alloc.finish())
 
 
 # ---------------------------------------------------------------- decoding

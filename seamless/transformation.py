@@ -18,7 +18,7 @@ import threading
 from hashlib import sha256
 
 from .checksum import Checksum, _trusted
-from .encoding import Encoded, canonical_json, decode
+from .encoding import Encoded, PendingChecksum, decode, resolved
 from .errors import (RemoteTraceback, SeamlessError, TransformationCancelledError,
                      TransformationError, WorkerCrashedError)
 from .execution import dispatch
@@ -39,7 +39,8 @@ def description_checksum(code_checksum: str, arguments: dict, statics: str) -> C
     the key order is fixed, so no dict has to be sorted per call.
     """
     names = sorted(arguments) if len(arguments) > 1 else arguments
-    args = ",".join([f'"{n}":["{arguments[n][0]}","{arguments[n][1]}"]' for n in names])
+    args = ",".join([f'"{n}":["{arguments[n][0]}","{resolved(arguments[n][1])}"]'
+                     for n in names])
     text = '{"arguments":{' + args + '},"code":"' + code_checksum + '",' + statics
     return _trusted(sha256(text.encode("utf-8")).hexdigest())
 
@@ -73,8 +74,8 @@ class Transformation:
         self._value = _NO_VALUE
         self._checksum = None
         for a in arguments.values():
-            if type(a) is Transformation:
-                break
+            if type(a) is Transformation or type(a.checksum) is PendingChecksum:
+                break  # known once the dependency (or the worker's deferred hash) is done
         else:
             self._checksum = self._compute_checksum(arguments)
 
@@ -89,6 +90,18 @@ class Transformation:
 
     def _unfinished_dependencies(self):
         return [d for d in self._dependencies() if d._status not in _FINISHED]
+
+    def _pending_checksums(self):
+        """Input checksums a pool worker is still computing (results passed on at once)."""
+        pending = []
+        for arg in self._arguments.values():
+            if isinstance(arg, Transformation):
+                if arg._status != DONE:
+                    continue
+                arg = arg._outcome.result
+            if type(arg.checksum) is PendingChecksum and not arg.checksum.done():
+                pending.append(arg.checksum)
+        return pending
 
     def _resolved_arguments(self):
         """Arguments with dependencies replaced by their results; or the first failed dependency."""
@@ -123,7 +136,9 @@ class Transformation:
                 args[name] = ("transformation", arg._provisional_checksum()
                               if arg._checksum is None else arg._checksum)
             else:
-                args[name] = (arg.kind, arg.checksum)
+                cs = arg.checksum
+                args[name] = (arg.kind, cs if type(cs) is not PendingChecksum or cs.done()
+                              else "pending")
         return description_checksum(self._code.checksum, args, self._statics)
 
     def _label(self) -> str:
@@ -309,8 +324,10 @@ class Transformation:
 
     @property
     def result_checksum(self) -> Checksum | None:
+        """The result's checksum once done (may wait for a pool worker's deferred hash)."""
         if self._status == DONE:
-            return self._outcome.result.checksum
+            checksum = self._outcome.result.checksum
+            return checksum.wait() if type(checksum) is PendingChecksum else checksum
         return None
 
     @property

@@ -27,7 +27,7 @@ import logging
 import threading
 
 from .. import cache, config
-from ..encoding import Encoded
+from ..encoding import Encoded, PendingChecksum
 from .inprocess import InProcessExecutor, in_executor_thread
 from .job import Job
 from .runner import Outcome, run
@@ -118,24 +118,41 @@ def _backend_for(handle):
 # ---------------------------------------------------------------- starting
 
 def start(handle):
-    """Called once per start of a handle (its status is already "running")."""
+    """Called once per start of a handle (its status is already "running").
+
+    Never blocks: unfinished dependencies, then input checksums that a pool worker is still
+    computing, are waited for through callbacks; the last one dispatches the handle.
+    """
     deps = handle._unfinished_dependencies()
-    if not deps:
+    if deps:
+        _when_all(deps, lambda dep, cb: (dep.start(), dep._add_done_callback(cb)),
+                  lambda: _after_dependencies(handle))
+    else:
+        _after_dependencies(handle)
+
+
+def _after_dependencies(handle):
+    pending = handle._pending_checksums()
+    if pending:
+        _when_all(pending, lambda p, cb: p.add_callback(cb), lambda: _dispatch(handle))
+    else:
         _dispatch(handle)
-        return
-    remaining = [len(deps)]
+
+
+def _when_all(items, subscribe, then):
+    """Call ``then()`` once every item has called back (``subscribe(item, callback)``)."""
+    remaining = [len(items)]
     count_lock = threading.Lock()
 
-    def one_done(_dep):
+    def one_done(_arg):
         with count_lock:
             remaining[0] -= 1
             last = remaining[0] == 0
         if last:
-            _dispatch(handle)
+            then()
 
-    for dep in deps:
-        dep.start()
-        dep._add_done_callback(one_done)
+    for item in items:
+        subscribe(item, one_done)
 
 
 def _memory_hit(checksum):
@@ -199,11 +216,16 @@ class _LookupThread:
                 while not self._queue:
                     self._cond.wait()
                 job = self._queue.popleft()
-            hit = _cache_step(_persistent_hit, job.checksum)
-            if hit is None:
-                job.backend.submit(job)
-            elif job.claim():
-                complete(job, hit)
+            self._look_up(job)
+            del job  # an idle thread must not keep the last job's buffers alive
+
+    @staticmethod
+    def _look_up(job):
+        hit = _cache_step(_persistent_hit, job.checksum)
+        if hit is None:
+            job.backend.submit(job)
+        elif job.claim():
+            complete(job, hit)
 
 
 _lookup_thread = None
@@ -281,10 +303,18 @@ def execute(job: Job):
 
 
 def complete(job: Job, outcome: Outcome):
-    """Record a job's outcome (successes only) and hand it to every waiting handle."""
+    """Record a job's outcome (successes only) and hand it to every waiting handle.
+
+    A result whose checksum a worker is still computing is handed on at once and recorded
+    in the caches when the checksum arrives."""
     try:
-        if outcome.result is not None and not outcome.from_cache:
-            _record(job.checksum, outcome)
+        result = outcome.result
+        if result is not None and not outcome.from_cache:
+            if type(result.checksum) is PendingChecksum:
+                result.checksum.add_callback(lambda cs: _record(
+                    job.checksum, outcome._replace(result=result._replace(checksum=cs))))
+            else:
+                _record(job.checksum, outcome)
     finally:
         with _lock:
             if _running.get(job.checksum) is job:

@@ -77,8 +77,12 @@ def _call(func, params, values):
     return func(*args, **kwargs)
 
 
-def run(work: Work) -> Outcome:
-    """Execute the body; never raises for the body's own failure (KeyboardInterrupt aside)."""
+def run(work: Work, defer_checksum: bool = False) -> Outcome:
+    """Execute the body; never raises for the body's own failure (KeyboardInterrupt aside).
+
+    ``defer_checksum`` (pool workers): a large result is built in a segment without hashing;
+    its checksum is ``None`` and the worker hashes it after sending it.
+    """
     t0 = time.perf_counter()
     try:
         values = {n: decode(e.kind, e.buffer, e.checksum) for n, e in work.arguments.items()}
@@ -91,7 +95,8 @@ def run(work: Work) -> Outcome:
         return Outcome(None, failure_from_exception(exc), time.perf_counter() - t0)
     duration = time.perf_counter() - t0
     try:
-        encoded = encode(result, f"result of {work.name}", fix="return data, not objects")
+        encoded = encode(result, f"result of {work.name}", fix="return data, not objects",
+                         defer=defer_checksum)
     except (TypeError, ValueError) as exc:
         line = f"{type(exc).__name__}: {exc}"
         return Outcome(None, Failure(line, line + "\n"), duration)

@@ -34,6 +34,7 @@ break the pool: every waiting job then fails with the last worker's stderr tail.
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import os
 import selectors
@@ -44,7 +45,7 @@ import sys
 import threading
 import time
 
-from ..errors import SeamlessError
+from ..encoding import PendingChecksum
 from ..execution.runner import Failure, Outcome
 from . import wire
 from .env import usable_cpu_count
@@ -78,6 +79,7 @@ class _Worker:
         self.protocol_error = None
         self.start_timeout = False
         self.last_pid = None
+        self.pending_checksums: dict = {}  # request id -> (PendingChecksum, result buffer)
 
     @property
     def load(self) -> int:
@@ -324,6 +326,7 @@ class Pool:
         os.close(worker.pidfd)
         proc.stderr.close()
         worker.proc = None
+        self._settle_pending_checksums(worker)
         if worker.staged is not None:
             rid, job = worker.staged
             self._by_id.pop(rid, None)
@@ -436,12 +439,25 @@ class Pool:
 
     def _frame_result(self, worker, frame):
         job = self._take(worker, frame.id)
-        if job is not None:
-            result, duration = wire.unpack_result(frame, job.work)
-            self._finish(job, Outcome(result, None, duration))
-        else:
+        if job is None:
             for fd in frame.fds:
                 os.close(fd)
+            return
+        result, duration = wire.unpack_result(frame, job.work)
+        if isinstance(result.checksum, PendingChecksum):
+            worker.pending_checksums[frame.id] = (result.checksum, result.buffer)
+        self._finish(job, Outcome(result, None, duration))
+
+    def _frame_result_checksum(self, worker, frame):
+        entry = worker.pending_checksums.pop(frame.id, None)
+        if entry is not None:
+            entry[0].set(frame.header["checksum"])
+
+    def _settle_pending_checksums(self, worker):
+        """A worker died before sending some deferred checksums: hash those results here."""
+        pending, worker.pending_checksums = worker.pending_checksums, {}
+        for checksum, buffer in pending.values():
+            checksum.set(hashlib.sha256(memoryview(buffer)).hexdigest())
 
     def _frame_error(self, worker, frame):
         job = self._take(worker, frame.id)
@@ -449,13 +465,22 @@ class Pool:
             self._finish(job, Outcome(None, wire.unpack_failure(frame), 0.0))
 
     def _frame_revoked(self, worker, frame):
+        """The worker dropped a staged submission unstarted: queue it again.
+
+        The reply may overtake or follow the result of the job before it (two threads of the
+        worker send), so by now the parent may already count it as running there."""
         if worker.staged is not None and worker.staged[0] == frame.id:
             job = worker.staged[1]
             worker.staged = None
-            worker.revoking = False
-            self._by_id.pop(frame.id, None)
-            job.unclaim()
-            self._queue.appendleft(job)
+        elif worker.running is not None and worker.running[0] == frame.id:
+            job = worker.running[1]
+            worker.running = None
+        else:
+            return
+        worker.revoking = False
+        self._by_id.pop(frame.id, None)
+        job.unclaim()
+        self._queue.appendleft(job)
 
     def _frame_nested_submit(self, worker, frame):
         from ..execution import dispatch
@@ -562,6 +587,7 @@ class Pool:
             os.close(worker.pidfd)
             worker.proc.stderr.close()
             worker.proc = None
+            self._settle_pending_checksums(worker)
         self._selector.close()
         os.close(self._wake)
         self._dropped.extend(running)
@@ -580,6 +606,16 @@ class _NestedProxy:
         if self.done:
             return
         self.done = True
+        if outcome.result is not None and isinstance(outcome.result.checksum, PendingChecksum):
+            # the requester needs the checksum with the value: reply once it is known
+            outcome.result.checksum.add_callback(
+                lambda cs: self._reply(outcome._replace(result=outcome.result._replace(
+                    checksum=cs))))
+            return
+        self._reply(outcome)
+
+    def _reply(self, outcome: Outcome):
+        """Send the child's outcome to the requesting worker (on the I/O thread)."""
         self.pool._nested_proxies.pop((self.worker.index, self.rid), None)
         if self.worker.proc is None:
             return  # the requester died meanwhile

@@ -19,7 +19,7 @@ them over.  No pickle anywhere: JSON headers, canonical bytes, failure text.
 from __future__ import annotations
 
 from ..code import FunctionCode, ModuleEntry
-from ..encoding import Encoded
+from ..encoding import Encoded, PendingChecksum, resolved
 from ..execution.runner import Failure, Work
 
 __all__ = ["INLINE_MAX", "pack_work", "unpack_work", "pack_result", "unpack_result",
@@ -48,7 +48,7 @@ class _Packer:
         n = view.nbytes
         if n < INLINE_MAX:
             self.inline.append(view)
-            self.table.append([enc.checksum, n, "inline"])
+            self.table.append([_checksum_field(enc.checksum), n, "inline"])
         else:
             segments = _segments()
             seg = segments.segment_of(enc.buffer)
@@ -56,9 +56,15 @@ class _Packer:
                 seg = segments.Segment.create(n, f"a {n}-byte buffer sent to a worker")
                 seg.fill(view)
                 self.keep.append(seg)
-            self.table.append([enc.checksum, n, len(self.fds)])
+            self.table.append([_checksum_field(enc.checksum), n, len(self.fds)])
             self.fds.append(seg.fd)
         return len(self.table) - 1
+
+
+def _checksum_field(checksum):
+    """A known checksum as is; a pending one is waited for (dispatch happens after it is
+    known, so this does not block); None (a worker's deferred result) stays None."""
+    return resolved(checksum) if type(checksum) is PendingChecksum else checksum
 
 
 def _buffer(frame, index: int, inline_iter, keep: list):
@@ -160,7 +166,10 @@ def unpack_result(frame, work: Work | None = None) -> tuple:
     # the frame body, so the handle does not pin the whole frame.
     if not keep:
         buf = bytes(buf)
-    return Encoded(h["kind"], h["buffers"][h["buffer"]][0], buf), h["duration"]
+    checksum = h["buffers"][h["buffer"]][0]
+    if checksum is None:  # deferred: a result-checksum frame follows
+        checksum = PendingChecksum()
+    return Encoded(h["kind"], checksum, buf), h["duration"]
 
 
 def pack_failure(failure: Failure) -> dict:

@@ -25,9 +25,9 @@ from __future__ import annotations
 import collections
 import ctypes
 import faulthandler
+import hashlib
 import io
 import itertools
-import json
 import os
 import signal
 import socket
@@ -183,7 +183,7 @@ class Worker:
         self.stderr.take()
         try:
             _checksum, work = wire.unpack_work(frame)
-            outcome = run(work)
+            outcome = run(work, defer_checksum=True)
         except Exception as exc:  # unpacking failed: report it as this transformation's failure
             from seamless.execution.runner import failure_from_exception
 
@@ -195,11 +195,17 @@ class Worker:
         sys.stdout.flush()
         sys.stderr.flush()
         if failure is None:
-            header, inline, fds, keep = wire.pack_result(outcome.result, outcome.duration,
+            result = outcome.result
+            header, inline, fds, keep = wire.pack_result(result, outcome.duration,
                                                          wire.input_buffers(work))
             self.channel.send([("result", frame.id, header, inline, fds)])
             for seg in keep:
                 seg.close()
+            if result.checksum is None:
+                # Deferred: the caller already has the value; the checksum follows.
+                checksum = hashlib.sha256(memoryview(result.buffer)).hexdigest()
+                self.channel.send([("result-checksum", frame.id, {"checksum": checksum},
+                                    [], [])])
         else:
             text = failure.text + _output_sections(self.stdout.take(), self.stderr.take())
             header = wire.pack_failure(failure._replace(text=text))
