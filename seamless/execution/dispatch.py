@@ -74,7 +74,24 @@ def start_pool(n: int):
             encoding.use_segments(INLINE_MAX)  # large inputs are born in shared memory
             pool = Pool(n, complete)
             _backends["spawn"] = pool
+            _register_exit_hook()
     return pool
+
+
+_exit_hook_registered = False
+
+
+def _register_exit_hook():
+    """At interpreter exit: cancel pool work, stop the workers (2 s, then SIGKILL).
+
+    Registered after the cache's own flush hook, so it runs first (atexit is LIFO) and the
+    cache then writes what finished."""
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        import atexit
+
+        atexit.register(close)
+        _exit_hook_registered = True
 
 
 def has_spawned() -> bool:

@@ -42,6 +42,7 @@ import signal
 import socket
 import subprocess
 import sys
+import logging
 import threading
 import time
 
@@ -53,6 +54,7 @@ from .protocol import Channel, ProtocolError
 
 __all__ = ["Pool"]
 
+_log = logging.getLogger("seamless")
 _HELLO_TIMEOUT = 30.0
 _SHUTDOWN_GRACE = 2.0
 _STDERR_TAIL = 64 * 1024
@@ -168,26 +170,47 @@ class Pool:
             self._workers.append(_Worker(index))
             self._launch(self._workers[-1])
         try:
-            while True:
-                timeout = self._next_timeout()
-                for key, _ in self._selector.select(timeout):
-                    what, worker, proc = key.data
-                    if worker is not None and worker.proc is not proc:
-                        continue  # an event of a process that was already replaced
-                    if what == "wake":
-                        self._drain_wake()
-                    elif what == "channel":
-                        self._on_channel(worker)
-                    elif what == "pidfd":
-                        self._on_death(worker)
-                    elif what == "stderr":
-                        self._on_stderr(worker)
-                if self._handle_inbox():
-                    return
-                self._check_hello_timeouts()
-                self._schedule()
+            self._serve()
+        except Exception as exc:  # a bug here must fail the waiting work, never hang it
+            self._broken = (f"the worker pool's I/O thread failed ({type(exc).__name__}: "
+                            f"{exc}); start a new pool with seamless.close() and spawn()")
+            _log.exception("seamless pool I/O thread failed")
+            self._fail_everything()
         finally:
             self._shutdown()
+
+    def _serve(self):
+        """The select loop: worker channels, pidfds and stderr pipes, plus the wake-up."""
+        while True:
+            for key, _ in self._selector.select(self._next_timeout()):
+                what, worker, proc = key.data
+                if worker is not None and worker.proc is not proc:
+                    continue  # an event of a process that was already replaced
+                if what == "wake":
+                    self._drain_wake()
+                elif what == "channel":
+                    self._on_channel(worker)
+                elif what == "pidfd":
+                    self._on_death(worker)
+                elif what == "stderr":
+                    self._on_stderr(worker)
+            if self._handle_inbox():
+                return
+            self._check_hello_timeouts()
+            self._schedule()
+
+    def _fail_everything(self):
+        """Fail every queued, staged and running job with the pool's breakage."""
+        jobs = list(self._queue)
+        self._queue.clear()
+        for worker in self._workers:
+            for slot in (worker.running, worker.staged):
+                if slot is not None:
+                    jobs.append(slot[1])
+            worker.running = worker.staged = None
+        for job in jobs:
+            job.claim()
+            self._finish(job, Outcome(None, self._broken_failure(job), 0.0))
 
     def _drain_wake(self):
         try:
@@ -203,7 +226,10 @@ class Pool:
         """Apply requests from other threads; True when the pool must close."""
         while self._inbox:
             what, job = self._inbox.popleft()
-            if what == "submit":
+            if what in ("submit", "submit-front") and self._broken:
+                if job.claim():  # a broken pool fails new work at once instead of queueing it
+                    self._finish(job, Outcome(None, self._broken_failure(job), 0.0))
+            elif what == "submit":
                 self._queue.append(job)
             elif what == "submit-front":
                 self._queue.appendleft(job)
@@ -280,7 +306,7 @@ class Pool:
     def _on_channel(self, worker: _Worker):
         try:
             frames = worker.channel.receive()
-        except EOFError:
+        except (EOFError, ConnectionError):  # a reset is a death with unread frames
             self._on_death(worker)
             return
         except ProtocolError as exc:
@@ -372,10 +398,7 @@ class Pool:
             return
         self._broken = (f"the worker pool could not start workers ({_MAX_START_FAILURES} "
                         f"failed starts in a row): {text}")
-        for job in list(self._queue):
-            self._queue.remove(job)
-            if job.claim():
-                self._finish(job, Outcome(None, self._broken_failure(job), 0.0))
+        self._fail_everything()
 
     def _broken_failure(self, job) -> Failure:
         return Failure(f"the worker pool is broken ({self._broken.splitlines()[0]})",
@@ -415,6 +438,14 @@ class Pool:
     # ------------------------------------------------------------ frames from workers
 
     def _frame_hello(self, worker, frame):
+        from .. import __version__
+
+        if frame.header.get("seamless") != __version__:
+            worker.stderr_tail += (f"worker runs seamless {frame.header.get('seamless')}, the "
+                                   f"parent {__version__} (reinstall seamless in "
+                                   f"{sys.executable})\n").encode()
+            self._kill(worker)
+            return
         worker.ready = True
         worker.last_pid = frame.header["pid"]
         self._start_failures = 0

@@ -529,3 +529,23 @@ def test_deferred_result_checksum_is_the_content_checksum(tmp_path):
     seamless.close()  # flushes the cache write that waited for the checksum
     store = seamless.cache.persistent()
     assert store.lookup(h.checksum) == ("array", h.result_checksum)
+
+
+def test_three_failed_starts_break_the_pool_with_the_stderr_tail(tmp_path, monkeypatch):
+    """Workers that die before saying hello: after three in a row the pool reports it, and
+    waiting transformations fail with the workers' stderr instead of hanging."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if os.environ.get('SEAMLESS_WORKER_FD'):\n"
+        "    sys.stderr.write('worker start sabotaged by the test\\n')\n"
+        "    sys.exit(1)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(tmp_path)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    spawn(1)
+    with pytest.raises(WorkerCrashedError) as info:
+        where(1).run()
+    assert "could not start workers (3 failed starts in a row)" in str(info.value)
+    assert isinstance(info.value.__cause__, SeamlessError)
+    assert "worker start sabotaged by the test" in str(info.value.__cause__)
+    with pytest.raises(WorkerCrashedError, match="the worker pool is broken"):
+        where(2).run()  # later work fails at once too: nothing hangs
