@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 import os
 
+from seamless.cgroup import cgroup_paths, dirs_upwards, read_text
+
 __all__ = ["usable_cpu_count", "physical_memory"]
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -53,52 +55,12 @@ def physical_memory(cgroup_root: str = CGROUP_ROOT, meminfo: str = MEMINFO,
     return max(1, total)
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _cgroup_paths(proc_cgroup: str) -> tuple[str | None, dict[str, str]]:
-    """The process's cgroup v2 path and its v1 paths by controller, from /proc/self/cgroup."""
-    text = _read(proc_cgroup)
-    v2 = None
-    v1: dict[str, str] = {}
-    if text is None:
-        return v2, v1
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hierarchy, controllers, path = parts
-        if hierarchy == "0" and controllers == "":
-            v2 = path
-        else:
-            for controller in controllers.split(","):
-                v1[controller] = path
-    return v2, v1
-
-
-def _dirs_upwards(base: str, path: str | None) -> list[str]:
-    """``base/path`` and each of its ancestors up to ``base`` itself (deepest first)."""
-    dirs = []
-    if path:
-        parts = [p for p in path.split("/") if p and p not in (".", "..")]
-        while parts:
-            dirs.append(os.path.join(base, *parts))
-            parts.pop()
-    dirs.append(base)
-    return dirs
-
-
 def _cpu_quota(cgroup_root: str, proc_cgroup: str) -> float | None:
     """The lowest CPU quota (in CPUs) found along the process's cgroups, or None."""
-    v2_path, v1_paths = _cgroup_paths(proc_cgroup)
+    v2_path, v1_paths = cgroup_paths(proc_cgroup)
     quotas = []
-    for d in _dirs_upwards(cgroup_root, v2_path):
-        text = _read(os.path.join(d, "cpu.max"))
+    for d in dirs_upwards(cgroup_root, v2_path):
+        text = read_text(os.path.join(d, "cpu.max"))
         if text is None:
             continue
         fields = text.split()
@@ -112,9 +74,9 @@ def _cpu_quota(cgroup_root: str, proc_cgroup: str) -> float | None:
                 quotas.append(quota / period)
     for name in _V1_CPU_DIRS:
         base = os.path.join(cgroup_root, name)
-        for d in _dirs_upwards(base, v1_paths.get("cpu")):
-            q = _read(os.path.join(d, "cpu.cfs_quota_us"))
-            p = _read(os.path.join(d, "cpu.cfs_period_us"))
+        for d in dirs_upwards(base, v1_paths.get("cpu")):
+            q = read_text(os.path.join(d, "cpu.cfs_quota_us"))
+            p = read_text(os.path.join(d, "cpu.cfs_period_us"))
             if q is None or p is None:
                 continue
             try:
@@ -128,23 +90,23 @@ def _cpu_quota(cgroup_root: str, proc_cgroup: str) -> float | None:
 
 def _memory_limit(cgroup_root: str, proc_cgroup: str) -> int | None:
     """The lowest memory limit (bytes) found along the process's cgroups, or None."""
-    v2_path, v1_paths = _cgroup_paths(proc_cgroup)
+    v2_path, v1_paths = cgroup_paths(proc_cgroup)
     limits = []
-    for d in _dirs_upwards(cgroup_root, v2_path):
-        text = _read(os.path.join(d, "memory.max"))
+    for d in dirs_upwards(cgroup_root, v2_path):
+        text = read_text(os.path.join(d, "memory.max"))
         if text is not None and text.strip().isdigit():
             limits.append(int(text.strip()))
     for name in _V1_MEMORY_DIRS:
         base = os.path.join(cgroup_root, name)
-        for d in _dirs_upwards(base, v1_paths.get("memory")):
-            text = _read(os.path.join(d, "memory.limit_in_bytes"))
+        for d in dirs_upwards(base, v1_paths.get("memory")):
+            text = read_text(os.path.join(d, "memory.limit_in_bytes"))
             if text is not None and text.strip().isdigit():
                 limits.append(int(text.strip()))
     return min(limits) if limits else None
 
 
 def _mem_total(meminfo: str) -> int:
-    text = _read(meminfo)
+    text = read_text(meminfo)
     if text is not None:
         for line in text.splitlines():
             if line.startswith("MemTotal:"):

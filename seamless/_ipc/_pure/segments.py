@@ -50,6 +50,7 @@ import threading
 import weakref
 
 from seamless._ipc import shm_array
+from seamless.cgroup import cgroup_paths, dirs_upwards, read_int, read_text
 from seamless.errors import SharedMemoryError
 
 __all__ = [
@@ -180,24 +181,8 @@ def trim() -> None:
 
 # --- memory check ----------------------------------------------------------------------------
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _read_int(path: str) -> int | None:
-    text = _read(path)
-    if text is None:
-        return None
-    text = text.strip()
-    return int(text) if text.isdigit() else None
-
-
 def _mem_available(meminfo: str) -> int | None:
-    text = _read(meminfo)
+    text = read_text(meminfo)
     if text is None:
         return None
     for line in text.splitlines():
@@ -206,35 +191,6 @@ def _mem_available(meminfo: str) -> int | None:
             if len(fields) >= 2 and fields[1].isdigit():
                 return int(fields[1]) * 1024
     return None
-
-
-def _cgroup_paths(proc_cgroup: str) -> tuple[str | None, str | None]:
-    """The process's cgroup v2 path and its v1 memory-controller path."""
-    text = _read(proc_cgroup)
-    v2 = v1 = None
-    if text is None:
-        return v2, v1
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hierarchy, controllers, path = parts
-        if hierarchy == "0" and controllers == "":
-            v2 = path
-        elif "memory" in controllers.split(","):
-            v1 = path
-    return v2, v1
-
-
-def _dirs_upwards(base: str, path: str | None) -> list[str]:
-    """``base/path`` and each ancestor up to ``base`` itself, deepest first."""
-    parts = [p for p in (path or "").split("/") if p and p not in (".", "..")]
-    dirs = []
-    while parts:
-        dirs.append(os.path.join(base, *parts))
-        parts.pop()
-    dirs.append(base)
-    return dirs
 
 
 def available_memory(cgroup_root: str | None = None, meminfo: str | None = None,
@@ -253,18 +209,19 @@ def available_memory(cgroup_root: str | None = None, meminfo: str | None = None,
     avail = _mem_available(meminfo)
     if avail is not None:
         best = (avail, f"(MemAvailable in {meminfo})")
-    v2, v1 = _cgroup_paths(proc_cgroup)
+    v2, v1_paths = cgroup_paths(proc_cgroup)
+    v1 = v1_paths.get("memory")
     candidates = []
     for root in (cgroup_root, os.path.join(cgroup_root, "unified")):
-        for d in _dirs_upwards(root, v2):
+        for d in dirs_upwards(root, v2):
             candidates.append((d, "memory.max", "memory.current"))
-    for d in _dirs_upwards(os.path.join(cgroup_root, "memory"), v1):
+    for d in dirs_upwards(os.path.join(cgroup_root, "memory"), v1):
         candidates.append((d, "memory.limit_in_bytes", "memory.usage_in_bytes"))
     for d, limit_name, usage_name in candidates:
-        limit = _read_int(os.path.join(d, limit_name))
+        limit = read_int(os.path.join(d, limit_name))
         if limit is None or limit >= _UNLIMITED:
             continue
-        usage = _read_int(os.path.join(d, usage_name)) or 0
+        usage = read_int(os.path.join(d, usage_name)) or 0
         headroom = max(0, limit - usage)
         if best is None or headroom < best[0]:
             best = (headroom, f"under the cgroup limit {limit_name} = {_human(limit)}")
