@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -486,16 +487,26 @@ def test_seed_example_on_spawn_4(tmp_path):
         @delayed
         def compute(x):
             import time
+            start = time.time()
             time.sleep(0.3)
-            return x * 2
+            return [x * 2, start, time.time()]
 
         handles = [compute(i) for i in range(20)]
         for h in handles:
             h.start()
-        print([h.run() for h in handles])
-    """)
+        print(json.dumps([h.run() for h in handles]))
+    """.replace("import time\n", "import json, time\n", 1))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str([2 * i for i in range(20)])
+    results = json.loads(out.stdout)
+    assert [r[0] for r in results] == [2 * i for i in range(20)]
+    # concurrency bound, from timestamps taken inside the jobs: never more than 4 at once,
+    # and 4 reached
+    events = sorted([(r[1], 1) for r in results] + [(r[2], -1) for r in results])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak == 4
 
 
 def test_many_tiny_tasks_none_lost():
