@@ -112,6 +112,7 @@ class Pool:
         self.n = n
         self._complete = complete
         self._inbox: collections.deque = collections.deque()
+        self._wake_pending = False
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._queue: collections.deque = collections.deque()
         self._workers: list = []
@@ -156,7 +157,12 @@ class Pool:
         return self._dropped
 
     def _post(self, item):
+        """Queue a request for the I/O thread; wake it unless a wake-up is already pending
+        (it clears ``_wake_pending`` before reading the inbox, so no request is missed)."""
         self._inbox.append(item)
+        if self._wake_pending:
+            return
+        self._wake_pending = True
         try:
             os.eventfd_write(self._wake, 1)
         except OSError:
@@ -213,6 +219,7 @@ class Pool:
             self._finish(job, Outcome(None, self._broken_failure(job), 0.0))
 
     def _drain_wake(self):
+        self._wake_pending = False
         try:
             os.eventfd_read(self._wake)
         except BlockingIOError:
@@ -530,6 +537,9 @@ class Pool:
     # ------------------------------------------------------------ scheduling
 
     def _schedule(self):
+        """Hand queued jobs to the least-loaded workers; the frames for one worker go out in
+        one ``sendmsg``."""
+        batches: dict = {}
         while self._queue:
             candidates = [w for w in self._workers if w.ready and w.proc and w.load < 2
                           and not w.revoking]
@@ -541,26 +551,32 @@ class Pool:
             job = self._queue.popleft()
             if not job.claim():
                 continue  # withdrawn or dropped meanwhile
-            self._send(worker, job)
+            rid = next(self._ids)
+            if worker.running is None:
+                worker.running = (rid, job)
+            else:
+                worker.staged = (rid, job)
+            self._by_id[rid] = (worker, job)
+            batches.setdefault(worker, []).append((rid, job))
+        for worker, sent in batches.items():
+            self._send(worker, sent)
         if not self._queue:
             self._rebalance()
 
-    def _send(self, worker, job):
-        rid = next(self._ids)
-        header, inline, fds, keep = wire.pack_work(job.work, job.checksum)
+    def _send(self, worker, sent: list):
+        """Send ``submit`` frames for ``(request id, job)`` pairs already booked on ``worker``."""
+        frames, keep = [], []
+        for rid, job in sent:
+            header, inline, fds, new_segments = wire.pack_work(job.work, job.checksum)
+            frames.append(("submit", rid, header, inline, fds))
+            keep.extend(new_segments)
         try:
-            worker.channel.send([("submit", rid, header, inline, fds)])
+            worker.channel.send(frames)
         except OSError:
-            job.unclaim()
-            self._queue.appendleft(job)
-            return
-        for seg in keep:
-            seg.close()
-        if worker.running is None:
-            worker.running = (rid, job)
-        else:
-            worker.staged = (rid, job)
-        self._by_id[rid] = (worker, job)
+            return  # the worker is dying: its death requeues staged work and fails running
+        finally:
+            for seg in keep:
+                seg.close()
 
     def _rebalance(self):
         """An idle worker and staged work elsewhere: revoke it, so it can move."""
