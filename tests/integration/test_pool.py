@@ -22,47 +22,6 @@ from seamless.transformer import delayed, has_spawned, spawn
 pytestmark = pytest.mark.integration
 
 
-def children_of(pid: int) -> list:
-    """Live (non-zombie) child processes of ``pid``, read from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry))
-    return found
-
-
-def open_fds() -> set:
-    return set(os.listdir("/proc/self/fd"))
-
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    """Fail a test that leaves a child process, a descriptor or a segment behind."""
-    fds = open_fds()
-    segments = ipc.live_segments()
-    yield
-    seamless.close()
-    seamless.cache._reset_for_tests()  # closes the cache's own database connections
-    ipc.trim()
-    import gc
-
-    gc.collect()
-    deadline = time.monotonic() + 5
-    while children_of(os.getpid()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert children_of(os.getpid()) == [], "worker processes outlived the test"
-    assert ipc.live_segments() <= segments, "segments outlived the test"
-    leaked = open_fds() - fds
-    assert not leaked, f"descriptors outlived the test: {leaked}"
-
-
 @delayed
 def where(x):
     import os

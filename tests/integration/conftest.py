@@ -1,0 +1,61 @@
+"""Integration tests start real processes: each one must leave nothing behind."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+
+import pytest
+
+import seamless
+import seamless._ipc as ipc
+
+
+def children_of(pid: int) -> list:
+    """Live (non-zombie) child processes of ``pid``, read from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def open_fds() -> set:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def foreign_threads() -> list:
+    """Threads other than the main one and the library's own (all named seamless-...)."""
+    return [t.name for t in threading.enumerate()
+            if t is not threading.main_thread() and not t.name.startswith("seamless-")]
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fail a test that leaves a child process, a thread, a descriptor or a segment behind
+    (after seamless.close() and seamless._ipc.trim(): free lists hold segments on purpose)."""
+    fds = open_fds()
+    segments = ipc.live_segments()
+    threads = set(foreign_threads())
+    yield
+    seamless.close()
+    seamless.cache._reset_for_tests()  # closes the cache's own database connections
+    ipc.trim()
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while children_of(os.getpid()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert children_of(os.getpid()) == [], "child processes outlived the test"
+    assert ipc.live_segments() <= segments, "segments outlived the test"
+    assert set(foreign_threads()) <= threads, "threads outlived the test"
+    leaked = open_fds() - fds
+    assert not leaked, f"descriptors outlived the test: {sorted(leaked)}"
