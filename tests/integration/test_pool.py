@@ -447,7 +447,7 @@ def test_seed_example_on_spawn_4(tmp_path):
         def compute(x):
             import time
             start = time.time()
-            time.sleep(0.3)
+            time.sleep(0.5)  # long enough that all 4 workers are up while jobs remain
             return [x * 2, start, time.time()]
 
         handles = [compute(i) for i in range(20)]
