@@ -159,7 +159,11 @@ def init(*, workdir=None, cache=None, execution=None, workers=None, nparallel=No
 
     A keyword left at ``None`` is not set by this call; ``cache=False`` turns the persistent cache
     off.  ``dask_client`` implies ``execution='remote'``.  Nothing changes when a check fails.
+    Inside a pool worker it does nothing: workers take their settings from the parent (and
+    must never open the persistent cache).
     """
+    if os.environ.get("SEAMLESS_WORKER_FD"):
+        return
     updates: dict[str, Any] = {}
     lookup = _check_workdir(workdir) if workdir is not None else None
     if cache is not None:

@@ -519,3 +519,18 @@ def test_three_failed_starts_break_the_pool_with_the_stderr_tail(tmp_path, monke
     assert "worker start sabotaged by the test" in str(info.value.__cause__)
     with pytest.raises(WorkerCrashedError, match="the worker pool is broken"):
         where(2).run()  # later work fails at once too: nothing hangs
+
+
+def test_config_init_inside_a_worker_does_nothing(tmp_path):
+    spawn(1)
+
+    @delayed
+    def try_init(path):
+        import seamless.config
+
+        before = seamless.config.get("workers")
+        seamless.config.init(cache=path, workers=before + 7)
+        return [seamless.config.get("workers") == before, seamless.config.get("cache")]
+
+    assert try_init(str(tmp_path / "worker-cache")).run() == [True, None]
+    assert not (tmp_path / "worker-cache").exists()  # the parent owns the cache
