@@ -68,7 +68,7 @@ class Transformation:
         self._outcome: Outcome | None = None
         self._failure_line: str | None = None
         self._job = None
-        self._event = None  # made by start(): a handle that is never started never needs it
+        self._event = None  # made by the first waiter: most handles are never waited on blocking
         self._lock = threading.Lock()
         self._callbacks: list = []
         self._value = _NO_VALUE
@@ -177,12 +177,12 @@ class Transformation:
         self._settle()
 
     def _settle(self):
+        """Wake the waiters and run the callbacks of a handle that just finished."""
         with self._lock:
-            if self._event is None:  # cancelled before it was ever started
-                self._event = threading.Event()
-        self._event.set()
-        with self._lock:
+            event = self._event
             callbacks, self._callbacks = self._callbacks, []
+        if event is not None:
+            event.set()
         for cb in callbacks:
             cb(self)
 
@@ -195,18 +195,25 @@ class Transformation:
         cb(self)
 
     def _wait(self):
-        """Block until finished; only called after start() (so the event exists)."""
-        if not self._event.is_set():
-            dispatch.help_run(self)
-            try:
-                hook = dispatch.wait_hook
-                if hook is not None:
-                    hook(self)  # in a pool worker: may run declined children here
-                else:
-                    self._event.wait()
-            except KeyboardInterrupt:
-                self.cancel()
-                raise
+        """Block until finished (called after start()).
+
+        The event is made here, under the lock that also guards the status, so a handle
+        that finishes meanwhile either is seen finished or finds the event to set."""
+        with self._lock:
+            if self._status in _FINISHED:
+                return
+            if self._event is None:
+                self._event = threading.Event()
+        dispatch.help_run(self)
+        try:
+            hook = dispatch.wait_hook
+            if hook is not None:
+                hook(self)  # in a pool worker: may run declined children here
+            else:
+                self._event.wait()
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
 
     def _error(self) -> TransformationError:
         if self._status == CANCELLED:
@@ -236,7 +243,6 @@ class Transformation:
             if self._status != PENDING:
                 return self
             self._status = RUNNING
-            self._event = threading.Event()
         dispatch.start(self)
         return self
 
