@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import sys
 import threading
 
 from .. import cache, config
@@ -302,11 +303,9 @@ def _record(checksum, outcome: Outcome):
 
 
 def _is_segment(buffer) -> bool:
-    import sys
-
-    segments = sys.modules.get("seamless._ipc._pure.segments") or \
-        sys.modules.get("seamless._ipc.segments")
-    return segments is not None and segments.segment_of(buffer) is not None
+    """Whether ``buffer`` is shared memory (only possible once ``seamless._ipc`` is loaded)."""
+    ipc = sys.modules.get("seamless._ipc")
+    return ipc is not None and ipc.segments.segment_of(buffer) is not None
 
 
 # ---------------------------------------------------------------- finishing

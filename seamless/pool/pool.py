@@ -355,11 +355,7 @@ class Pool:
                 self._selector.unregister(fileobj)
             except (KeyError, ValueError):
                 continue
-        worker.channel.close()
-        os.close(worker.pidfd)
-        proc.stderr.close()
-        worker.proc = None
-        self._settle_pending_checksums(worker)
+        self._release(worker)
         if worker.staged is not None:
             rid, job = worker.staged
             self._by_id.pop(rid, None)
@@ -377,6 +373,15 @@ class Pool:
             self._finish(job, Outcome(None, self._crash_failure(worker, returncode, job), 0.0))
         if not self._closed.is_set():
             self._launch(worker)
+
+    def _release(self, worker: _Worker):
+        """Close what the parent holds for a reaped worker: channel, pidfd, stderr pipe; its
+        deferred checksums are computed here."""
+        worker.channel.close()
+        os.close(worker.pidfd)
+        worker.proc.stderr.close()
+        worker.proc = None
+        self._settle_pending_checksums(worker)
 
     def _drain_stderr(self, worker: _Worker):
         while True:
@@ -630,11 +635,7 @@ class Pool:
             except subprocess.TimeoutExpired:
                 worker.proc.kill()
                 worker.proc.wait()
-            worker.channel.close()
-            os.close(worker.pidfd)
-            worker.proc.stderr.close()
-            worker.proc = None
-            self._settle_pending_checksums(worker)
+            self._release(worker)
         self._selector.close()
         os.close(self._wake)
         self._dropped.extend(running)

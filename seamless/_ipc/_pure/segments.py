@@ -96,12 +96,17 @@ def bytes_hashed() -> int:
     return _hashed
 
 
+def _checked_count(n, function: str) -> int:
+    n = operator.index(n)
+    if n < 0:
+        raise ValueError(f"{function}() needs a byte count >= 0, got {n}")
+    return n
+
+
 def add_copied(n: int) -> None:
     """Add ``n`` bytes to ``bytes_copied()`` (the pool reports worker-side copies with it)."""
     global _copied
-    n = operator.index(n)
-    if n < 0:
-        raise ValueError(f"add_copied() needs a byte count >= 0, got {n}")
+    n = _checked_count(n, "add_copied")
     with _lock:
         _copied += n
 
@@ -109,9 +114,7 @@ def add_copied(n: int) -> None:
 def add_hashed(n: int) -> None:
     """Add ``n`` bytes to ``bytes_hashed()``."""
     global _hashed
-    n = operator.index(n)
-    if n < 0:
-        raise ValueError(f"add_hashed() needs a byte count >= 0, got {n}")
+    n = _checked_count(n, "add_hashed")
     with _lock:
         _hashed += n
 
