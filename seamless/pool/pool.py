@@ -23,9 +23,11 @@ Ownership:
   hands the outcome to ``dispatch.complete``.  Input segments stay alive through the job's
   ``Work`` until then; result segments come back as descriptors owned by the parent's mapping.
 
-Dispatch rules: one body at a time per worker, plus at most one *staged* submission (sent
-ahead, so tiny tasks do not wait a round trip).  Staged work that has not started is revoked
-and moved when another worker falls idle, and requeued (never failed) when its worker dies.
+Dispatch rules: one body at a time per worker, plus *staged* submissions sent ahead so tiny
+tasks do not wait a round trip: one while task durations are unknown or long, more when the
+recent bodies are short (``_StagingDepth``: enough to cover about 2 ms of work, at most 64).
+Staged work that has not started is revoked and moved when another worker falls idle, and
+requeued (never failed) when its worker dies.
 Crashes are seen through channel EOF and the pidfd (no polling); only the running job fails,
 with ``WorkerCrashedError``; the worker is replaced at once.  Three failed starts in a row
 break the pool: every waiting job then fails with the last worker's stderr tail.
@@ -73,8 +75,8 @@ class _Worker:
         self.started_at = 0.0
         self.ready = False
         self.running = None  # (request id, job)
-        self.staged = None   # (request id, job) sent ahead, not started
-        self.revoking = False
+        self.staged = collections.deque()  # (request id, job) sent ahead, not started
+        self.revoking: set = set()  # request ids of staged submissions being revoked
         self.rss = 0
         self.stderr_tail = bytearray()
         self.killed_on_purpose = False
@@ -82,14 +84,49 @@ class _Worker:
         self.start_timeout = False
         self.last_pid = None
         self.pending_checksums: dict = {}  # request id -> (PendingChecksum, result buffer)
+        self.code_sent: set = set()  # code checksums this worker process has received
 
     @property
     def load(self) -> int:
-        return (self.running is not None) + (self.staged is not None)
+        return (self.running is not None) + len(self.staged)
+
+    def take_staged(self, rid):
+        """Remove and return the staged job with request id ``rid`` (None if not staged)."""
+        for i, (staged_rid, job) in enumerate(self.staged):
+            if staged_rid == rid:
+                del self.staged[i]
+                self.revoking.discard(rid)
+                return job
+        return None
 
     @property
     def pid(self):
         return self.proc.pid if self.proc else None
+
+
+class _StagingDepth:
+    """How many submissions to stage ahead on a busy worker, from recent body durations.
+
+    Staging hides the parent's round trip (tens of microseconds) behind work already sent; it
+    costs balance when the staged work is long, which revoking only partly repairs.  So the
+    depth covers about ``COVER_S`` of recent work: one for bodies of 2 ms or more, up to
+    ``MAX`` for microsecond bodies.  An exponential average follows changes within a few tasks.
+    """
+
+    COVER_S = 0.002
+    MAX = 64
+
+    def __init__(self):
+        self.mean = None  # seconds per body, exponentially averaged
+
+    def observe(self, duration: float):
+        self.mean = duration if self.mean is None else 0.8 * self.mean + 0.2 * duration
+
+    @property
+    def depth(self) -> int:
+        if self.mean is None:
+            return 1
+        return max(1, min(self.MAX, int(self.COVER_S / max(self.mean, 1e-6))))
 
 
 def _describe_signal(signum: int) -> str:
@@ -118,6 +155,7 @@ class Pool:
         self._workers: list = []
         self._ids = itertools.count(1)
         self._by_id: dict = {}  # request id -> (worker, job)
+        self._staging = _StagingDepth()
         self._nested_proxies: dict = {}
         self._selector = selectors.DefaultSelector()
         self._start_failures = 0
@@ -210,10 +248,12 @@ class Pool:
         jobs = list(self._queue)
         self._queue.clear()
         for worker in self._workers:
-            for slot in (worker.running, worker.staged):
-                if slot is not None:
-                    jobs.append(slot[1])
-            worker.running = worker.staged = None
+            if worker.running is not None:
+                jobs.append(worker.running[1])
+            jobs.extend(job for _, job in worker.staged)
+            worker.running = None
+            worker.staged.clear()
+            worker.revoking.clear()
         for job in jobs:
             job.claim()
             self._finish(job, Outcome(None, self._broken_failure(job), 0.0))
@@ -276,6 +316,7 @@ class Pool:
         worker.pidfd = os.pidfd_open(worker.proc.pid)
         worker.started_at = time.monotonic()
         worker.ready = False
+        worker.code_sent = set()  # a new process has received no code yet
         worker.stderr_tail = bytearray()
         worker.killed_on_purpose = False
         worker.protocol_error = None
@@ -356,12 +397,12 @@ class Pool:
             except (KeyError, ValueError):
                 continue
         self._release(worker)
-        if worker.staged is not None:
-            rid, job = worker.staged
+        while worker.staged:
+            rid, job = worker.staged.pop()  # last first, so the queue keeps their order
             self._by_id.pop(rid, None)
             job.unclaim()
             self._queue.appendleft(job)
-            worker.staged = None
+        worker.revoking.clear()
         if not worker.ready and not worker.killed_on_purpose:
             self._start_failed(worker, self._start_failure_text(worker, returncode))
             return
@@ -466,17 +507,17 @@ class Pool:
         worker.rss = frame.header.get("rss", 0)
 
     def _take(self, worker, rid):
-        """The job of a finished request; the staged one (if any) now runs."""
+        """The job of a finished request; the next staged one (if any) now runs."""
         if worker.running is not None and worker.running[0] == rid:
             job = worker.running[1]
-            worker.running = worker.staged
-            worker.staged = None
-            worker.revoking = False
-        elif worker.staged is not None and worker.staged[0] == rid:
-            job = worker.staged[1]
-            worker.staged = None
+            worker.running = None
+            if worker.staged:
+                worker.running = worker.staged.popleft()
+                worker.revoking.discard(worker.running[0])
         else:
-            return None
+            job = worker.take_staged(rid)
+            if job is None:
+                return None
         self._by_id.pop(rid, None)
         return job
 
@@ -487,6 +528,7 @@ class Pool:
                 os.close(fd)
             return
         result, duration = wire.unpack_result(frame, job.work)
+        self._staging.observe(duration)
         if isinstance(result.checksum, PendingChecksum):
             worker.pending_checksums[frame.id] = (result.checksum, result.buffer)
         self._finish(job, Outcome(result, None, duration))
@@ -512,15 +554,15 @@ class Pool:
 
         The reply may overtake or follow the result of the job before it (two threads of the
         worker send), so by now the parent may already count it as running there."""
-        if worker.staged is not None and worker.staged[0] == frame.id:
-            job = worker.staged[1]
-            worker.staged = None
-        elif worker.running is not None and worker.running[0] == frame.id:
+        job = worker.take_staged(frame.id)
+        if job is None:
+            if worker.running is None or worker.running[0] != frame.id:
+                return
             job = worker.running[1]
             worker.running = None
-        else:
-            return
-        worker.revoking = False
+            if worker.staged:
+                worker.running = worker.staged.popleft()
+        worker.revoking.discard(frame.id)
         self._by_id.pop(frame.id, None)
         job.unclaim()
         self._queue.appendleft(job)
@@ -545,13 +587,14 @@ class Pool:
         """Hand queued jobs to the least-loaded workers; the frames for one worker go out in
         one ``sendmsg``."""
         batches: dict = {}
+        limit = 1 + self._staging.depth
         while self._queue:
-            candidates = [w for w in self._workers if w.ready and w.proc and w.load < 2
+            candidates = [w for w in self._workers if w.ready and w.proc and w.load < limit
                           and not w.revoking]
             if not candidates:
                 break
             worker = min(candidates, key=lambda w: (w.load, w.index))
-            if worker.load == 1 and any(w.ready and w.load == 0 for w in self._workers):
+            if worker.load >= 1 and any(w.ready and w.load == 0 for w in self._workers):
                 break
             job = self._queue.popleft()
             if not job.claim():
@@ -560,7 +603,7 @@ class Pool:
             if worker.running is None:
                 worker.running = (rid, job)
             else:
-                worker.staged = (rid, job)
+                worker.staged.append((rid, job))
             self._by_id[rid] = (worker, job)
             batches.setdefault(worker, []).append((rid, job))
         for worker, sent in batches.items():
@@ -572,7 +615,8 @@ class Pool:
         """Send ``submit`` frames for ``(request id, job)`` pairs already booked on ``worker``."""
         frames, keep = [], []
         for rid, job in sent:
-            header, inline, fds, new_segments = wire.pack_work(job.work, job.checksum)
+            header, inline, fds, new_segments = wire.pack_work(job.work, job.checksum,
+                                                               worker.code_sent)
             frames.append(("submit", rid, header, inline, fds))
             keep.extend(new_segments)
         try:
@@ -584,14 +628,17 @@ class Pool:
                 seg.close()
 
     def _rebalance(self):
-        """An idle worker and staged work elsewhere: revoke it, so it can move."""
+        """Idle workers and staged work elsewhere: revoke the newer half of the most loaded
+        worker's staged submissions (at least one), so they can move."""
         if not any(w.ready and w.load == 0 for w in self._workers):
             return
-        for worker in self._workers:
-            if worker.staged is not None and not worker.revoking:
-                worker.revoking = True
-                worker.channel.send([("revoke", worker.staged[0], {}, [], [])])
-                return
+        busy = [w for w in self._workers if w.staged and not w.revoking]
+        if not busy:
+            return
+        worker = max(busy, key=lambda w: len(w.staged))
+        take = list(worker.staged)[-max(1, len(worker.staged) // 2):]
+        worker.revoking.update(rid for rid, _ in take)
+        worker.channel.send([("revoke", rid, {}, [], []) for rid, _ in take])
 
     def _abandon(self, job):
         if job in self._queue:
@@ -601,10 +648,12 @@ class Pool:
             if worker.running is not None and worker.running[1] is job:
                 self._kill(worker, on_purpose=True)
                 return
-            if worker.staged is not None and worker.staged[1] is job and not worker.revoking:
-                worker.revoking = True
-                worker.channel.send([("revoke", worker.staged[0], {}, [], [])])
-                return
+            for rid, staged_job in worker.staged:
+                if staged_job is job:
+                    if rid not in worker.revoking:
+                        worker.revoking.add(rid)
+                        worker.channel.send([("revoke", rid, {}, [], [])])
+                    return
 
     def _finish(self, job, outcome: Outcome):
         self._complete(job, outcome)
@@ -617,10 +666,12 @@ class Pool:
         self._queue.clear()
         running = []
         for worker in self._workers:
-            for slot in (worker.running, worker.staged):
-                if slot is not None:
-                    running.append(slot[1])
-            worker.running = worker.staged = None
+            if worker.running is not None:
+                running.append(worker.running[1])
+            running.extend(job for _, job in worker.staged)
+            worker.running = None
+            worker.staged.clear()
+            worker.revoking.clear()
             if worker.proc is not None:
                 try:
                     worker.channel.send([("shutdown", 0, {}, [], [])])

@@ -8,6 +8,10 @@ The frame format itself is ``protocol``; this module maps seamless's objects ont
   built while the pool runs, or a result passed on: no copy), else it is copied into a new
   segment here (one copy, no hash: its checksum is known).  ``keep`` holds those new segments
   until the frame is sent.
+- Code text crosses a channel once: ``pack_work(..., sent=set)`` sends a function's code as its
+  checksum alone when the set says this worker already has it (the parent keeps one set per
+  worker process), and ``unpack_work(frame, codebook)`` looks it up in the worker's
+  ``codebook`` (checksum -> FunctionCode), filled by the first submit that carried the text.
 - ``unpack_work(frame)`` rebuilds the ``Work`` on the other side; segment buffers are mapped
   read-only and their descriptors closed at once (the mapping keeps the memory).
 - ``pack_result`` / ``unpack_result``, ``pack_failure`` / ``unpack_failure`` likewise.
@@ -78,26 +82,42 @@ def _buffer(frame, index: int, inline_iter, keep: list):
     return view
 
 
-def _code_dict(code: FunctionCode) -> dict:
+def _code_field(code: FunctionCode, sent: set | None):
+    """The code as a dict, or as its checksum alone once this channel has carried it."""
+    if sent is not None:
+        if code.checksum in sent:
+            return code.checksum
+        sent.add(code.checksum)
     return {"name": code.name, "text": code.text, "checksum": code.checksum,
             "filename": code.filename, "first_line": code.first_line}
 
 
-def _code_from(d: dict) -> FunctionCode:
-    return FunctionCode(d["name"], d["text"], d["checksum"], d["filename"], d["first_line"])
+def _code_from(field, codebook: dict | None) -> FunctionCode:
+    if isinstance(field, str):
+        if codebook is None or field not in codebook:
+            raise ValueError(f"submit refers to code {field} that this channel never carried")
+        return codebook[field]
+    code = FunctionCode(field["name"], field["text"], field["checksum"], field["filename"],
+                        field["first_line"])
+    if codebook is not None:
+        codebook[code.checksum] = code
+    return code
 
 
-def pack_work(work: Work, checksum: str):
-    """(header, inline, fds, keep) of a ``submit`` / ``nested-submit`` frame."""
+def pack_work(work: Work, checksum: str, sent: set | None = None):
+    """(header, inline, fds, keep) of a ``submit`` / ``nested-submit`` frame.
+
+    ``sent``: checksums of the code the receiver already has (updated here); None sends every
+    code text."""
     p = _Packer()
     header = {
         "checksum": checksum,
         "name": work.name,
-        "code": _code_dict(work.code),
+        "code": _code_field(work.code, sent),
         "params": [list(x) for x in work.params],
         "arguments": {n: [e.kind, p.add(e)] for n, e in work.arguments.items()},
         "values": {n: [e.kind, p.add(e)] for n, e in work.values.items()},
-        "functions": {n: _code_dict(c) for n, c in work.functions.items()},
+        "functions": {n: _code_field(c, sent) for n, c in work.functions.items()},
         "modules": {n: m._asdict() for n, m in work.modules.items()},
     }
     header["buffers"] = p.table
@@ -110,8 +130,10 @@ def input_buffers(work: Work) -> list:
     return [e.buffer for e in work.arguments.values()] + [e.buffer for e in work.values.values()]
 
 
-def unpack_work(frame):
-    """(checksum, Work) from a ``submit`` / ``nested-submit`` frame."""
+def unpack_work(frame, codebook: dict | None = None):
+    """(checksum, Work) from a ``submit`` / ``nested-submit`` frame.
+
+    ``codebook``: code by checksum for frames that send code by checksum (updated here)."""
     h = frame.header
     inline = iter(frame.inline)
     keep: list = []
@@ -124,9 +146,9 @@ def unpack_work(frame):
         decoded[where][name] = Encoded(kind, h["buffers"][idx][0], buf)
     for seg in keep:
         seg.close()  # the read-only mappings keep the memory; the descriptor is not needed
-    work = Work(h["name"], _code_from(h["code"]), tuple(tuple(x) for x in h["params"]),
+    work = Work(h["name"], _code_from(h["code"], codebook), tuple(tuple(x) for x in h["params"]),
                 decoded["arguments"], decoded["values"],
-                {n: _code_from(c) for n, c in h["functions"].items()},
+                {n: _code_from(c, codebook) for n, c in h["functions"].items()},
                 {n: ModuleEntry(**m) for n, m in h["modules"].items()})
     return h["checksum"], work
 

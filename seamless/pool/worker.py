@@ -5,7 +5,8 @@ Threads and ownership inside the worker:
     reader thread ──frames──► submit/revoke/shutdown: the main thread's inbox (FIFO)
                               nested-reply: the nested child job it answers
     main thread   ◄─inbox──── runs one body at a time; sends result / error
-    heartbeat thread          every 1 s while busy: RSS and the running request id
+    heartbeat thread          every 1 s while busy: RSS and the running request id; also sends
+                              results held back for more than ``_HOLD_S`` (see ``_hold``)
 
 - The channel (socketpair end inherited as ``SEAMLESS_WORKER_FD``) is owned by this process;
   EOF on it means the parent is gone: the worker exits.
@@ -39,6 +40,10 @@ from seamless.pool.protocol import Channel, ProtocolError
 
 _TAIL = 64 * 1024
 _NESTED_BIT = 1 << 63
+# While more submits wait in the inbox, results are held back and sent together, at most this
+# many at a time: tiny tasks then cost one sendmsg per batch instead of one each.
+_BATCH = 32
+_HOLD_S = 0.001
 
 
 class _Tee(io.TextIOBase):
@@ -112,6 +117,9 @@ class Worker:
         self.stdout = _Tee(sys.stdout)
         self.stderr = _Tee(sys.stderr)
         self.closing = False
+        self.codebook: dict = {}  # code checksum -> FunctionCode, as the parent sent them
+        self.outbox: list = []  # result/error frames held back while more submits wait
+        self.outbox_cond = threading.Condition()  # guards outbox; wakes the heartbeat thread
 
     # ------------------------------------------------------------ threads
 
@@ -148,24 +156,42 @@ class Worker:
             self.channel.send([("revoked", rid, {}, [], [])])
 
     def heartbeat(self):
+        """Every second while busy: a heartbeat.  Also sends results held back longer than
+        ``_HOLD_S``, so a tiny task's result never waits for a long task that follows it."""
+        next_beat = time.monotonic() + 1.0
         while True:
-            time.sleep(1.0)
-            current = self.current
-            if current is not None:
-                try:
-                    self.channel.send([("heartbeat", current, {"rss": _rss_bytes()}, [], [])])
-                except OSError:
-                    return
+            with self.outbox_cond:
+                timeout = next_beat - time.monotonic()
+                if self.outbox:
+                    timeout = min(timeout, _HOLD_S)
+                if timeout > 0:
+                    self.outbox_cond.wait(timeout)
+            try:
+                if self.outbox:
+                    self._flush()
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + 1.0
+                    current = self.current
+                    if current is not None:
+                        self.channel.send([("heartbeat", current, {"rss": _rss_bytes()},
+                                            [], [])])
+            except OSError:
+                return
 
     # ------------------------------------------------------------ main loop
 
     def serve(self):
         while True:
             with self.cond:
-                while not self.inbox:
-                    self.cond.wait()
-                frame = self.inbox.popleft()
+                frame = self.inbox.popleft() if self.inbox else None
+            if frame is None:  # nothing more to do now: send what was held back, then wait
+                self._flush()
+                with self.cond:
+                    while not self.inbox:
+                        self.cond.wait()
+                    frame = self.inbox.popleft()
             if frame.kind == "shutdown":
+                self._flush()
                 return
             if frame.kind == "recycle":
                 for fd in frame.fds:
@@ -173,6 +199,24 @@ class Worker:
                 continue
             if frame.kind == "submit":
                 self._run_submit(frame)
+
+    def _hold(self, frame):
+        """Queue a result/error frame: sent with the next batch, when the inbox runs dry, when
+        ``_BATCH`` frames wait, or by the heartbeat thread after ``_HOLD_S``."""
+        with self.outbox_cond:
+            self.outbox.append(frame)
+            if len(self.outbox) == 1:
+                self.outbox_cond.notify()
+            full = len(self.outbox) >= _BATCH
+        if full:
+            self._flush()
+
+    def _flush(self):
+        """Send the held-back frames in one ``sendmsg`` (in order: the lock is held)."""
+        with self.outbox_cond:
+            frames, self.outbox = self.outbox, []
+            if frames:
+                self.channel.send(frames)
 
     def _run_submit(self, frame):
         from seamless.execution.runner import run
@@ -182,7 +226,7 @@ class Worker:
         self.stdout.take()
         self.stderr.take()
         try:
-            _checksum, work = wire.unpack_work(frame)
+            _checksum, work = wire.unpack_work(frame, self.codebook)
             outcome = run(work, defer_checksum=True)
         except Exception as exc:  # unpacking failed: report it as this transformation's failure
             from seamless.execution.runner import failure_from_exception
@@ -198,7 +242,9 @@ class Worker:
             result = outcome.result
             header, inline, fds, keep = wire.pack_result(result, outcome.duration,
                                                          wire.input_buffers(work))
-            self.channel.send([("result", frame.id, header, inline, fds)])
+            self._hold(("result", frame.id, header, inline, fds))
+            if fds:  # the parent may be waiting for this array; send it before hashing
+                self._flush()
             for seg in keep:
                 seg.close()
             if result.checksum is None:
@@ -209,7 +255,7 @@ class Worker:
         else:
             text = failure.text + _output_sections(self.stdout.take(), self.stderr.take())
             header = wire.pack_failure(failure._replace(text=text))
-            self.channel.send([("error", frame.id, header, [], [])])
+            self._hold(("error", frame.id, header, [], []))
 
     # ------------------------------------------------------------ nested children
 

@@ -534,3 +534,59 @@ def test_config_init_inside_a_worker_does_nothing(tmp_path):
 
     assert try_init(str(tmp_path / "worker-cache")).run() == [True, None]
     assert not (tmp_path / "worker-cache").exists()  # the parent owns the cache
+
+
+@delayed
+def sleep_then(seconds, x):
+    import time
+
+    time.sleep(seconds)
+    return x
+
+
+def _warm_tiny(n=400):
+    """Run tiny tasks so the pool learns that bodies are short and stages deeper."""
+    handles = [where(10 ** 6 + i).start() for i in range(n)]
+    for h in handles:
+        h.run()
+
+
+def test_deep_staging_requeues_everything_when_a_worker_crashes():
+    spawn(1)
+    _warm_tiny()
+    crash = crash_os_exit(51).start()
+    after = [where(i).start() for i in range(200)]
+    with pytest.raises(WorkerCrashedError):
+        crash.run()
+    assert [h.run()[1] for h in after] == list(range(200))
+
+
+def test_code_is_sent_again_to_a_replacement_worker():
+    """Code crosses a channel once per worker process; a replacement gets it afresh."""
+    spawn(1)
+    first_pid = where(1).run()[0]
+    with pytest.raises(WorkerCrashedError):
+        crash_os_exit(52).run()
+    pid, x = where(2).run()
+    assert (x, pid != first_pid) == (2, True)
+
+
+def test_a_tiny_result_is_not_held_back_behind_a_long_task():
+    """Results are batched while more work waits, but never wait for the next body."""
+    spawn(1)
+    tiny = where(3).start()
+    long = sleep_then(4.0, 4).start()
+    assert tiny.run()[1] == 3
+    assert long.status == "running"
+    assert long.run() == 4
+
+
+def test_staged_tiny_tasks_move_to_a_worker_that_falls_idle():
+    """With deep staging, an idle worker takes over the staged work of a busy one."""
+    spawn(2)
+    _warm_tiny()
+    long = sleep_then(4.0, 5).start()
+    tiny = [where(i).start() for i in range(300)]
+    assert [h.run()[1] for h in tiny] == list(range(300))
+    assert long.status == "running"
+    assert long.run() == 5
