@@ -5,6 +5,9 @@ Environment switches, read at build time:
   SEAMLESS_ANNOTATE=1    also write seamless/_ipc/<module>.html (Cython's view of Python overhead)
   SEAMLESS_LINETRACE=1   debug build with line tracing (coverage/profilers see Cython lines), -O0 -g
 Accepted values: 1/true/yes on; 0/false/no/empty off.
+
+shm_array cimports numpy (its data-memory handler API, numpy >= 1.22): built against numpy's
+headers with NPY_TARGET_VERSION 1.22, so the wheel runs on any numpy from 1.22 on.
 """
 
 import os
@@ -14,6 +17,8 @@ import re
 from setuptools import Extension, setup
 
 CYTHON_DEPENDENCY = "Cython>=3.0,<4"
+# Modules that cimport numpy (they need its headers).
+NUMPY_MODULES = frozenset({"shm_array"})
 HERE = pathlib.Path(__file__).resolve().parent
 _ON = {"1", "true", "yes"}
 _OFF = {"", "0", "false", "no"}
@@ -53,17 +58,24 @@ def _extensions():
         directives["linetrace"] = True
         macros = [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
         cflags = ["-O0", "-g", "-pthread"]
-    extensions = [
-        Extension(
+    extensions = []
+    for pyx in sorted((HERE / "seamless" / "_ipc").glob("*.pyx")):
+        include_dirs = [str(pyx.parent.relative_to(HERE))]
+        module_macros = list(macros)
+        if pyx.stem in NUMPY_MODULES:
+            import numpy
+
+            include_dirs.append(numpy.get_include())
+            module_macros += [("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION"),
+                              ("NPY_TARGET_VERSION", "NPY_1_22_API_VERSION")]
+        extensions.append(Extension(
             f"seamless._ipc.{pyx.stem}",
             [str(pyx.relative_to(HERE))],
-            include_dirs=[str(pyx.parent.relative_to(HERE))],
-            define_macros=macros,
+            include_dirs=include_dirs,
+            define_macros=module_macros,
             extra_compile_args=cflags,
             extra_link_args=["-pthread"],
-        )
-        for pyx in sorted((HERE / "seamless" / "_ipc").glob("*.pyx"))
-    ]
+        ))
     # force: directives (linetrace) are not in Cython's staleness check, so a .c left by
     # a build in another mode would be reused; regenerating the small modules is cheap.
     return cythonize(

@@ -16,7 +16,7 @@ _SUBMODULES = {"config", "errors", "transformer", "cache"}
 
 
 def close():
-    """Stop the executors and flush pending persistent-cache writes.
+    """Stop the executors, flush pending persistent-cache writes, empty the segment free list.
 
     Safe to call more than once; also runs at interpreter exit (for the cache flush).
     """
@@ -28,6 +28,9 @@ def close():
     cache = sys.modules.get("seamless.cache")
     if cache is not None:
         cache.flush()
+    ipc = sys.modules.get("seamless._ipc")
+    if ipc is not None:  # segments kept for reuse go back to the system
+        ipc.shm_array.trim()
 
 
 def __getattr__(name):

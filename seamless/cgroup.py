@@ -1,7 +1,7 @@
 """Reading this process's cgroup (v2, or v1 per controller) and /proc files.
 
 Shared by the CPU and memory counts (``pool.env``) and the shared-memory pre-check
-(``_ipc.segments``).  Light: standard library only; every reader returns None (or nothing)
+(``_ipc.shm_array``).  Light: standard library only; every reader returns None (or nothing)
 when a file is missing, so callers work on machines without cgroups.
 """
 

@@ -184,12 +184,14 @@ def _scan(v, np) -> bool:
 # ---------------------------------------------------------------- encoding
 
 def encode(value, what: str = "value", fix: str = "pass the data, not the object",
-           defer: bool = False) -> Encoded:
+           defer: bool = False, claim: bool = False) -> Encoded:
     """Encode ``value`` into its canonical bytes; ``what`` names it in errors ("argument 'x' of f").
 
     ``defer=True`` (pool workers, for results): an array or tree built in a shared-memory
     segment is copied without hashing and its checksum is ``None``; the caller hashes the
-    buffer later, off the receiver's path.
+    buffer later, off the receiver's path.  ``claim=True`` as well (the caller holds the only
+    reference to ``value``): an array the numpy allocator put in a segment is used in place
+    (a ``ClaimedBuffer``), with no copy at all.
     """
     cls = type(value)
     if cls is int or cls is str:
@@ -197,7 +199,7 @@ def encode(value, what: str = "value", fix: str = "pass the data, not the object
         if hit is not None:
             return hit
     try:
-        return _encode(value, what, cls, defer)
+        return _encode(value, what, cls, defer, claim)
     except _Unsupported as exc:
         if getattr(type(exc.value), "_seamless_handle", False):
             raise TypeError(f"{what} holds a transformation inside a list, tuple or dict; "
@@ -210,7 +212,7 @@ def _json_encoded(data: bytes) -> Encoded:
     return Encoded("json", _trusted(hashlib.sha256(data).hexdigest()), data)
 
 
-def _encode(value, what, cls, defer=False) -> Encoded:
+def _encode(value, what, cls, defer=False, claim=False) -> Encoded:
     if cls is int:
         enc = _json_encoded(int.__repr__(value).encode())
         _remember_small(cls, value, enc)
@@ -235,7 +237,7 @@ def _encode(value, what, cls, defer=False) -> Encoded:
         known = _known_array(value)
         if known is not None:
             return known
-        return _encode_array(value, what, defer)
+        return _encode_array(value, what, defer, claim)
     if _scan(value, np):
         return _encode_tree(value, what, defer)
     try:
@@ -393,17 +395,60 @@ class _SegmentBuffer:
     before the buffer is shared; the buffer handed on is a read-only mapping."""
 
     def __init__(self, n: int, what: str):
-        from seamless._ipc import segments
+        from seamless._ipc import shm_array
 
-        self.segments = segments
-        self.segment = segments.Segment.create(n, what)
-        self._writable = self.segment.writable()
+        self.shm_array = shm_array
+        self.segment = shm_array.Segment.create(n, what)
+        # A recycled segment's pages are touched: faulting them in at once is much cheaper.
+        self._writable = self.segment.writable(populate=self.segment.reused)
         self.array = _import_numpy().frombuffer(self._writable, _import_numpy().uint8)
 
     def finish(self):
         self.array = None
         self._writable.release()
         return self.segment.readonly()
+
+
+class ClaimedBuffer:
+    """A worker's result whose canonical bytes are already in a segment: the numpy allocator
+    gave the array segment memory, and ``shm_array.claim`` wrote the canonical prefix in front
+    of its data (worker-pool.md, 5: results born in segments, no copy).
+
+    ``segment`` (owning a duplicate descriptor) is what travels; ``array`` and ``prefix`` are
+    what the worker hashes once the result is sent.
+    """
+
+    __slots__ = ("segment", "array", "prefix")
+
+    def __init__(self, segment, array, prefix: bytes):
+        self.segment = segment
+        self.array = array
+        self.prefix = prefix
+
+    @property
+    def nbytes(self) -> int:
+        return self.segment.size
+
+    def sha256(self) -> str:
+        """The checksum of the canonical bytes, hashed from the worker's own memory."""
+        from seamless._ipc import shm_array
+
+        hasher = hashlib.sha256(self.prefix)
+        shm_array.hash_into(self.array.reshape(-1).view(_import_numpy().uint8), hasher)
+        shm_array.add_hashed(self.array.nbytes)
+        return hasher.hexdigest()
+
+
+def _claim(arr, prefix: bytes):
+    """The result array's own segment with the prefix written in front, or None."""
+    if _segment_threshold is None or len(prefix) + arr.nbytes < _segment_threshold:
+        return None
+    from seamless._ipc import shm_array
+
+    if not shm_array.allocator_installed():
+        return None
+    segment = shm_array.claim(arr, prefix)
+    return None if segment is None else ClaimedBuffer(segment, arr, prefix)
 
 
 def _allocate(n: int, what: str):
@@ -414,9 +459,9 @@ def _allocate(n: int, what: str):
 
 def _count_segment_fill(alloc, nbytes: int, hashed: bool = True):
     if isinstance(alloc, _SegmentBuffer):
-        alloc.segments.add_copied(nbytes)
+        alloc.shm_array.add_copied(nbytes)
         if hashed:
-            alloc.segments.add_hashed(nbytes)
+            alloc.shm_array.add_hashed(nbytes)
 
 
 def _hasher_for(alloc, defer: bool):
@@ -427,8 +472,12 @@ def _hasher_for(alloc, defer: bool):
     return h, h
 
 
-def _encode_array(value, what="value", defer=False) -> Encoded:
+def _encode_array(value, what="value", defer=False, claim=False) -> Encoded:
     arr, prefix, nbytes = _array_parts(value)
+    if claim and defer and arr is value and arr.dtype.names is None:
+        claimed = _claim(arr, prefix)
+        if claimed is not None:
+            return Encoded("array", None, claimed)
     alloc = _allocate(len(prefix) + nbytes, what)
     real, hasher = _hasher_for(alloc, defer)
     _write_array(arr, prefix, nbytes, alloc.array, hasher)

@@ -12,14 +12,15 @@ seamless._ipc.shm_array``, which names the compiled module whatever was chosen).
 - A compiled module that fails to import is replaced by its twin with one
   BackendWarning per module naming the failure and how to rebuild.
 - A module that ships no compiled form (no extension file and no ``.pyx`` source next to
-  this file, e.g. ``segments`` until its Cython version exists) uses its twin silently.
+  this file) uses its twin silently.
 
 ``BACKEND`` is ``"cython"`` only when every module is compiled, else ``"python"``;
 ``backends()`` gives the choice per module.  Light on purpose: no numpy here.
 
-The counters and ``trim()`` of the chosen ``segments`` module are re-exported here as thin
-functions (``bytes_copied()``, ``bytes_hashed()``, ``live_segments()``, ``reset_counters()``,
-``trim()``), so tests and the pool need not know which backend is loaded.
+The counters, ``trim()`` and ``prewarm()`` of the chosen
+``shm_array`` are re-exported here as thin functions (``bytes_copied()``, ``bytes_hashed()``,
+``live_segments()``, ``reset_counters()``, ``trim()``, ``prewarm(nbytes)``), so tests and the
+pool need not know which backend is loaded.
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ from types import ModuleType
 
 from seamless.errors import BackendWarning, ConfigurationError
 
-__all__ = ["BACKEND", "backends", "shm_array", "segments", "bytes_copied", "bytes_hashed",
-           "live_segments", "reset_counters", "trim"]
+__all__ = ["BACKEND", "backends", "shm_array", "flags", "bytes_copied", "bytes_hashed",
+           "live_segments", "reset_counters", "trim", "prewarm"]
 
 # Every module of the core, in import order (a module may cimport or import an earlier one).
-_MODULES = ("shm_array", "segments")
+_MODULES = ("shm_array", "flags")
 
 shm_array: ModuleType  # bound by _load_all()
-segments: ModuleType
+flags: ModuleType
 
 _ON = frozenset({"1", "true", "yes"})
 _OFF = frozenset({"", "0", "false", "no"})
@@ -103,33 +104,43 @@ def _load_all() -> dict:
 _BACKENDS = _load_all()
 BACKEND = "cython" if all(kind == "cython" for kind in _BACKENDS.values()) else "python"
 
+# Private hook of the benchmark gate's self-test (performance.md, section 4): when True, every
+# input sent to a worker is copied once more into a new segment, and counted, so the
+# structural check on bytes_copied() must fail.  Not a setting; set only by bench/conftest.py.
+_inject_extra_copy = False
+
 
 def backends() -> dict:
     """Which implementation each module of the core uses, e.g.
-    {"shm_array": "cython", "segments": "python"}."""
+    {"shm_array": "cython"}."""
     return dict(_BACKENDS)
 
 
 def bytes_copied() -> int:
     """Bytes copied into or out of segments for this process's transformations so far."""
-    return segments.bytes_copied()
+    return shm_array.bytes_copied()
 
 
 def bytes_hashed() -> int:
     """Bytes hashed while filling segments (worker-side hashing included) so far."""
-    return segments.bytes_hashed()
+    return shm_array.bytes_hashed()
 
 
 def live_segments() -> int:
     """Segments of this process whose descriptor is still open."""
-    return segments.live_segments()
+    return shm_array.live_segments()
 
 
 def reset_counters() -> None:
     """Set bytes_copied() and bytes_hashed() back to 0."""
-    segments.reset_counters()
+    shm_array.reset_counters()
 
 
 def trim() -> None:
-    """Empty this process's segment free lists and run the registered trim hooks."""
-    segments.trim()
+    """Empty this process's segment free list and run the registered trim hooks."""
+    shm_array.trim()
+
+
+def prewarm(nbytes: int) -> None:
+    """Put one segment of ``nbytes``, every page touched, on this process's free list."""
+    shm_array.prewarm(nbytes)

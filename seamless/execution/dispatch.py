@@ -305,7 +305,7 @@ def _record(checksum, outcome: Outcome):
 def _is_segment(buffer) -> bool:
     """Whether ``buffer`` is shared memory (only possible once ``seamless._ipc`` is loaded)."""
     ipc = sys.modules.get("seamless._ipc")
-    return ipc is not None and ipc.segments.segment_of(buffer) is not None
+    return ipc is not None and ipc.shm_array.segment_of(buffer) is not None
 
 
 # ---------------------------------------------------------------- finishing

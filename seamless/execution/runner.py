@@ -9,6 +9,7 @@ exception object, so a handle never keeps frames and their locals alive.
 from __future__ import annotations
 
 import os
+import sys
 import time
 import traceback
 from typing import NamedTuple
@@ -89,6 +90,9 @@ def run(work: Work, defer_checksum: bool = False) -> Outcome:
         gvalues = {n: decode(e.kind, e.buffer, e.checksum) for n, e in work.values.items()}
         func = namespace_for(work.code, gvalues, work.functions, work.modules)
         result = _call(func, work.params, values)
+        # Only this frame holds the result (getrefcount adds one): the body kept no
+        # reference that could change it after it is shared, so it may travel in place.
+        sole_owner = sys.getrefcount(result) <= 2
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # SystemExit and MemoryError in a body fail only that body
@@ -96,7 +100,7 @@ def run(work: Work, defer_checksum: bool = False) -> Outcome:
     duration = time.perf_counter() - t0
     try:
         encoded = encode(result, f"result of {work.name}", fix="return data, not objects",
-                         defer=defer_checksum)
+                         defer=defer_checksum, claim=defer_checksum and sole_owner)
     except (TypeError, ValueError) as exc:
         line = f"{type(exc).__name__}: {exc}"
         return Outcome(None, Failure(line, line + "\n"), duration)

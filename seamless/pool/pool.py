@@ -39,6 +39,7 @@ import collections
 import hashlib
 import itertools
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -52,12 +53,13 @@ from ..encoding import PendingChecksum
 from ..execution.runner import Failure, Outcome
 from . import wire
 from .env import usable_cpu_count
-from .protocol import Channel, ProtocolError
+from .protocol import MAX_FDS, Channel, ProtocolError
 
 __all__ = ["Pool"]
 
 _log = logging.getLogger("seamless")
 _HELLO_TIMEOUT = 30.0
+_IDLE_TRIM_S = 2.0  # free-list segments unused this long are closed (worker-pool.md, 5)
 _SHUTDOWN_GRACE = 2.0
 _STDERR_TAIL = 64 * 1024
 _MAX_START_FAILURES = 3
@@ -129,6 +131,17 @@ class _StagingDepth:
         return max(1, min(self.MAX, int(self.COVER_S / max(self.mean, 1e-6))))
 
 
+def _raise_nofile_limit():
+    """Soft RLIMIT_NOFILE up to the hard limit: the parent holds a descriptor per live
+    segment that may be resent, besides its channels and pidfds (worker-pool.md, 10)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return  # a hard limit this platform will not grant: keep the soft one
+
+
 def _describe_signal(signum: int) -> str:
     try:
         return f"signal {signum} ({signal.Signals(signum).name})"
@@ -162,6 +175,16 @@ class Pool:
         self._broken: str | None = None
         self._closed = threading.Event()
         self._dropped: list = []
+        # Descriptors of dropped result segments, on their way back to their workers.
+        self._returns: collections.deque = collections.deque()  # (worker index, pid, fd)
+        self._returns_lock = threading.RLock()  # RLock: GC may release a segment anywhere
+        self._returns_open = True
+        self._next_idle_trim = 0.0
+        _raise_nofile_limit()
+        from seamless._ipc import shm_array
+
+        self._shm_array = shm_array
+        shm_array.register_trim_hook(self._trim_workers)
         self._thread = threading.Thread(target=self._io_loop, name="seamless-pool-io",
                                         daemon=True)
         self._thread.start()
@@ -193,6 +216,42 @@ class Pool:
         self._post(("close", None))
         self._thread.join(_SHUTDOWN_GRACE + 5.0)
         return self._dropped
+
+    def _trim_workers(self):
+        """``seamless._ipc.trim()`` hook: each worker empties its free list too."""
+        if not self._closed.is_set():
+            self._post(("trim", None))
+
+    def _result_released(self, worker_index: int, pid: int):
+        """``on_release`` for a result segment made by that worker process."""
+        def give_back(fd: int):
+            with self._returns_lock:
+                if not self._returns_open:
+                    os.close(fd)
+                    return
+                self._returns.append((worker_index, pid, fd))
+            self._post(("returns", None))
+        return give_back
+
+    def _send_returns(self):
+        """Send dropped result segments back to the workers that made them (``recycle``);
+        those of a process that is gone are closed."""
+        by_worker: dict = {}
+        with self._returns_lock:
+            while self._returns:
+                index, pid, fd = self._returns.popleft()
+                by_worker.setdefault((index, pid), []).append(fd)
+        for (index, pid), fds in by_worker.items():
+            worker = self._workers[index]
+            try:
+                if worker.proc is not None and worker.proc.pid == pid:
+                    worker.channel.send([("recycle", 0, {}, [], fds[i:i + MAX_FDS])
+                                         for i in range(0, len(fds), MAX_FDS)])
+            except OSError:
+                pass  # the worker is dying: its descriptors are simply closed below
+            finally:
+                for fd in fds:
+                    os.close(fd)
 
     def _post(self, item):
         """Queue a request for the I/O thread; wake it unless a wake-up is already pending
@@ -242,6 +301,10 @@ class Pool:
                 return
             self._check_hello_timeouts()
             self._schedule()
+            now = time.monotonic()
+            if now >= self._next_idle_trim:
+                self._next_idle_trim = now + 1.0
+                self._shm_array.trim_idle(_IDLE_TRIM_S)
 
     def _fail_everything(self):
         """Fail every queued, staged and running job with the pool's breakage."""
@@ -266,8 +329,9 @@ class Pool:
             return
 
     def _next_timeout(self):
-        starting = [w for w in self._workers if w.proc and not w.ready]
-        return 1.0 if starting else None
+        """At most 1 s: the hello deadline of starting workers and the idle trim of the free
+        list both need a look now and then."""
+        return 1.0
 
     def _handle_inbox(self) -> bool:
         """Apply requests from other threads; True when the pool must close."""
@@ -286,6 +350,12 @@ class Pool:
                     job.drop()
             elif what == "abandon":
                 self._abandon(job)
+            elif what == "returns":
+                self._send_returns()
+            elif what == "trim":
+                for worker in self._workers:
+                    if worker.proc is not None and worker.ready:
+                        worker.channel.send([("recycle", 0, {"trim": True}, [], [])])
             elif what == "close":
                 return True
         return False
@@ -527,7 +597,9 @@ class Pool:
             for fd in frame.fds:
                 os.close(fd)
             return
-        result, duration = wire.unpack_result(frame, job.work)
+        result, duration = wire.unpack_result(
+            frame, job.work, on_release=self._result_released(worker.index, worker.proc.pid))
+        self._shm_array.add_copied(frame.header.get("copied", 0))
         self._staging.observe(duration)
         if isinstance(result.checksum, PendingChecksum):
             worker.pending_checksums[frame.id] = (result.checksum, result.buffer)
@@ -536,6 +608,7 @@ class Pool:
     def _frame_result_checksum(self, worker, frame):
         entry = worker.pending_checksums.pop(frame.id, None)
         if entry is not None:
+            self._shm_array.add_hashed(frame.header.get("hashed", 0))
             entry[0].set(frame.header["checksum"])
 
     def _settle_pending_checksums(self, worker):
@@ -689,6 +762,11 @@ class Pool:
             self._release(worker)
         self._selector.close()
         os.close(self._wake)
+        self._shm_array.unregister_trim_hook(self._trim_workers)
+        with self._returns_lock:
+            self._returns_open = False
+            while self._returns:
+                os.close(self._returns.popleft()[2])
         self._dropped.extend(running)
 
 

@@ -51,7 +51,6 @@ from __future__ import annotations
 import array
 import collections
 import contextlib
-import json
 import os
 import select
 import socket
@@ -60,7 +59,21 @@ import threading
 import time
 from typing import NamedTuple
 
+import msgspec
+
 from seamless.errors import SeamlessError
+
+# JSON headers: msgspec writes and reads the same compact UTF-8 JSON as the json module, about
+# ten times faster, which matters with one header per tiny task in each direction.
+def _plain(obj):
+    """msgspec's hook for types it does not know: str subclasses (Checksum) as plain str."""
+    if isinstance(obj, str):
+        return str(obj)
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+_encode_json = msgspec.json.Encoder(enc_hook=_plain).encode
+_decode_json = msgspec.json.Decoder().decode
 
 __all__ = ["KINDS", "MAX_FRAME", "MAX_FDS", "PREFIX_SIZE", "Frame", "ProtocolError",
            "TruncatedFrameError", "encode_frame", "Channel"]
@@ -189,7 +202,10 @@ def encode_frame(kind: str, id: int, header: dict, inline: list, nfds: int) -> l
                 break
     if problem is not None:
         raise ValueError(f"cannot encode {kind} frame {id}: {problem}")
-    hjson = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    try:
+        hjson = _encode_json(header)
+    except TypeError as exc:
+        raise TypeError(f"{kind} frame {id}: header is not JSON serializable ({exc})") from None
     length = _AFTER_LENGTH + len(hjson) + sum(v.nbytes for v in views)
     if length > MAX_FRAME:
         raise ValueError(f"{kind} frame {id} would be {length} bytes, above the {MAX_FRAME}-byte "
@@ -515,8 +531,8 @@ class Channel:
             raise ProtocolError(f"{kind} frame {fid} declares {nfds} descriptors but only "
                                 f"{len(self._fifo)} arrived with it")
         try:
-            header = json.loads(body[:hlen].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+            header = _decode_json(body[:hlen])
+        except ValueError as exc:  # msgspec.DecodeError: malformed JSON or UTF-8
             raise ProtocolError(f"{kind} frame {fid} has an invalid JSON header ({exc})") from None
         if not isinstance(header, dict):
             raise ProtocolError(f"{kind} frame {fid} has a JSON header that is not an object: "

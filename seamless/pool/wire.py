@@ -6,14 +6,21 @@ The frame format itself is ``protocol``; this module maps seamless's objects ont
   parameters, argument and ``.globals`` encodings and ``.modules`` entries.  A buffer under
   ``INLINE_MAX`` travels inline; a larger one travels as its segment's descriptor (an input
   built while the pool runs, or a result passed on: no copy), else it is copied into a new
-  segment here (one copy, no hash: its checksum is known).  ``keep`` holds those new segments
-  until the frame is sent.
+  segment here (one copy, no hash: its checksum is known).  ``keep`` holds the segments that
+  only the frame needs (new ones, a worker's claimed result): the sender closes them once the
+  frame is sent.  A segment whose logical bytes do not start at byte 0 of its file (a result
+  born by the numpy allocator, with its header in front) has the buffer-table location
+  ``{"fd": index, "offset": bytes}`` instead of the bare descriptor index.
 - Code text crosses a channel once: ``pack_work(..., sent=set)`` sends a function's code as its
   checksum alone when the set says this worker already has it (the parent keeps one set per
   worker process), and ``unpack_work(frame, codebook)`` looks it up in the worker's
   ``codebook`` (checksum -> FunctionCode), filled by the first submit that carried the text.
 - ``unpack_work(frame)`` rebuilds the ``Work`` on the other side; segment buffers are mapped
-  read-only and their descriptors closed at once (the mapping keeps the memory).
+  read-only (populated: a body reads its inputs) and their descriptors closed at once (the
+  mapping keeps the memory).
+- ``unpack_result(frame, work, on_release)``: a segment result stays mapped read-only; when the
+  parent drops it, ``on_release(fd)`` gets its descriptor (the pool sends it back to the
+  worker that made it: the ``recycle`` frame).
 - ``pack_result`` / ``unpack_result``, ``pack_failure`` / ``unpack_failure`` likewise.
 
 Ownership: descriptors received with a frame belong to the receiver; ``Segment.from_fd`` takes
@@ -23,7 +30,7 @@ them over.  No pickle anywhere: JSON headers, canonical bytes, failure text.
 from __future__ import annotations
 
 from ..code import FunctionCode, ModuleEntry
-from ..encoding import Encoded, PendingChecksum, resolved
+from ..encoding import ClaimedBuffer, Encoded, PendingChecksum, resolved
 from ..execution.runner import Failure, Work
 
 __all__ = ["INLINE_MAX", "pack_work", "unpack_work", "pack_result", "unpack_result",
@@ -32,10 +39,18 @@ __all__ = ["INLINE_MAX", "pack_work", "unpack_work", "pack_result", "unpack_resu
 INLINE_MAX = 1 << 20
 
 
-def _segments():
-    from seamless._ipc import segments
+def _shm_array():
+    from seamless._ipc import shm_array
 
-    return segments
+    return shm_array
+
+
+def _extra_copy_injected() -> bool:
+    """The benchmark gate's self-test hook (performance.md, 4): one more copy of every input."""
+    import sys
+
+    ipc = sys.modules.get("seamless._ipc")
+    return ipc is not None and ipc._inject_extra_copy
 
 
 class _Packer:
@@ -47,21 +62,29 @@ class _Packer:
         self.fds: list = []
         self.keep: list = []
 
-    def add(self, enc: Encoded) -> int:
+    def add(self, enc: Encoded, is_input: bool = False) -> int:
+        if type(enc.buffer) is ClaimedBuffer:
+            seg = enc.buffer.segment
+            self.keep.append(seg)
+            return self._add_segment(enc.checksum, seg)
         view = memoryview(enc.buffer).cast("B")
         n = view.nbytes
         if n < INLINE_MAX:
             self.inline.append(view)
             self.table.append([_checksum_field(enc.checksum), n, "inline"])
-        else:
-            segments = _segments()
-            seg = segments.segment_of(enc.buffer)
-            if seg is None or seg.closed:
-                seg = segments.Segment.create(n, f"a {n}-byte buffer sent to a worker")
-                seg.fill(view)
-                self.keep.append(seg)
-            self.table.append([_checksum_field(enc.checksum), n, len(self.fds)])
-            self.fds.append(seg.fd)
+            return len(self.table) - 1
+        shm_array = _shm_array()
+        seg = shm_array.segment_of(enc.buffer)
+        if seg is None or seg.closed or (is_input and _extra_copy_injected()):
+            seg = shm_array.Segment.create(n, f"a {n}-byte buffer sent to a worker")
+            seg.fill(view)
+            self.keep.append(seg)
+        return self._add_segment(enc.checksum, seg)
+
+    def _add_segment(self, checksum, seg) -> int:
+        where = len(self.fds) if seg.offset == 0 else {"fd": len(self.fds), "offset": seg.offset}
+        self.table.append([_checksum_field(checksum), seg.size, where])
+        self.fds.append(seg.fd)
         return len(self.table) - 1
 
 
@@ -71,13 +94,14 @@ def _checksum_field(checksum):
     return resolved(checksum) if type(checksum) is PendingChecksum else checksum
 
 
-def _buffer(frame, index: int, inline_iter, keep: list):
+def _buffer(frame, index: int, inline_iter, keep: list, populate=False, on_release=None):
     checksum, length, where = frame.header["buffers"][index]
     if where == "inline":
         return next(inline_iter)
-    segments = _segments()
-    seg = segments.Segment.from_fd(frame.fds[where], length)
-    view = seg.readonly()
+    fd_index, offset = (where["fd"], where["offset"]) if isinstance(where, dict) else (where, 0)
+    seg = _shm_array().Segment.from_fd(frame.fds[fd_index], length, offset=offset,
+                                       on_release=on_release)
+    view = seg.readonly(populate=populate)
     keep.append(seg)
     return view
 
@@ -115,8 +139,8 @@ def pack_work(work: Work, checksum: str, sent: set | None = None):
         "name": work.name,
         "code": _code_field(work.code, sent),
         "params": [list(x) for x in work.params],
-        "arguments": {n: [e.kind, p.add(e)] for n, e in work.arguments.items()},
-        "values": {n: [e.kind, p.add(e)] for n, e in work.values.items()},
+        "arguments": {n: [e.kind, p.add(e, True)] for n, e in work.arguments.items()},
+        "values": {n: [e.kind, p.add(e, True)] for n, e in work.values.items()},
         "functions": {n: _code_field(c, sent) for n, c in work.functions.items()},
         "modules": {n: m._asdict() for n, m in work.modules.items()},
     }
@@ -142,7 +166,7 @@ def unpack_work(frame, codebook: dict | None = None):
         [(idx, "values", n, kind) for n, (kind, idx) in h["values"].items()])
     decoded = {"arguments": {}, "values": {}}
     for idx, where, name, kind in order:
-        buf = _buffer(frame, idx, inline, keep)
+        buf = _buffer(frame, idx, inline, keep, populate=True)
         decoded[where][name] = Encoded(kind, h["buffers"][idx][0], buf)
     for seg in keep:
         seg.close()  # the read-only mappings keep the memory; the descriptor is not needed
@@ -153,7 +177,7 @@ def unpack_work(frame, codebook: dict | None = None):
     return h["checksum"], work
 
 
-def pack_result(result: Encoded, duration: float, inputs=()):
+def pack_result(result: Encoded, duration: float, inputs=(), copied: int = 0):
     """(header, inline, fds, keep) of a ``result`` frame.
 
     ``inputs``: the submit's buffers (``input_buffers``); a result that is one of them goes
@@ -169,20 +193,23 @@ def pack_result(result: Encoded, duration: float, inputs=()):
     else:
         index = p.add(result)
     header = {"kind": result.kind, "buffer": index, "duration": duration, "buffers": p.table}
+    if copied:
+        header["copied"] = copied  # bytes the worker copied into segments for this result
     return header, p.inline, p.fds, p.keep
 
 
-def unpack_result(frame, work: Work | None = None) -> tuple:
+def unpack_result(frame, work: Work | None = None, on_release=None) -> tuple:
     """(Encoded, duration) from a ``result`` frame; a segment result stays mapped read-only.
 
-    ``work``: what was submitted, for results that refer to one of its inputs."""
+    ``work``: what was submitted, for results that refer to one of its inputs;
+    ``on_release(fd)``: takes a segment result's descriptor once the result is dropped."""
     h = frame.header
     keep: list = []
     where = h["buffers"][h["buffer"]][2]
     if isinstance(where, list):
         buf = input_buffers(work)[where[1]]
         return Encoded(h["kind"], h["buffers"][h["buffer"]][0], buf), h["duration"]
-    buf = _buffer(frame, h["buffer"], iter(frame.inline), keep)
+    buf = _buffer(frame, h["buffer"], iter(frame.inline), keep, on_release=on_release)
     # A segment result keeps its descriptor open while the mapping lives (``segment_of``
     # finds it again to resend it when the array is chained); an inline one is copied out of
     # the frame body, so the handle does not pin the whole frame.

@@ -11,9 +11,16 @@ Threads and ownership inside the worker:
 - The channel (socketpair end inherited as ``SEAMLESS_WORKER_FD``) is owned by this process;
   EOF on it means the parent is gone: the worker exits.
 - Input segments are mapped read-only and their descriptors closed at once (``wire``); the
-  mappings go when the body's values are dropped.  A result of 1 MiB or more is copied into a
-  new segment, hashed in the same pass, and its descriptor closed after sending: from then on
-  the parent's mapping owns the memory.
+  mappings go when the body's values are dropped.
+- Results of 1 MiB or more travel as segments.  The main thread runs bodies with the numpy
+  allocator of ``shm_array`` installed, so a large array a body makes is born in a segment
+  (taken from this worker's free list when one fits): a result the body no longer references
+  is *claimed* (the canonical header written in front of its data, no copy); any other is
+  copied once into a segment.  The worker sends the descriptor, closes its own, hashes the
+  result from its own memory and sends ``result-checksum``; the memory is unmapped here when
+  the body's values are dropped.  When the parent drops the result it sends the descriptor
+  back (``recycle``): the segment joins this worker's free list, already touched; the list
+  trims itself after ``_IDLE_TRIM_S`` without use, and at once on a trimming ``recycle``.
 - Nested transformations started by a body go to the parent (``nested-submit``).  The parent
   answers with the child's result or error, or with ``run-here``: then the thread that waits
   for the child runs it itself, so nesting never deadlocks.
@@ -44,6 +51,9 @@ _NESTED_BIT = 1 << 63
 # many at a time: tiny tasks then cost one sendmsg per batch instead of one each.
 _BATCH = 32
 _HOLD_S = 0.001
+_IDLE_TRIM_S = 2.0  # free-list segments unused this long are closed (worker-pool.md, 5)
+_ALLOCATOR_MIN = 1 << 20  # numpy allocations from this size on are born in segments
+_ALLOCATOR_HEADROOM = 4096  # room for the canonical header in front of such an allocation
 
 
 class _Tee(io.TextIOBase):
@@ -157,7 +167,10 @@ class Worker:
 
     def heartbeat(self):
         """Every second while busy: a heartbeat.  Also sends results held back longer than
-        ``_HOLD_S``, so a tiny task's result never waits for a long task that follows it."""
+        ``_HOLD_S``, so a tiny task's result never waits for a long task that follows it, and
+        every second drops free-list segments unused for ``_IDLE_TRIM_S``."""
+        from seamless._ipc import shm_array
+
         next_beat = time.monotonic() + 1.0
         while True:
             with self.outbox_cond:
@@ -171,6 +184,7 @@ class Worker:
                     self._flush()
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + 1.0
+                    shm_array.trim_idle(_IDLE_TRIM_S)
                     current = self.current
                     if current is not None:
                         self.channel.send([("heartbeat", current, {"rss": _rss_bytes()},
@@ -194,11 +208,20 @@ class Worker:
                 self._flush()
                 return
             if frame.kind == "recycle":
-                for fd in frame.fds:
-                    os.close(fd)
+                self._recycle(frame)
                 continue
             if frame.kind == "submit":
                 self._run_submit(frame)
+
+    def _recycle(self, frame):
+        """Result segments the parent dropped go to this worker's free list, where the numpy
+        allocator finds them already touched; ``trim`` empties the list."""
+        from seamless._ipc import shm_array
+
+        for fd in frame.fds:
+            shm_array.recycle(fd)
+        if frame.header.get("trim"):
+            shm_array.trim()
 
     def _hold(self, frame):
         """Queue a result/error frame: sent with the next batch, when the inbox runs dry, when
@@ -219,12 +242,15 @@ class Worker:
                 self.channel.send(frames)
 
     def _run_submit(self, frame):
+        from seamless._ipc import shm_array
+        from seamless.encoding import ClaimedBuffer
         from seamless.execution.runner import run
         from seamless.pool import wire
 
         self.current = frame.id
         self.stdout.take()
         self.stderr.take()
+        copied_before = shm_array.bytes_copied()
         try:
             _checksum, work = wire.unpack_work(frame, self.codebook)
             outcome = run(work, defer_checksum=True)
@@ -240,8 +266,9 @@ class Worker:
         sys.stderr.flush()
         if failure is None:
             result = outcome.result
-            header, inline, fds, keep = wire.pack_result(result, outcome.duration,
-                                                         wire.input_buffers(work))
+            header, inline, fds, keep = wire.pack_result(
+                result, outcome.duration, wire.input_buffers(work),
+                copied=shm_array.bytes_copied() - copied_before)
             self._hold(("result", frame.id, header, inline, fds))
             if fds:  # the parent may be waiting for this array; send it before hashing
                 self._flush()
@@ -249,9 +276,15 @@ class Worker:
                 seg.close()
             if result.checksum is None:
                 # Deferred: the caller already has the value; the checksum follows.
-                checksum = hashlib.sha256(memoryview(result.buffer)).hexdigest()
-                self.channel.send([("result-checksum", frame.id, {"checksum": checksum},
-                                    [], [])])
+                if type(result.buffer) is ClaimedBuffer:
+                    checksum = result.buffer.sha256()
+                    hashed = result.buffer.nbytes
+                else:
+                    view = memoryview(result.buffer)
+                    checksum = hashlib.sha256(view).hexdigest()
+                    hashed = view.nbytes
+                self.channel.send([("result-checksum", frame.id,
+                                    {"checksum": checksum, "hashed": hashed}, [], [])])
         else:
             text = failure.text + _output_sections(self.stdout.take(), self.stderr.take())
             header = wire.pack_failure(failure._replace(text=text))
@@ -387,6 +420,9 @@ def main():
     from seamless.execution import dispatch
 
     config._set_python("cache", False)  # the parent owns the persistent cache
+    # Bodies run in this thread: their large numpy allocations are born in segments, so a
+    # result such as ``a * 2`` travels without a copy (worker-pool.md, 5).
+    seamless._ipc.shm_array.install_allocator(_ALLOCATOR_MIN, _ALLOCATOR_HEADROOM)
     dispatch.become_worker(_ParentBackend(worker), worker.wait_for, init.header["index"])
     threading.Thread(target=worker.read_frames, name="seamless-worker-reader",
                      daemon=True).start()

@@ -240,7 +240,7 @@ def test_cancel_running_kills_and_replaces_the_worker(tmp_path):
 
 def test_shared_memory_failure_names_the_size():
     spawn(1)
-    ipc.segments._fail_next_create(OSError(27, "File too large"))
+    ipc.shm_array._fail_next_create(OSError(27, "File too large"))
     with pytest.raises(SharedMemoryError) as info:
         double(np.ones(500_000))
     assert info.value.size is not None and info.value.size >= 4_000_000

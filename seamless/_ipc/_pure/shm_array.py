@@ -1,29 +1,121 @@
-"""Pure-Python twin of seamless/_ipc/shm_array.pyx: fused copy-and-hash, the executable spec.
+"""Pure-Python twin of seamless/_ipc/shm_array.pyx: segments, free list, copy-and-hash, arrays.
 
-Data flow of ``copy_and_hash(src, dst, hasher)``: both buffers are viewed as flat
-byte memoryviews; for each consecutive ``CHUNK_BYTES`` slice of ``src`` the
-slice is copied into ``dst`` and then given to ``hasher.update``.  Sequential
-and on the calling thread: a memoryview slice assignment holds the GIL, so a
-helper thread (as the compiled module uses) would gain nothing here.  Same
-validation, same error texts, same ``update`` calls (same chunks, in order,
-read-only) as the compiled module; only the interleaving of copy and hash,
-which no caller can observe except through ``dst`` after an exception (then
-unspecified in both), differs.
+This module is the executable specification of the compiled core (same names, same errors,
+same counters); only speed and the numpy data-memory handler differ (see ``install_allocator``).
 
-Ownership: the caller owns ``src``, ``dst`` and ``hasher``; the views taken here
-are released before returning (also on exceptions), so a bytearray ``dst`` can be
-resized again.  A hasher may keep chunks: they stay valid.
+Fused copy-and-hash
+    ``copy_and_hash(src, dst, hasher)`` views both buffers as flat byte memoryviews; for each
+    consecutive ``CHUNK_BYTES`` slice of ``src`` the slice is copied into ``dst`` and then given
+    to ``hasher.update``, sequentially on the calling thread (the compiled module overlaps the
+    two with a helper thread; no caller can tell except through ``dst`` after an exception).
+    The caller owns ``src``, ``dst`` and ``hasher``; views taken here are released before
+    returning.
+
+Segments
+    A ``Segment`` is one anonymous memfd (``memfd_create(MFD_CLOEXEC)``) whose logical buffer is
+    the bytes ``[offset, offset + size)`` of the file; the file (``capacity`` bytes) may be
+    larger (size classes, recycling; ``offset`` > 0 for results born by the numpy allocator,
+    which have a header in front).  Values of 1 MiB and more travel between the parent and the
+    workers in segments: the creator fills one, the descriptor crosses the channel as
+    ``SCM_RIGHTS`` data and the receiver maps it read-only (worker-pool.md, sections 5, 6).
+
+Ownership
+- **Descriptor.** ``Segment.create`` makes one (or takes one from the free list);
+  ``Segment.from_fd`` takes over a received one (also when it raises: it is then closed).  The
+  ``Segment`` owns it: ``close()`` closes it at once; otherwise, when the ``Segment`` is garbage
+  and no mapping made from it is alive (a ``weakref.finalize``; each mapping holds the
+  ``Segment``), the descriptor is *released*: handed to ``on_release(fd)`` for a ``from_fd``
+  segment that has one (the callback owns it from then on), put on this process's free list for
+  a ``create``d segment with ``recycle=True`` (closed instead when over budget), else closed.
+  A process that inherited a ``Segment`` through ``fork`` only ever closes it.
+- **Mappings.** ``readonly()`` / ``writable()`` each make a new ``MAP_SHARED`` mapping from the
+  page boundary at or below ``offset``, exposed as a memoryview of exactly the logical bytes
+  and owned by it and whatever is built on it (a numpy array keeps it through ``.base``).  It
+  is unmapped when the last such object goes; ``close()`` does not unmap anything.  On Python
+  < 3.13 each mapping also holds its own duplicate of the descriptor (``mmap`` duplicates it);
+  the compiled core does not.
+- **Free list** (one per process, one lock): entries ``(fd, capacity, last_used)`` own their
+  descriptors; ``create`` takes the smallest fitting entry, ``trim()`` / ``trim_idle()`` close
+  entries, ``recycle(fd)`` and ``prewarm(nbytes)`` add them.  A child made by ``fork`` closes
+  the entries it inherited (they are its parent's memory).
+- **Immutability** comes from the mappings, never from seals (a sealed memfd could not be
+  recycled): the creator fills through ``writable()`` or ``fill`` and drops every writable
+  mapping before the segment is shared; everyone else maps it with ``readonly()``
+  (``PROT_READ``), so arrays over it are ``writeable=False`` and cannot be made writeable.
+- **Counters** (``bytes_copied``, ``bytes_hashed``, ``live_segments``) are process-wide and
+  guarded by the lock; ``live_segments()`` counts ``Segment`` objects whose descriptor is still
+  open (free-list entries are not counted: see ``free_list()``).
+
+Allocation takes a free-list entry when one fits, else checks the size against ``MemAvailable``
+and the cgroup's headroom (v2 ``memory.max - memory.current``, v1 ``memory.limit_in_bytes -
+memory.usage_in_bytes``, in the process's cgroup and each ancestor) minus a safety margin, then
+``memfd_create`` + ``ftruncate`` to the size class + ``posix_fallocate`` of the size; too little
+memory or a failing call is a ``SharedMemoryError`` naming the size (errors.md), and nothing is
+left open.
+
+The numpy data-memory handler exists only in the compiled core: here ``install_allocator``
+returns False, ``allocator_installed()`` is False and ``claim()`` returns None.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import mmap
+import operator
+import os
+import resource
+import stat
 import sys
+import threading
+import time
+import weakref
 
-__all__ = ["CHUNK_BYTES", "copy_and_hash", "hash_into"]
+from seamless.cgroup import cgroup_paths, dirs_upwards, read_int, read_text
+from seamless.errors import SharedMemoryError
+
+__all__ = [
+    "CHUNK_BYTES", "copy_and_hash", "hash_into",
+    "SAFETY_MARGIN", "Segment", "segment_id", "segment_of", "available_memory", "as_array",
+    "bytes_copied", "bytes_hashed", "add_copied", "add_hashed", "live_segments",
+    "reset_counters", "trim", "trim_idle", "register_trim_hook", "unregister_trim_hook",
+    "recycle", "prewarm", "free_list", "set_free_list_budget", "size_class",
+    "install_allocator", "uninstall_allocator", "allocator_installed", "claim",
+]
 
 # Granularity of hasher.update() calls, identical in both backends.
 CHUNK_BYTES = 1 << 20
 
+# Bytes kept free beyond the segment's size when checking available memory.
+SAFETY_MARGIN = 64 << 20
+
+# Where the memory check reads; module attributes so tests can point them at a fake tree.
+_MEMINFO = "/proc/meminfo"
+_CGROUP_ROOT = "/sys/fs/cgroup"
+_PROC_CGROUP = "/proc/self/cgroup"
+
+# cgroup v1 reports "no limit" as a huge page-rounded number; anything above this is no limit.
+_UNLIMITED = 1 << 60
+
+_MMAP_KW = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+_PAGE = mmap.PAGESIZE
+
+# posix_fallocate errors that mean "not supported here", not "no memory": allocation then
+# happens on first touch, as without fallocate.
+_FALLOCATE_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
+
+_lock = threading.Lock()
+_copied = 0
+_hashed = 0
+_live = 0
+_injected: list = []          # OSErrors that the next create() calls raise instead of ftruncate's
+_trim_hooks: list = []
+_free: list = []              # free-list entries [fd, capacity, last_used (time.monotonic())]
+_free_bytes = 0
+_budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+
+
+# --- copy and hash ---------------------------------------------------------------------------
 
 def _type_name(obj) -> str:
     t = type(obj)
@@ -111,3 +203,731 @@ def hash_into(src, hasher) -> None:
         chunks = s.toreadonly()
         for off in range(0, s.nbytes, CHUNK_BYTES):
             update(chunks[off:off + CHUNK_BYTES])
+
+
+# --- counters --------------------------------------------------------------------------------
+
+def bytes_copied() -> int:
+    """Bytes copied into or out of segments for this process's transformations so far."""
+    return _copied
+
+
+def bytes_hashed() -> int:
+    """Bytes hashed while filling segments (and reported by workers) so far."""
+    return _hashed
+
+
+def _checked_count(n, function: str) -> int:
+    n = operator.index(n)
+    if n < 0:
+        raise ValueError(f"{function}() needs a byte count >= 0, got {n}")
+    return n
+
+
+def add_copied(n: int) -> None:
+    """Add ``n`` bytes to ``bytes_copied()`` (the pool reports worker-side copies with it)."""
+    global _copied
+    n = _checked_count(n, "add_copied")
+    with _lock:
+        _copied += n
+
+
+def add_hashed(n: int) -> None:
+    """Add ``n`` bytes to ``bytes_hashed()``."""
+    global _hashed
+    n = _checked_count(n, "add_hashed")
+    with _lock:
+        _hashed += n
+
+
+def live_segments() -> int:
+    """How many ``Segment`` objects of this process still hold an open descriptor."""
+    return _live
+
+
+def reset_counters() -> None:
+    """Set ``bytes_copied()`` and ``bytes_hashed()`` back to 0 (``live_segments()`` is a state)."""
+    global _copied, _hashed
+    with _lock:
+        _copied = 0
+        _hashed = 0
+
+
+# --- free list -------------------------------------------------------------------------------
+
+def size_class(size: int) -> int:
+    """The file size given to a new segment of ``size`` bytes: a page multiple below 1 MiB, a
+    MiB multiple below 64 MiB, then a multiple of 1/8 of the power of two at or below
+    ``size`` (so at most 12.5 % is wasted and freed segments fit later values of similar size).
+    """
+    size = _check_size(size, "size")
+    if size < (1 << 20):
+        step = _PAGE
+    elif size < (64 << 20):
+        step = 1 << 20
+    else:
+        step = 1 << (size.bit_length() - 1 - 3)
+    return -(-size // step) * step
+
+
+def _fits(capacity: int, size: int) -> bool:
+    """Whether a free entry of ``capacity`` bytes may serve ``size`` bytes: big enough, and not
+    more than twice the size (or exactly the size's class), so a small value never pins a
+    huge segment."""
+    return size <= capacity and (capacity <= 2 * size or capacity == size_class(size))
+
+
+def _free_take(size: int):
+    """Remove and return the smallest fitting entry as (fd, capacity), or None."""
+    global _free_bytes
+    if size == 0:
+        return None
+    with _lock:
+        best = None
+        for i, (fd, capacity, _) in enumerate(_free):
+            if _fits(capacity, size) and (best is None or capacity < _free[best][1]):
+                best = i
+        if best is None:
+            return None
+        fd, capacity, _ = _free.pop(best)
+        _free_bytes -= capacity
+        return fd, capacity
+
+
+def _free_put(fd: int, capacity: int) -> bool:
+    """Give ``fd`` to the free list; closed instead (False) when the budget does not allow.
+
+    Only whole pages count: a mapping never reaches past the end of the file (SIGBUS), even
+    for a descriptor of odd size handed to recycle()."""
+    global _free_bytes
+    capacity -= capacity % _PAGE
+    with _lock:
+        if 0 < capacity and _free_bytes + capacity <= _budget:
+            _free.append([fd, capacity, time.monotonic()])
+            _free_bytes += capacity
+            return True
+    os.close(fd)
+    return False
+
+
+def _free_close(keep) -> int:
+    """Close every entry for which ``keep(entry)`` is false; return how many were closed."""
+    global _free_bytes
+    with _lock:
+        gone = [entry for entry in _free if not keep(entry)]
+        _free[:] = [entry for entry in _free if keep(entry)]
+        _free_bytes -= sum(entry[1] for entry in gone)
+    for fd, _, _ in gone:
+        os.close(fd)
+    return len(gone)
+
+
+def set_free_list_budget(nbytes: int) -> None:
+    """Bound the free list to ``nbytes`` (default: 25 % of physical RAM).  Entries beyond a
+    lowered budget are closed, least recently used first."""
+    global _budget, _free_bytes
+    nbytes = _check_size(nbytes, "nbytes")
+    with _lock:
+        _budget = nbytes
+        _free.sort(key=lambda entry: entry[2])
+        gone = []
+        while _free and _free_bytes > _budget:
+            entry = _free.pop(0)
+            _free_bytes -= entry[1]
+            gone.append(entry)
+    for fd, _, _ in gone:
+        os.close(fd)
+
+
+def free_list() -> list[tuple[int, float]]:
+    """``(capacity, age in seconds)`` of each free-list entry, oldest first (for tests)."""
+    now = time.monotonic()
+    with _lock:
+        return sorted(((capacity, now - used) for _, capacity, used in _free),
+                      key=lambda item: -item[1])
+
+
+def trim_idle(max_age_s: float) -> int:
+    """Close the free-list entries unused for more than ``max_age_s`` seconds; return how many."""
+    limit = time.monotonic() - float(max_age_s)
+    return _free_close(lambda entry: entry[2] >= limit)
+
+
+def recycle(fd: int) -> bool:
+    """Adopt a descriptor handed back (a result segment returned by the parent) into the free
+    list.  Takes ownership: it is closed instead (False) when over budget or not a memfd."""
+    _check_fd(fd)
+    try:
+        st = os.fstat(fd)
+        fcntl.fcntl(fd, fcntl.F_GET_SEALS)  # EINVAL unless a memfd (shmem file)
+    except OSError:
+        os.close(fd)
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return False
+    return _free_put(fd, st.st_size)
+
+
+def prewarm(nbytes: int) -> None:
+    """Create one segment of ``nbytes``, touch every page, and put it on the free list, so the
+    first value of that size gets memory already faulted in.  SharedMemoryError when short."""
+    seg = Segment.create(nbytes, "a prewarmed segment", recycle=False)
+    if seg.size:
+        view = seg.writable()
+        try:
+            view[:] = bytes(seg.size)
+        finally:
+            mapping = view.obj
+            view.release()
+            mapping.close()
+    fd, capacity = seg._detach()
+    _free_put(fd, capacity)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must not reuse its parent's memory: close the inherited entries."""
+    global _free_bytes, _lock
+    _lock = threading.Lock()
+    entries = list(_free)
+    _free.clear()
+    _free_bytes = 0
+    for fd, _, _ in entries:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# --- trim ------------------------------------------------------------------------------------
+
+def register_trim_hook(fn) -> None:
+    """Have ``trim()`` call ``fn()`` (once per registration; registering again is a no-op)."""
+    if not callable(fn):
+        raise TypeError(f"register_trim_hook() needs a callable, got {type(fn).__name__}")
+    with _lock:
+        if fn not in _trim_hooks:
+            _trim_hooks.append(fn)
+
+
+def unregister_trim_hook(fn) -> None:
+    """Stop calling ``fn`` from ``trim()``; a hook that is not registered is ignored."""
+    with _lock:
+        if fn in _trim_hooks:
+            _trim_hooks.remove(fn)
+
+
+def trim() -> None:
+    """Close every free-list entry, then run every registered hook.
+
+    Every hook runs even if an earlier one raises; the first exception is re-raised afterwards.
+    """
+    _free_close(lambda entry: False)
+    with _lock:
+        hooks = list(_trim_hooks)
+    first_error = None
+    for hook in hooks:
+        try:
+            hook()
+        except Exception as exc:  # the rest still run; the first failure is reported below
+            if first_error is None:
+                first_error = exc
+    if first_error is not None:
+        raise first_error
+
+
+# --- memory check ----------------------------------------------------------------------------
+
+def _mem_available(meminfo: str) -> int | None:
+    text = read_text(meminfo)
+    if text is None:
+        return None
+    for line in text.splitlines():
+        if line.startswith("MemAvailable:"):
+            fields = line.split()
+            if len(fields) >= 2 and fields[1].isdigit():
+                return int(fields[1]) * 1024
+    return None
+
+
+def _limit_files(cgroup_root: str, proc_cgroup: str) -> list[tuple[str, str, str]]:
+    """(limit file, usage file, limit name) for the process's cgroup and each ancestor."""
+    v2, v1_paths = cgroup_paths(proc_cgroup)
+    v1 = v1_paths.get("memory")
+    files = []
+    for root in (cgroup_root, os.path.join(cgroup_root, "unified")):
+        for d in dirs_upwards(root, v2):
+            files.append((os.path.join(d, "memory.max"), os.path.join(d, "memory.current"),
+                          "memory.max"))
+    for d in dirs_upwards(os.path.join(cgroup_root, "memory"), v1):
+        files.append((os.path.join(d, "memory.limit_in_bytes"),
+                      os.path.join(d, "memory.usage_in_bytes"), "memory.limit_in_bytes"))
+    return files
+
+
+def available_memory(cgroup_root: str | None = None, meminfo: str | None = None,
+                     proc_cgroup: str | None = None) -> tuple[int | None, str]:
+    """Bytes that can still be allocated, and a phrase naming the binding limit.
+
+    The smallest of ``MemAvailable`` and, in the process's cgroup and each ancestor, the cgroup
+    headroom (v2 ``memory.max - memory.current``, v1 ``memory.limit_in_bytes -
+    memory.usage_in_bytes``).  ``(None, "")`` when nothing could be read.  Read afresh on every
+    call; the paths default to the live system.
+    """
+    cgroup_root = _CGROUP_ROOT if cgroup_root is None else cgroup_root
+    meminfo = _MEMINFO if meminfo is None else meminfo
+    proc_cgroup = _PROC_CGROUP if proc_cgroup is None else proc_cgroup
+    best: tuple[int, str] | None = None
+    avail = _mem_available(meminfo)
+    if avail is not None:
+        best = (avail, f"(MemAvailable in {meminfo})")
+    for limit_file, usage_file, limit_name in _limit_files(cgroup_root, proc_cgroup):
+        limit = read_int(limit_file)
+        if limit is None or limit >= _UNLIMITED:
+            continue
+        usage = read_int(usage_file) or 0
+        headroom = max(0, limit - usage)
+        if best is None or headroom < best[0]:
+            best = (headroom, f"under the cgroup limit {limit_name} = {_human(limit)}")
+    if best is None:
+        return None, ""
+    return best
+
+
+def _human(n: int) -> str:
+    """Binary units with one decimal: 419430400 -> '400.0 MiB'."""
+    if n < 1024:
+        return f"{n} bytes"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024.0
+        if value < 1024.0 or unit == "PiB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def _allocation_error(size: int, what: str, reason: str, name: str | None) -> SharedMemoryError:
+    target = f" for {what}" if what else ""
+    fixes = ("drop arrays and handles you no longer need, call seamless.close() to release "
+             "cached segments")
+    fixes += f", raise the limit, or set {name}.local = True" if name else ", or raise the limit"
+    return SharedMemoryError(
+        f"could not allocate {_human(size)} ({size} bytes) of shared memory{target}: "
+        f"{reason} ({fixes})", size=size)
+
+
+def _os_reason(call: str, exc: OSError) -> str:
+    reason = f"{call} failed with [Errno {exc.errno}] {exc.strerror or os.strerror(exc.errno)}"
+    if exc.errno == errno.EFBIG:
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if soft != resource.RLIM_INFINITY:
+            reason += f": the file size limit RLIMIT_FSIZE (ulimit -f) is {_human(soft)}"
+    return reason
+
+
+def _check_memory(size: int, margin: int, what: str, name: str | None) -> None:
+    available, where = available_memory()
+    if available is not None and size + margin > available:
+        reason = f"{_human(available)} available {where}"
+        if size <= available:
+            reason += f", of which {_human(margin)} is kept as a safety margin"
+        raise _allocation_error(size, what, reason, name)
+
+
+def _fail_next_create(error: OSError | None = None, *, count: int = 1) -> None:
+    """Test hook: the next ``count`` creations of a new memfd (``Segment.create``, ``prewarm``;
+    in the compiled core also the numpy allocator) fail as if ``ftruncate`` raised ``error``
+    (default ``ENOSPC``), through the real error path.  ``count=0`` clears the hook.
+    """
+    if error is None:
+        error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if not isinstance(error, OSError) or error.errno is None:
+        raise TypeError(f"_fail_next_create() needs an OSError with an errno, got {error!r}")
+    count = operator.index(count)
+    if count < 0:
+        raise ValueError(f"_fail_next_create() needs count >= 0, got {count}")
+    with _lock:
+        _injected[:] = [OSError(error.errno, os.strerror(error.errno))] * count
+
+
+def _take_injected() -> OSError | None:
+    with _lock:
+        return _injected.pop(0) if _injected else None
+
+
+# --- segments --------------------------------------------------------------------------------
+
+class _Mapping(mmap.mmap):
+    """A mapping of a segment; holds the Segment so its descriptor outlives no mapping early."""
+
+    __slots__ = ("segment",)
+
+
+def _check_size(size, what: str) -> int:
+    if isinstance(size, bool):
+        raise TypeError(f"{what} must be an int >= 0, got bool {size!r}")
+    try:
+        size = operator.index(size)
+    except TypeError:
+        raise TypeError(f"{what} must be an int >= 0, got {type(size).__name__} "
+                        f"{size!r}") from None
+    if size < 0:
+        raise ValueError(f"{what} must be >= 0, got {size}")
+    return size
+
+
+def _check_fd(fd) -> None:
+    if isinstance(fd, bool) or not isinstance(fd, int):
+        raise TypeError(f"fd must be an int, got {type(fd).__name__} {fd!r}")
+    if fd < 0:
+        raise ValueError(f"fd must be a descriptor >= 0, got {fd}")
+
+
+def _close_fd(fd: int) -> None:
+    global _live
+    with _lock:
+        _live -= 1
+    os.close(fd)
+
+
+def _release(fd: int, capacity: int, recycle: bool, on_release, pid: int) -> None:
+    """Finalizer of a Segment that was not closed: hand the descriptor on (see Ownership)."""
+    if pid != os.getpid() or (on_release is None and not recycle):
+        _close_fd(fd)
+        return
+    global _live
+    with _lock:
+        _live -= 1
+    if on_release is not None:
+        on_release(fd)
+    else:
+        _free_put(fd, capacity)
+
+
+def _new_memfd(size: int, capacity: int) -> int:
+    """memfd_create + ftruncate(capacity) + fallocate(size); OSError (nothing left open) with
+    the failing call's name in ``exc.call``."""
+    call = "memfd_create"
+    fd = -1
+    try:
+        fd = os.memfd_create("seamless-segment", os.MFD_CLOEXEC)
+        call = "ftruncate"
+        injected = _take_injected()
+        if injected is not None:
+            raise injected
+        os.ftruncate(fd, capacity)
+        if size:
+            call = "fallocate"
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno not in _FALLOCATE_UNSUPPORTED:
+                    raise
+    except OSError as exc:
+        if fd >= 0:
+            os.close(fd)
+        exc.call = call
+        raise
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+    return fd
+
+
+class Segment:
+    """One anonymous memfd whose bytes ``[offset, offset + size)`` hold one buffer.
+
+    Build with ``Segment.create(size)`` or ``Segment.from_fd(fd, size)``.  Only the logical
+    bytes are ever exposed, whatever the file's size (``capacity``).
+    """
+
+    __slots__ = ("_fd", "_size", "_capacity", "_offset", "_id", "_reused", "_finalizer",
+                 "__weakref__")
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("build a Segment with Segment.create(size) or Segment.from_fd(fd, size)")
+
+    @classmethod
+    def _adopt(cls, fd: int, size: int, st: os.stat_result, offset: int = 0,
+               recycle: bool = False, on_release=None) -> Segment:
+        global _live
+        self = object.__new__(cls)
+        self._fd = fd
+        self._size = size
+        self._capacity = st.st_size
+        self._offset = offset
+        self._id = (st.st_dev, st.st_ino)
+        self._reused = False
+        with _lock:
+            _live += 1
+        self._finalizer = weakref.finalize(self, _release, fd, st.st_size, recycle, on_release,
+                                           os.getpid())
+        return self
+
+    @classmethod
+    def create(cls, size: int, what: str = "", *, name: str | None = None,
+               margin: int = SAFETY_MARGIN, recycle: bool = True) -> Segment:
+        """A segment of ``size`` bytes, its pages allocated up front.
+
+        With ``recycle`` a free-list entry is taken when one fits (the smallest with
+        ``size <= capacity <= 2 * size``, or of exactly ``size_class(size)``): its contents are
+        then unspecified (callers fill the whole size), and the segment returns to the free
+        list when it is garbage.  Otherwise a new memfd of ``size_class(size)`` bytes, zero
+        filled.  ``what`` names the value in the error message ("argument 'arr' of
+        transformation f"); ``name``, the transformer's name, adds the hint ``{name}.local =
+        True``.  Raises ``SharedMemoryError`` when ``size`` plus ``margin`` exceeds the
+        available memory or the cgroup's headroom, or when ``memfd_create``/``ftruncate``/
+        ``fallocate`` fail; no descriptor is left open then.
+        """
+        size = _check_size(size, "size")
+        margin = _check_size(margin, "margin")
+        if recycle:
+            taken = _free_take(size)
+            if taken is not None:
+                seg = cls._adopt(taken[0], size, os.fstat(taken[0]), recycle=True)
+                seg._reused = True
+                return seg
+        if size:
+            _check_memory(size, margin, what, name)
+        try:
+            fd = _new_memfd(size, size_class(size))
+        except OSError as exc:
+            raise _allocation_error(size, what, _os_reason(exc.call, exc), name) from exc
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls._adopt(fd, size, st, recycle=recycle)
+
+    @classmethod
+    def from_fd(cls, fd: int, size: int, *, offset: int = 0, on_release=None) -> Segment:
+        """Take ownership of a received descriptor whose bytes ``[offset, offset + size)`` are
+        the logical buffer.
+
+        ``on_release(fd)``, if given, is called instead of closing when this Segment and its
+        last mapping are garbage (from any thread; it takes the descriptor over and must be
+        cheap); ``close()`` still closes.  Ownership passes even when this raises (the
+        descriptor is then closed): ValueError when it is not a regular file or is too small.
+        Only a ``fd`` that is not a descriptor at all (not an int, or negative) is refused
+        without closing anything.
+        """
+        _check_fd(fd)
+        try:
+            size = _check_size(size, "size")
+            offset = _check_size(offset, "offset")
+            if on_release is not None and not callable(on_release):
+                raise TypeError(f"on_release must be callable, got "
+                                f"{type(on_release).__name__}")
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(f"descriptor {fd} is not a shared-memory segment (not a "
+                                 f"regular file, mode {st.st_mode:o})")
+            if st.st_size < offset + size:
+                what = f"offset {offset} + logical size {size}" if offset else \
+                    f"logical size {size}"
+                raise ValueError(f"descriptor {fd} refers to a segment of {st.st_size} bytes, "
+                                 f"smaller than the {what}")
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls._adopt(fd, size, st, offset=offset, on_release=on_release)
+
+    @property
+    def fd(self) -> int:
+        """The owned descriptor (ValueError once closed); send it, never close it yourself."""
+        if not self._finalizer.alive:
+            raise ValueError(f"segment {self._id[0]}:{self._id[1]} is closed: its descriptor "
+                             f"was released by close()")
+        return self._fd
+
+    @property
+    def size(self) -> int:
+        """The logical size in bytes: what mappings expose."""
+        return self._size
+
+    @property
+    def reused(self) -> bool:
+        """Whether ``create`` took this segment from the free list: its pages are touched
+        already, so mapping it with ``populate=True`` is cheap."""
+        return self._reused
+
+    @property
+    def capacity(self) -> int:
+        """The file's size in bytes when this Segment took it (>= offset + size)."""
+        return self._capacity
+
+    @property
+    def offset(self) -> int:
+        """Where the logical bytes start in the file (a header may sit in front)."""
+        return self._offset
+
+    @property
+    def closed(self) -> bool:
+        """Whether this Segment's descriptor is closed (mappings made before stay valid)."""
+        return not self._finalizer.alive
+
+    def segment_id(self) -> tuple[int, int]:
+        """``(st_dev, st_ino)`` of the memfd: equal for every descriptor and mapping of it."""
+        return self._id
+
+    def close(self) -> None:
+        """Close the descriptor now (never recycled, no ``on_release``); mappings already made
+        stay valid.  Idempotent."""
+        if self._finalizer.detach() is not None:
+            _close_fd(self._fd)
+
+    def _detach(self) -> tuple[int, int]:
+        """Hand the descriptor to the caller as (fd, capacity); this Segment counts as closed."""
+        global _live
+        if self._finalizer.detach() is None:
+            raise ValueError(f"segment {self._id[0]}:{self._id[1]} is closed")
+        with _lock:
+            _live -= 1
+        return self._fd, self._capacity
+
+    def _map(self, prot: int, populate: bool) -> memoryview:
+        fd = self.fd
+        start = self._offset - self._offset % _PAGE
+        flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if populate else 0)
+        mapping = _Mapping(fd, self._offset - start + self._size, flags=flags, prot=prot,
+                           offset=start, **_MMAP_KW)
+        mapping.segment = self
+        view = memoryview(mapping)
+        return view[self._offset - start:] if self._offset != start else view
+
+    def readonly(self, populate: bool = False) -> memoryview:
+        """A new ``PROT_READ``/``MAP_SHARED`` mapping of the logical bytes, as a read-only view.
+
+        Arrays built on it are ``writeable=False`` and cannot be made writeable; it keeps this
+        Segment alive.  ``populate`` faults every page in up front (``MAP_POPULATE``: much
+        cheaper than faulting page by page for a large segment read whole).  Size 0: an empty
+        view, no mapping.
+        """
+        if self._size == 0:
+            return memoryview(b"")
+        return self._map(mmap.PROT_READ, populate)
+
+    def writable(self, populate: bool = False) -> memoryview:
+        """A new read-write ``MAP_SHARED`` mapping of the logical bytes, for filling.
+
+        The caller drops it (and anything built on it) before the segment is shared: that is
+        what makes a shared segment immutable.  Size 0: an empty writable view, no mapping.
+        """
+        if self._size == 0:
+            return memoryview(bytearray())
+        return self._map(mmap.PROT_READ | mmap.PROT_WRITE, populate)
+
+    def fill(self, src, hasher=None) -> None:
+        """Copy the C-contiguous buffer ``src`` (exactly ``size`` bytes) into the segment.
+
+        One pass; with ``hasher`` each chunk is hashed as it is copied (``copy_and_hash``).
+        Counts ``bytes_copied`` (and ``bytes_hashed``); the writable mapping used is unmapped
+        before returning.
+        """
+        with _byte_view(src, "src") as view:
+            self._fill(view, hasher)
+
+    def _fill(self, view: memoryview, hasher) -> None:
+        n = view.nbytes
+        if n != self._size:
+            raise ValueError(f"src has {n} bytes but the segment's size is {self._size} "
+                             f"(fill needs exactly the segment's size)")
+        if n:
+            dst = self.writable(populate=True)
+            mapping = dst.obj
+            try:
+                if hasher is None:
+                    dst[:] = view
+                else:
+                    copy_and_hash(view, dst, hasher)
+            finally:
+                dst.release()
+                mapping.close()
+        add_copied(n)
+        if hasher is not None:
+            add_hashed(n)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd={self._fd}"
+        return f"<Segment {self._id[0]}:{self._id[1]} size={self._size} {state}>"
+
+
+def _mapping_of(obj) -> _Mapping | None:
+    """The segment mapping under a memoryview / numpy array (following .obj / .base), or None."""
+    numpy = sys.modules.get("numpy")
+    for _ in range(256):
+        if isinstance(obj, _Mapping):
+            return None if obj.closed else obj
+        if isinstance(obj, memoryview):
+            try:
+                obj = obj.obj
+            except ValueError:  # a released view refers to nothing any more
+                return None
+        elif numpy is not None and isinstance(obj, numpy.ndarray):
+            obj = obj.base
+        else:
+            return None
+    return None
+
+
+def segment_of(obj) -> Segment | None:
+    """The ``Segment`` whose mapping holds the memory of a numpy array / memoryview, or None."""
+    mapping = _mapping_of(obj)
+    return None if mapping is None else mapping.segment
+
+
+def segment_id(obj) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the segment holding obj's memory, or None (not a segment)."""
+    mapping = _mapping_of(obj)
+    return None if mapping is None else mapping.segment.segment_id()
+
+
+def as_array(segment: Segment, dtype, shape):
+    """A read-only numpy array of ``dtype`` and ``shape`` over ``segment.readonly()``.
+
+    ``writeable=False`` and cannot be made writeable; its ``.base`` chain ends at the mapping,
+    which keeps the Segment alive, so ``segment_of`` finds it from the array and any view.
+    ValueError when dtype and shape do not cover exactly the segment's size.
+    """
+    import numpy
+
+    dtype = numpy.dtype(dtype)
+    shape = (operator.index(shape),) if not isinstance(shape, tuple) else \
+        tuple(operator.index(n) for n in shape)
+    count = 1
+    for n in shape:
+        count *= n
+    if count * dtype.itemsize != segment.size:
+        raise ValueError(f"an array of dtype {dtype} and shape {shape} needs "
+                         f"{count * dtype.itemsize} bytes but the segment's size is "
+                         f"{segment.size}")
+    return numpy.frombuffer(segment.readonly(), dtype=dtype, count=count).reshape(shape)
+
+
+# --- numpy data-memory handler (compiled core only) ------------------------------------------
+
+def install_allocator(threshold: int = 1 << 20, headroom: int = 4096) -> bool:
+    """No data-memory handler in the pure-Python core: returns False (numpy's own handler
+    stays, so results are copied once into a segment)."""
+    _check_size(threshold, "threshold")
+    _check_size(headroom, "headroom")
+    return False
+
+
+def uninstall_allocator() -> None:
+    """Nothing to restore in the pure-Python core."""
+
+
+def allocator_installed() -> bool:
+    """Always False in the pure-Python core."""
+    return False
+
+
+def claim(array, prefix: bytes) -> Segment | None:
+    """Always None in the pure-Python core: no array is born in a segment here."""
+    return None
