@@ -25,8 +25,8 @@ def test_an_extra_copy_fails_t1_and_t4(benchmark, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", str(BENCH / "bench_transport.py"), "-q",
          "-p", "no:cacheprovider", "-k", "test_t1_round_trip or test_t4_chaining",
-         "--inject-extra-copy", f"--benchmark-json={report}",
-         *(["--benchmark-disable"] if benchmark.disabled else [])],
+         "--inject-extra-copy",
+         *(["--benchmark-disable"] if benchmark.disabled else [f"--benchmark-json={report}"])],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out  # 1: tests failed (not a usage or internal error)
