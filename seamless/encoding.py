@@ -250,7 +250,9 @@ def _encode(value, what, cls, defer=False, claim=False) -> Encoded:
 
 
 _small_cache: dict = {}
-_SMALL_CACHE_MAX = 1 << 16
+# Small on purpose: every entry is a few objects the cyclic garbage collector walks on each
+# full collection; a few thousand cover the loops that repeat small arguments.
+_SMALL_CACHE_MAX = 4096
 
 
 def _remember_small(cls, value, enc):

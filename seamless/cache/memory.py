@@ -34,6 +34,14 @@ def _check_count(name: str, value, minimum: int) -> int:
     return value
 
 
+def _plain(checksum) -> str:
+    """A checksum as an exact ``str``.  Entries live long and there may be millions of them:
+    a ``Checksum`` (an instance of a Python-level class) is tracked by the cyclic garbage
+    collector, which would then walk every entry on each full collection; a tuple of exact
+    strings is not tracked at all."""
+    return checksum if type(checksum) is str else str.__str__(checksum)
+
+
 class ResultMap:
     """Thread-safe LRU map: transformation checksum -> (result kind, result checksum)."""
 
@@ -56,7 +64,8 @@ class ResultMap:
 
     def put(self, tf_cs, kind, result_cs) -> None:
         """Record a successful result; the least recently used entries beyond the bound go."""
-        entry = (kind, result_cs)
+        tf_cs = _plain(tf_cs)
+        entry = (str(kind), _plain(result_cs))
         with self._lock:
             self._map[tf_cs] = entry
             self._map.move_to_end(tf_cs)
@@ -124,6 +133,7 @@ class BufferCache:
                     "contiguous copy)"
                 )
             size = view.nbytes
+        cs = _plain(cs)
         with self._lock:
             if cs in self._map:
                 self._map.move_to_end(cs)

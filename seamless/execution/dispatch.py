@@ -28,6 +28,7 @@ import sys
 import threading
 
 from .. import cache, config
+from ..checksum import _trusted
 from ..encoding import Encoded, PendingChecksum
 from .inprocess import InProcessExecutor, in_executor_thread
 from .job import Job
@@ -180,7 +181,7 @@ def _memory_hit(checksum):
     buffer = cache.memory_buffers.get(hit[1])
     if buffer is None:
         return None
-    return Outcome(Encoded(hit[0], hit[1], buffer), None, 0.0, True)
+    return Outcome(Encoded(hit[0], _trusted(hit[1]), buffer), None, 0.0, True)
 
 
 def _dispatch(handle):
