@@ -192,6 +192,13 @@ def pack_result(result: Encoded, duration: float, inputs=(), copied: int = 0):
             break
     else:
         index = p.add(result)
+        # A result segment now belongs to the parent, which sends it back when it is dropped:
+        # the worker closes its descriptor once the frame is sent, so it can never return to
+        # the worker's own free list while the parent still maps it.
+        seg = _shm_array().segment_of(result.buffer) if type(result.buffer) is not \
+            ClaimedBuffer and memoryview(result.buffer).nbytes >= INLINE_MAX else None
+        if seg is not None and seg not in p.keep:
+            p.keep.append(seg)
     header = {"kind": result.kind, "buffer": index, "duration": duration, "buffers": p.table}
     if copied:
         header["copied"] = copied  # bytes the worker copied into segments for this result

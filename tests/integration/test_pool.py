@@ -590,3 +590,92 @@ def test_staged_tiny_tasks_move_to_a_worker_that_falls_idle():
     assert [h.run()[1] for h in tiny] == list(range(300))
     assert long.status == "running"
     assert long.run() == 5
+
+
+@delayed
+def worker_free_list(_nonce):
+    import seamless._ipc
+
+    return [cap for cap, _ in seamless._ipc.shm_array.free_list()]
+
+
+@delayed
+def ones(n, _nonce):
+    import numpy as np
+
+    return np.ones(n)
+
+
+def test_a_dropped_result_goes_back_to_its_worker_and_is_reused():
+    """The segment of a dropped result returns to the worker that made it (``recycle``) and
+    serves that worker's next large result; ``trim()`` empties the worker's list."""
+    import gc
+
+    spawn(1)
+    first = ones(2_000_000, 1).run()  # 16 MB, born in a worker segment
+    first_id = ipc.shm_array.segment_id(first)
+    assert first_id is not None and worker_free_list(1).run() == []
+    del first
+    gc.collect()
+    for attempt in range(50):  # the recycle frame is asynchronous
+        kept = worker_free_list(100 + attempt).run()
+        if kept:
+            break
+        time.sleep(0.05)
+    assert len(kept) == 1 and kept[0] >= 16_000_000
+    second = ones(2_000_000, 2).run()
+    assert ipc.shm_array.segment_id(second) == first_id, "the same segment served it again"
+    del second
+    gc.collect()
+    ipc.trim()
+    for attempt in range(50):
+        if worker_free_list(200 + attempt).run() == []:
+            break
+        time.sleep(0.05)
+    assert worker_free_list(300).run() == []
+
+
+def test_a_result_born_in_a_segment_travels_without_a_copy():
+    """``np.ones`` in a worker is born in shared memory and sent in place; a result the body
+    still references elsewhere is copied once (it could change after it is shared), and the
+    worker's copy is counted in this process's ``bytes_copied()``."""
+
+    @delayed
+    def keeps_a_reference(n):
+        import builtins
+
+        import numpy as np
+
+        out = np.ones(n)
+        builtins._seamless_test_kept = out
+        return out
+
+    spawn(1)
+    ipc.reset_counters()
+    r = ones(2_000_000, 3).run()
+    assert r.sum() == 2_000_000.0 and not r.flags.writeable
+    # The pure-Python twin has no numpy allocator: there the result is copied once.
+    assert ipc.bytes_copied() == (0 if ipc.BACKEND == "cython" else r.nbytes)
+    ipc.reset_counters()
+    r2 = keeps_a_reference(2_000_000).run()
+    assert r2.sum() == 2_000_000.0
+    assert ipc.bytes_copied() == r2.nbytes
+
+
+def test_a_result_the_worker_cannot_place_fails_that_transformation_only():
+    """No shared memory for a result: that transformation fails naming the size; the pool
+    goes on (worker-pool.md, 5: allocation)."""
+
+    @delayed
+    def no_room(n):
+        import numpy as np
+        import seamless._ipc
+
+        seamless._ipc.shm_array._fail_next_create(count=4)
+        return np.ones(n)[::2]  # a view: copied into a segment, which cannot be made
+
+    spawn(1)
+    with pytest.raises(TransformationError) as info:
+        no_room(1_000_000).run()
+    assert "SharedMemoryError" in str(info.value) and "3.8 MiB" in str(info.value)
+    assert double(np.ones(10)).run().sum() == 20.0
