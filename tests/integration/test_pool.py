@@ -679,3 +679,20 @@ def test_a_result_the_worker_cannot_place_fails_that_transformation_only():
         no_room(1_000_000).run()
     assert "SharedMemoryError" in str(info.value) and "3.8 MiB" in str(info.value)
     assert double(np.ones(10)).run().sum() == 20.0
+
+
+def test_pool_start_raises_the_soft_descriptor_limit_to_the_hard_one():
+    """Segments are descriptors: the pool may hold many at once (worker-pool.md, 10)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        if hard <= 256:
+            pytest.skip(f"soft and hard RLIMIT_NOFILE are both {hard}: nothing to raise")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        spawn(1)
+        assert where(1).run()[1] == 1
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
