@@ -92,6 +92,16 @@ class _Worker:
     def load(self) -> int:
         return (self.running is not None) + len(self.staged)
 
+    def take_all_jobs(self) -> list:
+        """Forget the running and staged jobs (the worker is gone or the pool stops); return
+        them, running first."""
+        jobs = [] if self.running is None else [self.running[1]]
+        jobs.extend(job for _, job in self.staged)
+        self.running = None
+        self.staged.clear()
+        self.revoking.clear()
+        return jobs
+
     def take_staged(self, rid):
         """Remove and return the staged job with request id ``rid`` (None if not staged)."""
         for i, (staged_rid, job) in enumerate(self.staged):
@@ -311,12 +321,7 @@ class Pool:
         jobs = list(self._queue)
         self._queue.clear()
         for worker in self._workers:
-            if worker.running is not None:
-                jobs.append(worker.running[1])
-            jobs.extend(job for _, job in worker.staged)
-            worker.running = None
-            worker.staged.clear()
-            worker.revoking.clear()
+            jobs.extend(worker.take_all_jobs())
         for job in jobs:
             job.claim()
             self._finish(job, Outcome(None, self._broken_failure(job), 0.0))
@@ -739,12 +744,7 @@ class Pool:
         self._queue.clear()
         running = []
         for worker in self._workers:
-            if worker.running is not None:
-                running.append(worker.running[1])
-            running.extend(job for _, job in worker.staged)
-            worker.running = None
-            worker.staged.clear()
-            worker.revoking.clear()
+            running.extend(worker.take_all_jobs())
             if worker.proc is not None:
                 try:
                     worker.channel.send([("shutdown", 0, {}, [], [])])
