@@ -6,9 +6,16 @@ once its dependencies are done), and moves through
 
     pending -> running -> done | failed        pending/running -> cancelled
 
-Every member is thread-safe: state changes happen under the handle's lock and waiters block on
-its event.  The outcome arrives from the dispatcher (``_job_finished``); a failure is kept as
-text and turned into a ``TransformationError`` only when someone asks for the value.
+Every member is thread-safe.  A started handle owns a completion word (``seamless.completion``,
+taken by ``start()``, given back when the handle is garbage; a handle never started has none)
+that mirrors the status.  The terminal move is the word's compare-and-swap, made under the
+handle's lock by whoever comes first: the outcome arriving from the dispatcher
+(``_job_finished``, ``_fail_dependency``, any thread) or ``cancel()``; the winner then writes
+``_outcome``/``_failure_line`` and ``_status`` (before the lock goes), the loser changes
+nothing.  The CAS wakes the waiters: threads blocked in ``slab.wait()`` and event loops
+watching the slab's eventfd (``.task()``); a woken waiter takes the lock once before it reads
+the status, so it sees the winner's fields.  A failure is kept as text and turned into a
+``TransformationError`` only when someone asks for the value.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import asyncio
 import threading
 from hashlib import sha256
 
+from . import completion
 from .checksum import Checksum, _trusted
 from .encoding import Encoded, PendingChecksum, decode, resolved
 from .errors import (RemoteTraceback, SeamlessError, TransformationCancelledError,
@@ -51,7 +59,8 @@ class Transformation:
     _seamless_handle = True
     __slots__ = ("name", "_code", "_params", "_arguments", "_values", "_functions", "_modules",
                  "_statics", "_local", "_checksum", "_status", "_outcome", "_failure_line",
-                 "_job", "_event", "_lock", "_callbacks", "_value", "__weakref__")
+                 "_job", "_slab", "_slot", "_generation", "_event", "_lock", "_callbacks",
+                 "_value", "__weakref__")
 
     def __init__(self, name, code, params, arguments, values, functions, modules, statics,
                  local):
@@ -68,7 +77,10 @@ class Transformation:
         self._outcome: Outcome | None = None
         self._failure_line: str | None = None
         self._job = None
-        self._event = None  # made by the first waiter: most handles are never waited on blocking
+        self._slab = None  # the completion word (slab, slot, generation), taken by start()
+        self._slot = 0
+        self._generation = 0
+        self._event = None  # made only for dispatch.wait_hook (a pool worker), which polls it
         self._lock = threading.Lock()
         self._callbacks: list = []
         self._value = _NO_VALUE
@@ -147,42 +159,51 @@ class Transformation:
 
     # ------------------------------------------------------------ completion
 
+    def _finish(self, state: int) -> bool:
+        """The terminal move of a started handle, lock held: True if this call won the CAS
+        (and woke the waiters, who then wait for the lock to read the winner's fields)."""
+        return self._slab.finish(self._slot, self._generation, state)
+
     def _job_finished(self, outcome: Outcome):
+        failure = outcome.failure
         with self._lock:
-            if self._status != RUNNING:
-                return  # cancelled meanwhile: the outcome is not ours any more
+            if not self._finish(completion.DONE if failure is None else completion.FAILED):
+                return  # cancelled (or failed) meanwhile: the outcome is not ours any more
             self._job = None
             self._outcome = outcome
-            if outcome.failure is None:
+            if failure is None:
                 self._status = DONE
             else:
+                how = ": " if failure.crash is not None else " with "
+                self._failure_line = f"{self._label()} failed{how}{failure.summary}"
                 self._status = FAILED
-                how = ": " if outcome.failure.crash is not None else " with "
-                self._failure_line = f"{self._label()} failed{how}{outcome.failure.summary}"
-        self._settle()
+            callbacks = self._finished_locked()
+        self._run_callbacks(callbacks)
 
     def _fail_dependency(self, name, dep):
         how = "was cancelled" if dep._status == CANCELLED else \
             f"failed with {dep._outcome.failure.summary}" if dep._outcome is not None \
             and dep._outcome.failure is not None else f"failed: {dep._failure_line}"
+        text = dep.exception or ""
+        dep_cs = dep._checksum or dep._provisional_checksum()
         with self._lock:
-            if self._status != RUNNING:
+            if not self._finish(completion.FAILED):
                 return
-            text = dep.exception or ""
             self._outcome = Outcome(None, Failure(f"dependency {name!r} {how}", text), 0.0)
-            self._status = FAILED
-            dep_cs = dep._checksum or dep._provisional_checksum()
             self._failure_line = (f"{self._label()} failed: its dependency {name!r} "
                                   f"(transformation {dep.name}, {dep_cs[:12]}) {how}")
-        self._settle()
+            self._status = FAILED
+            callbacks = self._finished_locked()
+        self._run_callbacks(callbacks)
 
-    def _settle(self):
-        """Wake the waiters and run the callbacks of a handle that just finished."""
-        with self._lock:
-            event = self._event
-            callbacks, self._callbacks = self._callbacks, []
-        if event is not None:
-            event.set()
+    def _finished_locked(self) -> list:
+        """After the winning terminal move, lock held: take the callbacks, set the event."""
+        callbacks, self._callbacks = self._callbacks, []
+        if self._event is not None:
+            self._event.set()
+        return callbacks
+
+    def _run_callbacks(self, callbacks):
         for cb in callbacks:
             cb(self)
 
@@ -194,23 +215,36 @@ class Transformation:
                 return
         cb(self)
 
-    def _wait(self):
-        """Block until finished (called after start()).
+    def _word(self):
+        """(slab, slot, generation) of an unfinished handle, or None once it has finished.
 
-        The event is made here, under the lock that also guards the status, so a handle
-        that finishes meanwhile either is seen finished or finds the event to set."""
+        Under the lock: a waiter woken by the terminal CAS passes here after the winner has
+        written its fields."""
         with self._lock:
             if self._status in _FINISHED:
-                return
-            if self._event is None:
-                self._event = threading.Event()
+                return None
+            return self._slab, self._slot, self._generation
+
+    def _wait(self):
+        """Block until finished (called after start()), in the completion word's futex."""
+        if self._status in _FINISHED:
+            return
         dispatch.help_run(self)
         try:
             hook = dispatch.wait_hook
             if hook is not None:
+                with self._lock:
+                    if self._status in _FINISHED:
+                        return
+                    if self._event is None:
+                        self._event = threading.Event()
                 hook(self)  # in a pool worker: may run declined children here
             else:
-                self._event.wait()
+                word = self._word()
+                while word is not None:
+                    slab, slot, generation = word
+                    slab.wait(slot, generation)
+                    word = self._word()
         except KeyboardInterrupt:
             self.cancel()
             raise
@@ -242,6 +276,9 @@ class Transformation:
         with self._lock:
             if self._status != PENDING:
                 return self
+            if self._slab is None:
+                self._slab, self._slot, self._generation = completion.acquire()
+            self._slab.start(self._slot, self._generation)
             self._status = RUNNING
         dispatch.start(self)
         return self
@@ -266,25 +303,16 @@ class Transformation:
             raise RuntimeError(
                 "tf.task() needs a running event loop; in synchronous code use tf.run()"
             ) from None
-        future = loop.create_future()
-
-        def settle(_handle):
-            def set_done():
-                if not future.done():
-                    future.set_result(None)
-            try:
-                loop.call_soon_threadsafe(set_done)
-            except RuntimeError:
-                return  # the loop closed; nobody awaits this any more
-
         self.start()
-        self._add_done_callback(settle)
+        return loop.create_task(self._value_when_finished())
 
-        async def wait_for_value():
-            await future
-            return self.value
-
-        return loop.create_task(wait_for_value())
+    async def _value_when_finished(self):
+        """Await the completion word through its slab's eventfd in the running loop."""
+        word = self._word()
+        while word is not None:
+            await completion.wait_async(*word)
+            word = self._word()
+        return self.value
 
     @property
     def value(self):
@@ -343,16 +371,20 @@ class Transformation:
     def cancel(self) -> bool:
         """Cancel a pending or running handle (terminal); False if it had finished."""
         with self._lock:
-            if self._status in _FINISHED:
+            if self._slab is None:  # never started: no word, nobody waits
+                if self._status in _FINISHED:
+                    return False
+            elif not self._finish(completion.CANCELLED):
                 return False
-            self._status = CANCELLED
             self._failure_line = (
                 f"{self._label()} was cancelled (by .cancel(), or by parallel() stopping "
                 f"early); build a new handle to run it again")
+            self._status = CANCELLED
+            callbacks = self._finished_locked()
         if self._job is not None:
             dispatch.withdraw(self)
             self._job = None
-        self._settle()
+        self._run_callbacks(callbacks)
         return True
 
     def clear_exception(self):
@@ -360,10 +392,16 @@ class Transformation:
         with self._lock:
             if self._status != FAILED:
                 return
+            self._generation = self._slab.reset(self._slot)
             self._status = PENDING
             self._outcome = None
             self._failure_line = None
             self._event = None
+
+    def __del__(self, _release=completion.release):
+        """Give the completion word back (bound early: works while the interpreter exits)."""
+        if self._slab is not None:
+            _release(self._slab, self._slot)
 
     def __repr__(self):
         cs = self._checksum[:12] if self._checksum else "?"
