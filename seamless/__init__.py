@@ -29,8 +29,9 @@ def close():
     if cache is not None:
         cache.flush()
     ipc = sys.modules.get("seamless._ipc")
-    if ipc is not None:  # segments kept for reuse go back to the system
-        ipc.shm_array.trim()
+    shm_array = None if ipc is None else vars(ipc).get("shm_array")  # not loaded: no segments
+    if shm_array is not None:  # segments kept for reuse go back to the system
+        shm_array.trim()
 
 
 def __getattr__(name):

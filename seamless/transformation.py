@@ -59,7 +59,7 @@ class Transformation:
     _seamless_handle = True
     __slots__ = ("name", "_code", "_params", "_arguments", "_values", "_functions", "_modules",
                  "_statics", "_local", "_checksum", "_status", "_outcome", "_failure_line",
-                 "_job", "_slab", "_slot", "_generation", "_event", "_lock", "_callbacks",
+                 "_job", "_slab", "_slot", "_generation", "_lock", "_callbacks",
                  "_value", "__weakref__")
 
     def __init__(self, name, code, params, arguments, values, functions, modules, statics,
@@ -80,7 +80,6 @@ class Transformation:
         self._slab = None  # the completion word (slab, slot, generation), taken by start()
         self._slot = 0
         self._generation = 0
-        self._event = None  # made only for dispatch.wait_hook (a pool worker), which polls it
         self._lock = threading.Lock()
         self._callbacks: list = []
         self._value = _NO_VALUE
@@ -197,10 +196,8 @@ class Transformation:
         self._run_callbacks(callbacks)
 
     def _finished_locked(self) -> list:
-        """After the winning terminal move, lock held: take the callbacks, set the event."""
+        """After the winning terminal move, lock held: take the callbacks."""
         callbacks, self._callbacks = self._callbacks, []
-        if self._event is not None:
-            self._event.set()
         return callbacks
 
     def _run_callbacks(self, callbacks):
@@ -233,11 +230,6 @@ class Transformation:
         try:
             hook = dispatch.wait_hook
             if hook is not None:
-                with self._lock:
-                    if self._status in _FINISHED:
-                        return
-                    if self._event is None:
-                        self._event = threading.Event()
                 hook(self)  # in a pool worker: may run declined children here
             else:
                 word = self._word()
@@ -396,7 +388,6 @@ class Transformation:
             self._status = PENDING
             self._outcome = None
             self._failure_line = None
-            self._event = None
 
     def __del__(self, _release=completion.release):
         """Give the completion word back (bound early: works while the interpreter exits)."""

@@ -1,8 +1,10 @@
 """Private compiled core of seamless: picks the compiled module or its pure-Python twin, per module.
 
-Data flow: on import, for each name in ``_MODULES`` this package imports
-``seamless._ipc.<name>`` (the Cython extension) or ``seamless._ipc._pure.<name>``
-and binds the chosen one as the attribute ``<name>`` of this package.  Callers
+Data flow: on first use of a name in ``_MODULES`` (attribute access, or ``from seamless._ipc
+import <name>``) this package imports ``seamless._ipc.<name>`` (the Cython extension) or
+``seamless._ipc._pure.<name>`` and binds the chosen one as the attribute ``<name>`` of this
+package.  Lazy per module: a handle's completion flags load ``flags`` without the numpy that
+``shm_array`` needs.  Callers
 use ``from seamless._ipc import shm_array`` (never ``import
 seamless._ipc.shm_array``, which names the compiled module whatever was chosen).
 
@@ -15,7 +17,8 @@ seamless._ipc.shm_array``, which names the compiled module whatever was chosen).
   this file) uses its twin silently.
 
 ``BACKEND`` is ``"cython"`` only when every module is compiled, else ``"python"``;
-``backends()`` gives the choice per module.  Light on purpose: no numpy here.
+``backends()`` gives the choice per module (both load every module).  Light on purpose: no
+numpy here.
 
 The counters, ``trim()`` and ``prewarm()`` of the chosen
 ``shm_array`` are re-exported here as thin functions (``bytes_copied()``, ``bytes_hashed()``,
@@ -29,6 +32,7 @@ import importlib
 import importlib.machinery
 import logging
 import os
+import threading
 import warnings
 from types import ModuleType
 
@@ -40,7 +44,7 @@ __all__ = ["BACKEND", "backends", "shm_array", "flags", "bytes_copied", "bytes_h
 # Every module of the core, in import order (a module may cimport or import an earlier one).
 _MODULES = ("shm_array", "flags")
 
-shm_array: ModuleType  # bound by _load_all()
+shm_array: ModuleType  # bound on first use by _module()
 flags: ModuleType
 
 _ON = frozenset({"1", "true", "yes"})
@@ -83,26 +87,39 @@ def _load(name: str, pure: bool):
                 f"{__name__}.{name}: compiled module not available "
                 f"({type(exc).__name__}: {exc}); using the slower pure-Python twin "
                 f"(reinstall from source with Cython>=3.0,<4: pip install --force-reinstall .)"),
-                stacklevel=4)  # _load, _load_all, this module, the importer
+                stacklevel=4)  # _load, _module, __getattr__, the user of the module
     return importlib.import_module(f"{__name__}._pure.{name}"), "python"
 
 
-def _load_all() -> dict:
-    pure = _purepython_requested()
-    chosen = {}
-    for name in _MODULES:
-        module, kind = _load(name, pure)
-        globals()[name] = module
-        chosen[name] = kind
-    if pure:
-        logging.getLogger("seamless").warning(
-            "%s=%s: using the pure-Python core (seamless._ipc.BACKEND = 'python'), "
-            "slower than the compiled one", _ENV, os.environ.get(_ENV, ""))
-    return chosen
+_PURE = _purepython_requested()  # read once, at import: a bad value fails early
+_BACKENDS: dict = {}
+_load_lock = threading.RLock()
 
 
-_BACKENDS = _load_all()
-BACKEND = "cython" if all(kind == "cython" for kind in _BACKENDS.values()) else "python"
+def _module(name: str) -> ModuleType:
+    """The chosen module ``name``, imported on first use and bound as this package's attribute.
+
+    Lazy, so that the completion flags of a handle do not pull in numpy with ``shm_array``.
+    """
+    with _load_lock:
+        if name not in _BACKENDS:
+            if _PURE and not _BACKENDS:
+                logging.getLogger("seamless").warning(
+                    "%s=%s: using the pure-Python core (seamless._ipc.BACKEND = 'python'), "
+                    "slower than the compiled one", _ENV, os.environ.get(_ENV, ""))
+            module, kind = _load(name, _PURE)
+            globals()[name] = module
+            _BACKENDS[name] = kind
+        return globals()[name]
+
+
+def __getattr__(name: str):
+    if name in _MODULES:
+        return _module(name)
+    if name == "BACKEND":
+        return "cython" if set(backends().values()) == {"cython"} else "python"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Private hook of the benchmark gate's self-test (performance.md, section 4): when True, every
 # input sent to a worker is copied once more into a new segment, and counted, so the
@@ -112,35 +129,37 @@ _inject_extra_copy = False
 
 def backends() -> dict:
     """Which implementation each module of the core uses, e.g.
-    {"shm_array": "cython"}."""
-    return dict(_BACKENDS)
+    {"shm_array": "cython", "flags": "cython"} (loads every module)."""
+    for name in _MODULES:
+        _module(name)
+    return {name: _BACKENDS[name] for name in _MODULES}
 
 
 def bytes_copied() -> int:
     """Bytes copied into or out of segments for this process's transformations so far."""
-    return shm_array.bytes_copied()
+    return _module("shm_array").bytes_copied()
 
 
 def bytes_hashed() -> int:
     """Bytes hashed while filling segments (worker-side hashing included) so far."""
-    return shm_array.bytes_hashed()
+    return _module("shm_array").bytes_hashed()
 
 
 def live_segments() -> int:
     """Segments of this process whose descriptor is still open."""
-    return shm_array.live_segments()
+    return _module("shm_array").live_segments()
 
 
 def reset_counters() -> None:
     """Set bytes_copied() and bytes_hashed() back to 0."""
-    shm_array.reset_counters()
+    _module("shm_array").reset_counters()
 
 
 def trim() -> None:
     """Empty this process's segment free list and run the registered trim hooks."""
-    shm_array.trim()
+    _module("shm_array").trim()
 
 
 def prewarm(nbytes: int) -> None:
     """Put one segment of ``nbytes``, every page touched, on this process's free list."""
-    shm_array.prewarm(nbytes)
+    _module("shm_array").prewarm(nbytes)

@@ -306,7 +306,8 @@ def _record(checksum, outcome: Outcome):
 def _is_segment(buffer) -> bool:
     """Whether ``buffer`` is shared memory (only possible once ``seamless._ipc`` is loaded)."""
     ipc = sys.modules.get("seamless._ipc")
-    return ipc is not None and ipc.shm_array.segment_of(buffer) is not None
+    shm_array = None if ipc is None else vars(ipc).get("shm_array")  # not loaded: no segments
+    return shm_array is not None and shm_array.segment_of(buffer) is not None
 
 
 # ---------------------------------------------------------------- finishing
@@ -375,11 +376,16 @@ def withdraw(handle):
         return
     if job.state == "queued":
         if job.backend.withdraw(job) and job.drop():
-            with _lock:
-                if _running.get(job.checksum) is job:
-                    del _running[job.checksum]
+            forget(job)
     elif job.state == "running":
         job.backend.abandon(job)
+
+
+def forget(job: Job):
+    """A backend dropped a job nobody wanted before it started (a revoked staged submission)."""
+    with _lock:
+        if _running.get(job.checksum) is job:
+            del _running[job.checksum]
 
 
 def help_run(handle):

@@ -643,7 +643,12 @@ class Pool:
         worker.revoking.discard(frame.id)
         self._by_id.pop(frame.id, None)
         job.unclaim()
-        self._queue.appendleft(job)
+        if job.drop():  # cancelled while staged: nobody wants it any more
+            from ..execution import dispatch
+
+            dispatch.forget(job)
+        else:
+            self._queue.appendleft(job)
 
     def _frame_nested_submit(self, worker, frame):
         from ..execution import dispatch

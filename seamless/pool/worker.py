@@ -331,16 +331,29 @@ class Worker:
             dispatch.complete(job, outcome)
 
     def wait_for(self, handle):
-        """Block the calling thread until ``handle`` is done, running declined children here."""
+        """Block the calling thread until ``handle`` is done, running declined children here.
+
+        Sleeps on ``cond``, woken by the handle's completion callback or by a ``run-here``
+        reply: no polling."""
         from seamless.execution import dispatch
 
-        while not handle._event.is_set():
+        finished = []
+
+        def on_finished(_handle):
+            with self.cond:
+                finished.append(True)
+                self.cond.notify_all()
+
+        handle._add_done_callback(on_finished)
+        while True:
             with self.cond:
                 ready = [job for job in self.run_here if job.state == "queued"]
                 for job in ready:
                     del self.run_here[job]
                 if not ready:
-                    self.cond.wait(0.05)
+                    if finished:
+                        return
+                    self.cond.wait()
                     continue
             for job in ready:
                 if job.claim():

@@ -612,7 +612,10 @@ def test_a_dropped_result_goes_back_to_its_worker_and_is_reused():
     import gc
 
     spawn(1)
-    first = ones(2_000_000, 1).run()  # 16 MB, born in a worker segment
+    handle = ones(2_000_000, 1)
+    first = handle.run()  # 16 MB, born in a worker segment
+    handle.result_checksum  # noqa: B018 - until the worker's hash arrives, the pool holds it
+    del handle
     first_id = ipc.shm_array.segment_id(first)
     assert first_id is not None and worker_free_list(1).run() == []
     del first
@@ -623,9 +626,11 @@ def test_a_dropped_result_goes_back_to_its_worker_and_is_reused():
             break
         time.sleep(0.05)
     assert len(kept) == 1 and kept[0] >= 16_000_000
-    second = ones(2_000_000, 2).run()
+    handle = ones(2_000_000, 2)
+    second = handle.run()
     assert ipc.shm_array.segment_id(second) == first_id, "the same segment served it again"
-    del second
+    handle.result_checksum  # noqa: B018 - until the worker's hash arrives, the pool holds it
+    del second, handle
     gc.collect()
     ipc.trim()
     for attempt in range(50):
@@ -696,3 +701,33 @@ def test_pool_start_raises_the_soft_descriptor_limit_to_the_hard_one():
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_cancelling_a_staged_transformation_stops_it(tmp_path):
+    """A cancelled submission staged behind a running one is revoked, never run."""
+    gate = tmp_path / "gate"
+
+    @delayed
+    def blocked(path, x):
+        import os
+        import time
+
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        return x
+
+    @delayed
+    def mark(path, x):
+        open(path, "w").close()
+        return x
+
+    spawn(1)
+    first = blocked(str(gate), 1).start()
+    staged = mark(str(tmp_path / "ran"), 2).start()
+    time.sleep(0.5)  # let the parent stage it on the busy worker
+    assert staged.cancel()
+    gate.touch()
+    assert first.run() == 1
+    assert where(3).run()[1] == 3  # the worker went on past where the staged one was
+    assert not (tmp_path / "ran").exists()
+    assert staged.status == "cancelled"
