@@ -264,7 +264,11 @@ class _Sampler:
 @pytest.mark.benchmark(group="transport")
 def test_t5_peak_memory_800mb(benchmark, pool2, record_ratio):
     a = _array(800 * MB)
+    # Warm: one round trip first, dropped and trimmed, so kernel-side caches of freed pages
+    # (per-CPU lists, not ours, 80-200 MB here) are already in the baseline.
+    double(a, next(_nonces)).run()
     _trim_and_settle()
+    _settled_memory(_used_memory(), tolerance=0)
     baseline = _used_memory()
     with _Sampler() as sampler:
         handle = double(a, next(_nonces))
@@ -276,23 +280,24 @@ def test_t5_peak_memory_800mb(benchmark, pool2, record_ratio):
     final = _settled_memory(baseline, tolerance=0.05 * a.nbytes)
     benchmark.extra_info.update(peak_extra_bytes=peak, final_extra_bytes=final - baseline,
                                 array_bytes=a.nbytes)
-    assert abs(final - baseline) <= 0.05 * a.nbytes, (
+    # One-sided: memory other processes or the allocator hand back may end below the baseline.
+    assert final - baseline <= 0.05 * a.nbytes, (
         f"after dropping the result and trim(), used memory is {(final - baseline) / MB:.0f} MB "
-        f"away from the baseline (limit: 5 % of {a.nbytes / MB:.0f} MB)")
+        f"above the baseline (limit: 5 % of {a.nbytes / MB:.0f} MB)")
     benchmark.pedantic(lambda: None, rounds=1)
     record_ratio(benchmark, a.nbytes, peak, bound_now=2.2, goal=2.05)
 
 
 def _settled_memory(baseline: int, tolerance: float) -> int:
     """Used memory once the trim has reached the workers (a recycle frame, asynchronous):
-    waits up to 3 s for it to come within ``tolerance`` of the baseline."""
+    waits up to 3 s for it to come down to ``tolerance`` above the baseline."""
     deadline = time.monotonic() + 3.0
     while True:
         gc.collect()
         ipc.trim()
         time.sleep(0.1)
         used = _used_memory()
-        if abs(used - baseline) <= tolerance or time.monotonic() > deadline:
+        if used - baseline <= tolerance or time.monotonic() > deadline:
             return used
 
 
