@@ -473,7 +473,7 @@ CHILD = """
 """
 
 
-def test_child_process_finishes_a_word_the_parent_waits_on(flags):
+def test_child_process_finishes_a_word_the_parent_waits_on(flags, tmp_path):
     nslots = 64
     words = _SharedWords(nslots)
     slab = flags.Slab(nslots, buffer=words.map)
@@ -486,7 +486,10 @@ def test_child_process_finishes_a_word_the_parent_waits_on(flags):
         [sys.executable, "-c", textwrap.dedent(CHILD), flags.__name__, str(words.fd),
          str(nslots), str(slot), str(gen)],
         pass_fds=(words.fd,), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        stderr=subprocess.PIPE, text=True,
+        # Outside the source tree: with -c the cwd comes first on sys.path, and a checkout's
+        # seamless/ (no built extension in it) would shadow the installed package.
+        cwd=tmp_path)
     waiter = _Waiter(slab, slot, gen)
     try:
         waiter.start()
