@@ -266,10 +266,11 @@ def test_t5_peak_memory_800mb(benchmark, pool2, record_ratio):
     a = _array(800 * MB)
     # Warm: one round trip first, dropped and trimmed, so kernel-side caches of freed pages
     # (per-CPU lists, not ours, 80-200 MB here) are already in the baseline.
-    double(a, next(_nonces)).run()
-    _trim_and_settle()
-    _settled_memory(_used_memory(), tolerance=0)
-    baseline = _used_memory()
+    warm = double(a, next(_nonces))
+    warm.run()
+    warm.result_checksum  # noqa: B018 - until the worker's hash arrives, the pool holds it
+    del warm
+    baseline = _steady_memory()
     with _Sampler() as sampler:
         handle = double(a, next(_nonces))
         result = handle.run()
@@ -277,15 +278,32 @@ def test_t5_peak_memory_800mb(benchmark, pool2, record_ratio):
     peak = sampler.peak - baseline
     assert result[3] == a[3] * 2
     del result, handle
-    final = _settled_memory(baseline, tolerance=0.05 * a.nbytes)
+    # performance.md: "back within 5 % of the baseline" (the baseline's own value).
+    tolerance = 0.05 * baseline
+    final = _settled_memory(baseline, tolerance=tolerance)
     benchmark.extra_info.update(peak_extra_bytes=peak, final_extra_bytes=final - baseline,
                                 array_bytes=a.nbytes)
     # One-sided: memory other processes or the allocator hand back may end below the baseline.
-    assert final - baseline <= 0.05 * a.nbytes, (
+    assert final - baseline <= tolerance, (
         f"after dropping the result and trim(), used memory is {(final - baseline) / MB:.0f} MB "
-        f"above the baseline (limit: 5 % of {a.nbytes / MB:.0f} MB)")
+        f"above the baseline of {baseline / MB:.0f} MB (limit: 5 % of it)")
     benchmark.pedantic(lambda: None, rounds=1)
     record_ratio(benchmark, a.nbytes, peak, bound_now=2.2, goal=2.05)
+
+
+def _steady_memory() -> int:
+    """Used memory once it stops falling after gc and trim (at most 5 s): the workers drop
+    their segments when a trimming recycle frame reaches them, asynchronously."""
+    deadline = time.monotonic() + 5.0
+    previous = math.inf
+    while True:
+        gc.collect()
+        ipc.trim()
+        time.sleep(0.2)
+        used = _used_memory()
+        if previous - used < 5 * MB or time.monotonic() > deadline:
+            return used
+        previous = used
 
 
 def _settled_memory(baseline: int, tolerance: float) -> int:
