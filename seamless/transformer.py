@@ -17,9 +17,11 @@ import types
 
 from .code import FunctionCode, capture, capture_module
 from .encoding import canonical_json, encode
+from .parallel import TransformationList, parallel, parallel_async
 from .transformation import Transformation
 
-__all__ = ["direct", "delayed", "Transformation", "Transformer", "spawn", "has_spawned"]
+__all__ = ["direct", "delayed", "Transformation", "Transformer", "spawn", "has_spawned",
+           "parallel", "parallel_async", "TransformationList"]
 
 _P = inspect.Parameter
 _KIND_CODE = {_P.POSITIONAL_ONLY: 0, _P.POSITIONAL_OR_KEYWORD: 1, _P.VAR_POSITIONAL: 2,

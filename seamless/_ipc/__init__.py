@@ -38,14 +38,15 @@ from types import ModuleType
 
 from seamless.errors import BackendWarning, ConfigurationError
 
-__all__ = ["BACKEND", "backends", "shm_array", "flags", "bytes_copied", "bytes_hashed",
+__all__ = ["BACKEND", "backends", "shm_array", "flags", "window", "bytes_copied", "bytes_hashed",
            "live_segments", "reset_counters", "trim", "prewarm"]
 
 # Every module of the core, in import order (a module may cimport or import an earlier one).
-_MODULES = ("shm_array", "flags")
+_MODULES = ("shm_array", "flags", "window")
 
 shm_array: ModuleType  # bound on first use by _module()
 flags: ModuleType
+window: ModuleType
 
 _ON = frozenset({"1", "true", "yes"})
 _OFF = frozenset({"", "0", "false", "no"})

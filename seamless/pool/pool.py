@@ -87,6 +87,7 @@ class _Worker:
         self.last_pid = None
         self.pending_checksums: dict = {}  # request id -> (PendingChecksum, result buffer)
         self.code_sent: set = set()  # code checksums this worker process has received
+        self.current_fd = -1  # memfd: request id of the body the worker runs (0: none)
 
     @property
     def load(self) -> int:
@@ -265,7 +266,8 @@ class Pool:
 
     def _post(self, item):
         """Queue a request for the I/O thread; wake it unless a wake-up is already pending
-        (it clears ``_wake_pending`` before reading the inbox, so no request is missed)."""
+        (it clears ``_wake_pending`` after consuming the wake-up and before reading the inbox,
+        so no request is missed)."""
         self._inbox.append(item)
         if self._wake_pending:
             return
@@ -327,11 +329,14 @@ class Pool:
             self._finish(job, Outcome(None, self._broken_failure(job), 0.0))
 
     def _drain_wake(self):
-        self._wake_pending = False
+        """Consume the wake-up, then allow the next one.  In this order: clearing the flag
+        first let a post slip in between, whose write this read swallowed, and every later
+        post then skipped its write (the flag stayed set) until a timeout."""
         try:
             os.eventfd_read(self._wake)
         except BlockingIOError:
-            return
+            pass  # nothing to consume: the flag is cleared all the same
+        self._wake_pending = False
 
     def _next_timeout(self):
         """At most 1 s: the hello deadline of starting workers and the idle trim of the free
@@ -369,7 +374,13 @@ class Pool:
 
     def _launch(self, worker: _Worker):
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # 8 shared bytes where the worker keeps the request id of the body it runs (0: none),
+        # so a crash fails that transformation and requeues the others it held, whose
+        # results may still have been waiting in its outbox.
+        current_fd = os.memfd_create("seamless-current", os.MFD_CLOEXEC)
+        os.ftruncate(current_fd, 8)
         env = dict(os.environ, SEAMLESS_WORKER_FD=str(child_end.fileno()),
+                   SEAMLESS_WORKER_CURRENT_FD=str(current_fd),
                    SEAMLESS_WORKER_PPID=str(os.getpid()))
         if sys.version_info >= (3, 11):
             cmd = [sys.executable, "-P", "-m", "seamless.pool.worker"]
@@ -377,15 +388,17 @@ class Pool:
             cmd = [sys.executable, "-c",
                    "import sys; del sys.path[0]; from seamless.pool.worker import main; main()"]
         try:
-            worker.proc = subprocess.Popen(cmd, pass_fds=[child_end.fileno()], env=env,
-                                           stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                           close_fds=True)
+            worker.proc = subprocess.Popen(cmd, pass_fds=[child_end.fileno(), current_fd],
+                                           env=env, stdin=subprocess.DEVNULL,
+                                           stderr=subprocess.PIPE, close_fds=True)
         except OSError as exc:
             parent_end.close()
             child_end.close()
+            os.close(current_fd)
             self._start_failed(worker, f"could not start {cmd[0]}: {exc}")
             return
         child_end.close()
+        worker.current_fd = current_fd
         parent_end.setblocking(False)
         worker.channel = Channel(parent_end)
         worker.pidfd = os.pidfd_open(worker.proc.pid)
@@ -460,11 +473,13 @@ class Pool:
         self._on_death(worker)
 
     def _on_death(self, worker: _Worker):
-        """Reap, explain, fail its running job, requeue its staged one, and replace it."""
+        """Reap, explain, fail the job whose body it was running, requeue the others it held
+        (staged, or finished with the result not yet sent), and replace it."""
         if worker.proc is None:
             return
         proc = worker.proc
         returncode = proc.wait()
+        crashed_rid = int.from_bytes(os.pread(worker.current_fd, 8, 0), "little")
         self._drain_stderr(worker)
         for fileobj in (worker.channel.fileno(), worker.pidfd, proc.stderr):
             try:
@@ -472,21 +487,30 @@ class Pool:
             except (KeyError, ValueError):
                 continue
         self._release(worker)
-        while worker.staged:
-            rid, job = worker.staged.pop()  # last first, so the queue keeps their order
-            self._by_id.pop(rid, None)
-            job.unclaim()
-            self._queue.appendleft(job)
+        held = ([worker.running] if worker.running is not None else []) + list(worker.staged)
+        worker.running = None
+        worker.staged.clear()
         worker.revoking.clear()
+        crashed = None
+        for rid, job in reversed(held):  # last first, so the queue keeps their order
+            self._by_id.pop(rid, None)
+            if rid == crashed_rid:
+                crashed = job
+                continue
+            job.unclaim()
+            if job.drop():  # cancelled meanwhile: nobody wants it any more
+                from ..execution import dispatch
+
+                dispatch.forget(job)
+            else:
+                self._queue.appendleft(job)
         if not worker.ready and not worker.killed_on_purpose:
             self._start_failed(worker, self._start_failure_text(worker, returncode))
             return
         self._start_failures = 0
-        if worker.running is not None:
-            rid, job = worker.running
-            self._by_id.pop(rid, None)
-            worker.running = None
-            self._finish(job, Outcome(None, self._crash_failure(worker, returncode, job), 0.0))
+        if crashed is not None:
+            self._finish(crashed, Outcome(None, self._crash_failure(worker, returncode, crashed),
+                                          0.0))
         if not self._closed.is_set():
             self._launch(worker)
 
@@ -495,6 +519,7 @@ class Pool:
         deferred checksums are computed here."""
         worker.channel.close()
         os.close(worker.pidfd)
+        os.close(worker.current_fd)
         worker.proc.stderr.close()
         worker.proc = None
         self._settle_pending_checksums(worker)

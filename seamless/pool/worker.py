@@ -127,6 +127,7 @@ class Worker:
         self.stdout = _Tee(sys.stdout)
         self.stderr = _Tee(sys.stderr)
         self.closing = False
+        self.current_word = memoryview(bytearray(8)).cast("Q")  # main() maps the shared one
         self.codebook: dict = {}  # code checksum -> FunctionCode, as the parent sent them
         self.outbox: list = []  # result/error frames held back while more submits wait
         self.outbox_cond = threading.Condition()  # guards outbox; wakes the heartbeat thread
@@ -248,6 +249,7 @@ class Worker:
         from seamless.pool import wire
 
         self.current = frame.id
+        self.current_word[0] = frame.id  # the parent reads it if this process dies
         self.stdout.take()
         self.stderr.take()
         copied_before = shm_array.bytes_copied()
@@ -262,6 +264,7 @@ class Worker:
         else:
             failure = outcome.failure
         self.current = None
+        self.current_word[0] = 0
         sys.stdout.flush()
         sys.stderr.flush()
         if failure is None:
@@ -414,6 +417,15 @@ def _apply_init(header: dict):
         os.environ.setdefault(name, value)
 
 
+def _shared_current_word(fd: int) -> memoryview:
+    """The 8 shared bytes the parent reads after a crash: which body was running."""
+    import mmap
+
+    mapping = mmap.mmap(fd, 8)
+    os.close(fd)
+    return memoryview(mapping).cast("Q")
+
+
 def main():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(int(os.environ["SEAMLESS_WORKER_PPID"]))
@@ -425,6 +437,7 @@ def main():
         raise SystemExit(f"seamless worker: expected an init frame, got {init.kind!r}")
     _apply_init(init.header)
     worker = Worker(channel)
+    worker.current_word = _shared_current_word(int(os.environ["SEAMLESS_WORKER_CURRENT_FD"]))
     sys.stdout, sys.stderr = worker.stdout, worker.stderr
 
     import seamless

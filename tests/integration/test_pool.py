@@ -731,3 +731,17 @@ def test_cancelling_a_staged_transformation_stops_it(tmp_path):
     assert where(3).run()[1] == 3  # the worker went on past where the staged one was
     assert not (tmp_path / "ran").exists()
     assert staged.status == "cancelled"
+
+
+def test_a_crash_blames_only_the_body_that_was_running():
+    """Results of finished tiny tasks may wait in the worker's outbox when it dies: those
+    tasks are run again, never failed; only the crashing body fails."""
+    spawn(1)
+    _warm_tiny()
+    before = [where(500 + i).start() for i in range(30)]
+    crash = crash_os_exit(53).start()
+    after = [where(600 + i).start() for i in range(30)]
+    with pytest.raises(WorkerCrashedError):
+        crash.run()
+    assert [h.run()[1] for h in before] == list(range(500, 530))
+    assert [h.run()[1] for h in after] == list(range(600, 630))

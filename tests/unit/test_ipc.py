@@ -375,7 +375,7 @@ def test_purepython_switch_bad_value():
 
 def test_backend_attributes_agree():
     ipc = _import_ipc()
-    assert set(ipc.backends()) == {"shm_array", "flags"}
+    assert set(ipc.backends()) == {"shm_array", "flags", "window"}
     assert ipc.BACKEND == ("cython" if set(ipc.backends().values()) == {"cython"} else "python")
     expected = {"cython": "seamless._ipc.shm_array",
                 "python": "seamless._ipc._pure.shm_array"}[ipc.backends()["shm_array"]]
@@ -423,7 +423,7 @@ _CHILD_REPORT = """
 def test_purepython_env_selects_twin_and_logs_once():
     out = _run_child(_CHILD_REPORT, SEAMLESS_PUREPYTHON="1")
     assert out["backend"] == "python"
-    assert out["backends"] == {"shm_array": "python", "flags": "python"}
+    assert out["backends"] == {"shm_array": "python", "flags": "python", "window": "python"}
     assert out["module"] == "seamless._ipc._pure.shm_array"
     assert out["ok"]
     assert out["warnings"] == []
@@ -444,7 +444,7 @@ def test_broken_compiled_module_warns_once_and_uses_twin():
         sys.meta_path.insert(0, BrokenCompiled())
     """) + textwrap.dedent(_CHILD_REPORT))
     assert out["backend"] == "python"
-    assert out["backends"] == {"shm_array": "python", "flags": "cython"}
+    assert out["backends"] == {"shm_array": "python", "flags": "cython", "window": "cython"}
     assert out["module"] == "seamless._ipc._pure.shm_array"
     assert out["ok"]
     assert out["records"] == []
@@ -462,7 +462,7 @@ def test_compiled_backend_is_chosen_by_default():
         pytest.skip(f"compiled seamless._ipc.shm_array is not built ({exc})")
     out = _run_child(_CHILD_REPORT, SEAMLESS_PUREPYTHON="0")
     # BACKEND is "cython" only when every module is compiled.
-    assert out["backends"] == {"shm_array": "cython", "flags": "cython"}
+    assert out["backends"] == {"shm_array": "cython", "flags": "cython", "window": "cython"}
     assert out["backend"] == "cython"
     assert out["module"] == "seamless._ipc.shm_array"
     assert out["ok"]

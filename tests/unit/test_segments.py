@@ -638,7 +638,7 @@ def test_package_trim_runs_the_hooks():
 
 def test_segments_is_an_alias_of_the_chosen_shm_array():
     backends = seamless._ipc.backends()
-    assert set(backends) == {"shm_array", "flags"}
+    assert set(backends) == {"shm_array", "flags", "window"}
     pure = os.environ.get("SEAMLESS_PUREPYTHON", "").strip().lower() in ("1", "true", "yes")
     for name in backends:
         expected = "cython" if seamless._ipc._has_compiled(name) and not pure else "python"

@@ -1,0 +1,153 @@
+"""parallel() against its peer and its floor (performance.md: B1, B2, B3).
+
+- B1: 2,000 tiny uncached items through ``parallel(..., nparallel=8)`` on spawn(2) vs
+  ``multiprocessing.Pool(2).imap(f, items, chunksize=1)`` in the same run.  Gate <= 1.0x; not
+  met yet (the tiny-task cost of P1), so marked xfail with the measured figure.  Structural:
+  the maximum overlap of job intervals is min(nparallel, workers) = 2.
+- B2: 100,000 already-cached tiny items through ``parallel()`` vs a plain loop that builds the
+  same handles and computes their checksums.  Gate <= 5x.
+- B3: time to the first yielded item of a 10,000-item generator, as a fraction of the whole
+  batch.  Gate <= 5 %.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import time
+
+import pytest
+
+import seamless
+from seamless.transformer import delayed, parallel, spawn
+
+_nonces = itertools.count(1)
+
+
+def _increment(x):
+    return x + 1
+
+
+@delayed
+def increment(x):
+    return x + 1
+
+
+@delayed
+def interval(log, tag, seconds):
+    import json
+    import time
+
+    start = time.time()
+    time.sleep(seconds)
+    end = time.time()
+    with open(log, "a") as f:
+        f.write(json.dumps([start, end]) + "\n")
+    return tag
+
+
+def _max_overlap(log) -> int:
+    events = []
+    with open(log) as f:
+        lines = f.readlines()
+    for line in lines:
+        start, end = json.loads(line)
+        events += [(start, 1), (end, -1)]
+    running = peak = 0
+    for _, step in sorted(events):
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+N_B1 = 2_000
+
+
+@pytest.mark.benchmark(group="parallel")
+@pytest.mark.xfail(
+    reason="B1 measured about 2x of Pool(2).imap(chunksize=1) on the 2-core target: the "
+           "per-task cost of P1 (bench_pool.py) applies to every item",
+    strict=False)
+def test_b1_throughput_vs_pool_imap(benchmark, tmp_path, time_reference, time_subject,
+                                    record_ratio):
+    with multiprocessing.Pool(2) as peer:
+        peer.apply(_increment, (1,))
+
+        def reference():
+            assert list(peer.imap(_increment, range(N_B1), chunksize=1))[-1] == N_B1
+
+        ref_s = time_reference(reference, rounds=5)
+    spawn(2)
+    try:
+        increment(-1).run()
+        log = tmp_path / "intervals"
+        list(parallel([interval(str(log), i, 0.02) for i in range(40)], nparallel=8))
+        overlap = _max_overlap(log)
+
+        def subject():
+            start = next(_nonces) * 10 ** 7
+            for h in parallel((increment(start + i) for i in range(N_B1)), nparallel=8):
+                h.value  # noqa: B018
+
+        subj_s, _ = time_subject(subject, rounds=5, warmup_rounds=1)
+    finally:
+        seamless.close()
+    assert overlap == 2, f"at most min(nparallel, workers) = 2 jobs overlap; saw {overlap}"
+    benchmark.extra_info["per_item_us"] = subj_s / N_B1 * 1e6
+    benchmark.extra_info["peer_per_item_us"] = ref_s / N_B1 * 1e6
+    record_ratio(benchmark, ref_s, subj_s, bound_now=1.0, goal=0.5)
+
+
+N_B2 = 100_000
+
+
+@pytest.mark.benchmark(group="parallel")
+def test_b2_overhead_on_cached_items(benchmark, time_reference, time_subject, record_ratio):
+    offset = 3 * 10 ** 9
+    for h in parallel(increment(offset + i) for i in range(N_B2)):  # fill the cache
+        assert h.status == "done"
+
+    def reference():
+        for i in range(N_B2):
+            increment(offset + i).checksum  # noqa: B018
+
+    def subject():
+        for h in parallel(increment(offset + i) for i in range(N_B2)):
+            h.value  # noqa: B018
+
+    ref_s = time_reference(reference, rounds=3)
+    subj_s, _ = time_subject(subject, rounds=3, warmup_rounds=1)
+    seamless.close()
+    benchmark.extra_info["per_item_us"] = subj_s / N_B2 * 1e6
+    benchmark.extra_info["loop_per_item_us"] = ref_s / N_B2 * 1e6
+    record_ratio(benchmark, ref_s, subj_s, bound_now=5.0, goal=2.0)
+
+
+N_B3 = 10_000
+
+
+@pytest.mark.benchmark(group="parallel")
+def test_b3_streaming_first_item(benchmark, time_subject, record_ratio):
+    spawn(2)
+    try:
+        increment(-1).run()
+        firsts = []
+
+        def subject():
+            start = next(_nonces) * 10 ** 8 + 5 * 10 ** 9
+            t0 = time.perf_counter()
+            first = None
+            for h in parallel(increment(start + i) for i in range(N_B3)):
+                if first is None:
+                    first = time.perf_counter() - t0
+                h.value  # noqa: B018
+            total = time.perf_counter() - t0
+            firsts.append(first / total)
+
+        time_subject(subject, rounds=3, warmup_rounds=0)
+    finally:
+        seamless.close()
+    fraction = min(firsts)
+    benchmark.extra_info["first_item_fraction"] = fraction
+    record_ratio(benchmark, 1.0, fraction, bound_now=0.05, goal=0.01)

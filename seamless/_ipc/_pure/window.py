@@ -1,0 +1,251 @@
+"""Pure-Python twin of seamless/_ipc/window.pyx: the ordered result window, the executable spec.
+
+A ``Window(capacity)`` hands out sequence numbers 0, 1, 2, ... (``reserve()``), at most
+``capacity`` held at once, and releases them strictly in order (``next_ready()``,
+``try_next()``): item N is released only when its own word is terminal and N is the head, so
+by induction every earlier item was finished and released first.  Same API, semantics and
+error texts as the compiled module; one ``threading.Condition`` stands in for its atomics and
+futex.  Spec: parallel.md, section 5.
+
+Data flow and ownership:
+
+- Words: a Python list of ``capacity`` words, ``generation << 3 | state``, word ``seq %
+  capacity`` for item ``seq``, in generation ``seq // capacity + 1`` (modulo 2**29; a fresh
+  word is EMPTY in generation 0).
+- Owner side (``reserve``, ``start``, ``next_ready``, ``try_next``, ``close``): one thread.
+  ``reserve`` writes the slot's word PENDING in the item's generation; ``next_ready`` and
+  ``try_next`` release the head once its word is terminal and leave the word as it is until
+  the slot's next ``reserve``.  A released or never-reserved ``seq`` is not held:
+  ``complete`` and ``start`` refuse it, ``state`` reports EMPTY.
+- Completing side (``complete``, any thread): under the Condition's lock, a word that is
+  PENDING or RUNNING becomes terminal (first writer wins), waiters are notified and, if
+  ``fileno()`` made the eventfd, 1 is added to it.  Every read-modify-write of a word, of the
+  head and tail, and the eventfd's life happen under that lock, so a completion can neither
+  land on a slot reused by a later ``reserve`` nor write to an eventfd ``close()`` closed.
+- Waiting: ``next_ready`` blocks in ``Condition.wait`` (no GIL held while blocked); its lock
+  acquisition is interruptible by signals, so Ctrl-C raises at once.
+- The eventfd (``os.eventfd``) is created by the first ``fileno()``, emptied by ``drain()``
+  and closed by ``close()`` (idempotent, also when the window is collected).
+
+Mechanism only: no configuration, logging or retry; callers pass capacities and timeouts.
+The window holds integers and flags only; the caller keeps its objects in a list by slot.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import threading
+import time
+
+__all__ = ["CANCELLED", "DONE", "EMPTY", "FAILED", "PENDING", "RUNNING", "Window"]
+
+EMPTY = 0
+PENDING = 1
+RUNNING = 2
+DONE = 3
+FAILED = 4
+CANCELLED = 5
+
+_STATE_BITS = 3
+_STATE_MASK = 7
+_GENERATION_MASK = (1 << 29) - 1
+_MAX_CAPACITY = (1 << 31) - 1
+_MAX_FIRST_SEQ = 1 << 62
+_TERMINAL = frozenset({DONE, FAILED, CANCELLED})
+
+
+class Window:
+    """A ring of ``capacity`` completion words that releases sequence numbers in order."""
+
+    def __init__(self, capacity, *, first_seq=0):
+        self._cond = threading.Condition(threading.Lock())  # first: close() in __del__ needs it
+        self._efd = -1
+        self._closed = False
+        n = operator.index(capacity)
+        first = operator.index(first_seq)
+        if not 1 <= n <= _MAX_CAPACITY:
+            raise ValueError(f"Window capacity must be in 1..{_MAX_CAPACITY}, got {n} "
+                             f"(the number of items held at once)")
+        if not 0 <= first <= _MAX_FIRST_SEQ:
+            raise ValueError(f"first_seq must be in 0..{_MAX_FIRST_SEQ}, got {first}")
+        self._words = [0] * n
+        self._cap = n
+        self._head = first
+        self._tail = first
+
+    def __del__(self):
+        self.close()
+
+    @property
+    def capacity(self) -> int:
+        """Most items held at once."""
+        return self._cap
+
+    @property
+    def held(self) -> int:
+        """Items reserved and not yet released."""
+        return self._tail - self._head
+
+    @property
+    def head(self) -> int:
+        """The sequence number released next."""
+        return self._head
+
+    def slot_of(self, seq) -> int:
+        """The ring slot of ``seq`` (``seq % capacity``): where callers keep its objects."""
+        seq = operator.index(seq)
+        if seq < 0:
+            raise ValueError(f"seq must be >= 0, got {seq}")
+        return seq % self._cap
+
+    def state(self, seq) -> int:
+        """The state of a held item; EMPTY for a seq not held (released, or never reserved)."""
+        seq = operator.index(seq)
+        with self._cond:
+            if not self._head <= seq < self._tail:
+                return EMPTY
+            return self._words[seq % self._cap] & _STATE_MASK
+
+    def reserve(self):
+        """The next item, set PENDING: ``(seq, slot)`` with ``slot == seq % capacity``, or
+        None while ``capacity`` items are held (owner thread only)."""
+        with self._cond:
+            if self._closed:
+                raise ValueError("this Window is closed; reserve() needs an open one "
+                                 "(make a new Window)")
+            seq = self._tail
+            if seq - self._head >= self._cap:
+                return None
+            slot = seq % self._cap
+            generation = (seq // self._cap + 1) & _GENERATION_MASK
+            self._words[slot] = (generation << _STATE_BITS) | PENDING
+            self._tail = seq + 1
+            return seq, slot
+
+    def start(self, seq) -> bool:
+        """PENDING -> RUNNING (one writer); False if ``seq`` is not held, already terminal
+        (e.g. cancelled) or the window is closed."""
+        seq = operator.index(seq)
+        with self._cond:
+            if self._closed or not self._head <= seq < self._tail:
+                return False
+            slot = seq % self._cap
+            word = self._words[slot]
+            state = word & _STATE_MASK
+            if state == PENDING:
+                self._words[slot] = (word & ~_STATE_MASK) | RUNNING
+                return True
+            if state != RUNNING:
+                return False
+        raise ValueError(f"start({seq}): item {seq} is RUNNING already; start() moves a "
+                         f"PENDING item to RUNNING once, by its one writer")
+
+    def complete(self, seq, state) -> bool:
+        """Move item ``seq`` to DONE, FAILED or CANCELLED, first writer wins (any thread);
+        False if another terminal state won, ``seq`` is not held (released, its slot maybe
+        reused, or never reserved) or the window is closed (a late callback is harmless)."""
+        seq = operator.index(seq)
+        state = operator.index(state)
+        if state not in _TERMINAL:
+            raise ValueError(f"complete() takes a terminal state, DONE (3), FAILED (4) or "
+                             f"CANCELLED (5), got {state!r}")
+        with self._cond:
+            if self._closed or not self._head <= seq < self._tail:
+                return False
+            slot = seq % self._cap
+            word = self._words[slot]
+            if word & _STATE_MASK >= DONE:
+                return False
+            self._words[slot] = (word & ~_STATE_MASK) | state
+            self._cond.notify_all()
+            if self._efd >= 0:
+                try:
+                    os.eventfd_write(self._efd, 1)
+                except BlockingIOError:  # the counter is saturated, so it is readable anyway
+                    pass
+            return True
+
+    def _take(self):
+        """Release the head if its word is terminal: ``(seq, state)``, else None (lock held)."""
+        seq = self._head
+        state = self._words[seq % self._cap] & _STATE_MASK
+        if state < DONE:
+            return None
+        self._head = seq + 1
+        return seq, state
+
+    def next_ready(self, timeout=None):
+        """Block (without the GIL) until the head item is finished, release it and return
+        ``(seq, state)``; None after ``timeout`` seconds.  Signal handlers run while waiting,
+        so Ctrl-C interrupts the wait; nothing is released then."""
+        with self._cond:
+            if self._closed:
+                raise ValueError("this Window is closed; next_ready() needs an open one "
+                                 "(make a new Window)")
+            if self._tail == self._head:
+                raise RuntimeError("next_ready(): the window holds nothing, so nothing can "
+                                   "become ready (reserve() an item before waiting for it)")
+            if timeout is not None and not timeout >= 0:
+                raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
+            deadline = None if timeout is None else time.monotonic() + min(float(timeout), 1e9)
+            slot = self._head % self._cap
+            while self._words[slot] & _STATE_MASK < DONE:
+                pause = None
+                if deadline is not None:
+                    pause = deadline - time.monotonic()
+                    if pause <= 0:
+                        return None
+                self._cond.wait(pause)  # lock acquisition is interruptible by signals
+            return self._take()
+
+    def try_next(self):
+        """``next_ready()`` without blocking: ``(seq, state)`` if the head is finished (it is
+        released), None if it is not or nothing is held."""
+        with self._cond:
+            if self._closed:
+                raise ValueError("this Window is closed; try_next() needs an open one "
+                                 "(make a new Window)")
+            if self._tail == self._head:
+                return None
+            return self._take()
+
+    def fileno(self) -> int:
+        """The eventfd (created on first call), readable after each completion: an event loop
+        watches it, then calls drain() and try_next()."""
+        with self._cond:
+            if self._closed:
+                raise ValueError("this Window is closed, it has no eventfd any more "
+                                 "(call fileno() before close())")
+            if self._efd < 0:
+                self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            return self._efd
+
+    def drain(self) -> int:
+        """Read and clear the eventfd: completions since the last drain (0 if none, or if
+        fileno() was never called)."""
+        with self._cond:
+            if self._efd < 0:
+                return 0
+            try:
+                return os.eventfd_read(self._efd)
+            except BlockingIOError:
+                return 0
+
+    def close(self) -> None:
+        """Close the eventfd and refuse further completions (idempotent)."""
+        with self._cond:
+            if self._efd >= 0:
+                os.close(self._efd)
+                self._efd = -1
+            self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self):
+        return (f"<Window capacity={self._cap} head={self._head} "
+                f"held={self._tail - self._head}{' closed' if self._closed else ''}>")

@@ -1,0 +1,390 @@
+"""Batches: ``parallel()``, ``parallel_async()`` and ``TransformationList`` (spec: parallel.md).
+
+Data flow of one batch (``_Batch``):
+
+    tfs ──pull one (only while window.held < nparallel)──► check type ─► start() unless the
+    caller had ─► reserve (seq, slot) ─► slots[slot] = entry ─► done-callback: complete(seq)
+                                                                         (any thread: the pool's
+    caller ◄── yield handle ◄── slots[slot] cleared ◄── next_ready()/try_next()   I/O thread,
+                                                         (head finished)           an executor)
+
+Ownership
+- The compiled ``Window`` (seamless/_ipc/window) holds only integers and completion flags: the
+  bound (``nparallel`` items pulled but not yet yielded) and the ordering rule (item N is
+  released when 0..N are finished) live there, and waiting on it never polls.
+- The iterator owns ``slots``, the handles of the items it holds, indexed by ring slot, and
+  drops each reference when the item is yielded: memory is O(nparallel).  A done-callback
+  holds the window and a sequence number, never the batch; a late callback after the batch
+  closed is a no-op (the window refuses stale or closed completions).
+- Early exit (``break``, ``close()``, garbage collection, an exception in the loop body,
+  Ctrl-C) cancels the handles this batch started that are not finished, then closes the
+  window.  Handles the caller had started are waited for, never cancelled.
+
+``TransformationList`` is an ordered, materialised list of handles that ``parallel()`` reports
+progress (a tqdm.auto bar), errors and a summary on; it observes every item as it finishes
+(``_Observer``), not as it is yielded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+
+from . import config
+from .errors import TransformationError
+from .transformation import Transformation
+
+__all__ = ["parallel", "parallel_async", "TransformationList"]
+
+_log = logging.getLogger("seamless.batch")
+
+_DONE, _FAILED, _CANCELLED = "done", "failed", "cancelled"
+
+
+def _window_module():
+    from seamless._ipc import window
+
+    return window
+
+
+def _flag_state(window_module, status: str) -> int:
+    if status == _DONE:
+        return window_module.DONE
+    if status == _FAILED:
+        return window_module.FAILED
+    return window_module.CANCELLED
+
+
+def _refuse_running_loop():
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError("parallel() cannot run inside a running event loop; use "
+                       "`async for tf in parallel_async(tfs)`")
+
+
+def _nparallel(nparallel) -> int:
+    """The argument, validated, or the setting in force (read when the batch starts)."""
+    if nparallel is None:
+        return config.get_nparallel()
+    return config._py_positive_int("nparallel", nparallel, "parallel(tfs, nparallel={})")
+
+
+def _not_a_transformation(index: int, item) -> TypeError:
+    kind = type(item).__name__
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    return TypeError(f"parallel(): item {index} is {article} {kind}, not a Transformation; "
+                     f"build items with a @delayed function")
+
+
+def _source(tfs):
+    """(iterator over the items, observer or None).  Finite sequences are checked at once."""
+    if isinstance(tfs, TransformationList):
+        return iter(tfs._items), _Observer(tfs)
+    if isinstance(tfs, (list, tuple)):
+        for index, item in enumerate(tfs):
+            if not isinstance(item, Transformation):
+                raise _not_a_transformation(index, item)
+        return iter(tfs), None
+    if isinstance(tfs, (str, bytes, dict)) or not hasattr(tfs, "__iter__"):
+        raise TypeError(f"parallel() needs a list, tuple, TransformationList or other iterable "
+                        f"of Transformation handles, got {type(tfs).__name__}")
+    return iter(tfs), None
+
+
+class _Entry:
+    """One held item: its handle, its input index, and whether this batch started it."""
+
+    __slots__ = ("handle", "index", "started_here")
+
+    def __init__(self, handle, index, started_here):
+        self.handle = handle
+        self.index = index
+        self.started_here = started_here
+
+
+class _Batch:
+    """The state of one iteration; driven by ``_iterate`` (sync) or ``_iterate_async``."""
+
+    def __init__(self, source, nparallel: int, observer):
+        self.source = source
+        self.observer = observer
+        self.capacity = nparallel
+        self.window = None  # made at the first pull: an empty input starts nothing
+        self.slots: list = [None] * nparallel
+        self.pulled = 0
+        self.exhausted = False
+        self.source_error: BaseException | None = None
+
+    def fill(self) -> None:
+        """Pull and start items while the window has room and the input has items."""
+        while not self.exhausted and (self.window is None or self.window.held < self.capacity):
+            try:
+                item = next(self.source)
+            except StopIteration:
+                self.exhausted = True
+                return
+            except Exception as exc:  # the caller's iterable failed: theirs to see, later
+                self.source_error = exc
+                self.exhausted = True
+                return
+            index = self.pulled
+            if not isinstance(item, Transformation):
+                raise _not_a_transformation(index, item)
+            self.pulled += 1
+            self._hold(index, item)
+
+    def _hold(self, index: int, handle: Transformation) -> None:
+        window_module = _window_module()
+        if self.window is None:
+            self.window = window_module.Window(self.capacity)
+        started_here = handle.status == "pending"
+        if started_here:
+            handle.start()
+        seq, slot = self.window.reserve()
+        self.slots[slot] = _Entry(handle, index, started_here)
+        window = self.window
+        observer = self.observer
+
+        def finished(h, seq=seq, index=index):
+            if observer is not None:
+                observer.finished(index, h)
+            window.complete(seq, _flag_state(window_module, h.status))
+
+        handle._add_done_callback(finished)
+
+    @property
+    def held(self) -> int:
+        return 0 if self.window is None else self.window.held
+
+    def release(self, seq: int) -> _Entry:
+        slot = seq % self.capacity
+        entry, self.slots[slot] = self.slots[slot], None
+        if self.observer is not None:
+            self.observer.yielded(entry.index, entry.handle)
+        return entry
+
+    def close(self) -> None:
+        """Cancel what this batch started and is unfinished; drop every reference."""
+        for entry in self.slots:
+            if entry is not None and entry.started_here:
+                entry.handle.cancel()
+        self.slots = [None] * self.capacity
+        if self.window is not None:
+            self.window.close()
+        if self.observer is not None:
+            self.observer.close()
+
+
+def _iterate(batch: _Batch):
+    try:
+        while True:
+            batch.fill()
+            if batch.held == 0:
+                break
+            seq, _state = batch.window.next_ready()
+            entry = batch.release(seq)
+            yield entry.handle
+            del entry
+        if batch.source_error is not None:
+            raise batch.source_error
+    finally:
+        batch.close()
+
+
+async def _iterate_async(batch: _Batch):
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    watched = None
+    try:
+        while True:
+            batch.fill()
+            if batch.held == 0:
+                break
+            if watched is None:
+                watched = batch.window.fileno()
+                loop.add_reader(watched, ready.set)
+            got = batch.window.try_next()
+            if got is None:
+                ready.clear()
+                batch.window.drain()
+                got = batch.window.try_next()  # a completion between the two is not lost
+                if got is None:
+                    await ready.wait()
+                    continue
+            entry = batch.release(got[0])
+            yield entry.handle
+            del entry
+        if batch.source_error is not None:
+            raise batch.source_error
+    finally:
+        if watched is not None:
+            loop.remove_reader(watched)
+        batch.close()
+
+
+def parallel(tfs, nparallel=None):
+    """Run ``tfs`` at most ``nparallel`` at a time; yield each handle in input order as soon as
+    it and every earlier one are finished.
+
+    ``tfs``: a list, tuple, ``TransformationList`` or any iterable (pulled lazily) of handles.
+    A failed item is yielded in its place (``.exception`` set); breaking out cancels what this
+    call started.  Raises at the call: ``RuntimeError`` inside a running event loop (use
+    ``parallel_async``), ``TypeError``/``ValueError`` for a bad ``nparallel`` or a non-handle
+    item of a sequence.
+    """
+    _refuse_running_loop()
+    n = _nparallel(nparallel)
+    source, observer = _source(tfs)
+    return _iterate(_Batch(source, n, observer))
+
+
+def parallel_async(tfs, nparallel=None):
+    """``parallel()`` for ``async for``: the same rules, and it never blocks the event loop."""
+    n = _nparallel(nparallel)
+    source, observer = _source(tfs)
+    return _iterate_async(_Batch(source, n, observer))
+
+
+class TransformationList:
+    """An ordered, finite list of handles that ``parallel()`` reports progress and errors on.
+
+    ``show_progress``: False (nothing drawn), ``"auto"`` (a bar when stderr is a terminal or in
+    Jupyter) or True (always a bar on stderr).  ``on_error``: ``"continue"`` records failures in
+    ``.errors``; ``"raise"`` raises the failed item's own exception, with ``.index`` set, when
+    its turn comes in output order, cancelling what is still running.
+    """
+
+    def __init__(self, tfs, show_progress=False, on_error="continue"):
+        if show_progress not in (False, True, "auto"):
+            raise ValueError(f"show_progress must be False, True or 'auto', got "
+                             f"{show_progress!r}")
+        if on_error not in ("continue", "raise"):
+            raise ValueError(f"on_error must be 'continue' or 'raise', got {on_error!r}")
+        items = list(tfs)
+        for index, item in enumerate(items):
+            if not isinstance(item, Transformation):
+                raise _not_a_transformation(index, item)
+        self._items = items
+        self.show_progress = show_progress
+        self.on_error = on_error
+        self._failed: dict = {}    # index -> handle, for items seen failing
+        self._cached: set = set()  # indices whose result came from a cache
+        self._counted: set = set()  # indices already counted as finished (once per item)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self._items[index]
+        return self._items[index]
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __repr__(self):
+        return f"<TransformationList of {len(self._items)} transformations>"
+
+    @property
+    def errors(self) -> list:
+        """``(index, transformation)`` of the items that failed so far, ascending index."""
+        return sorted(self._failed.items())
+
+    def values(self) -> list:
+        """Run what is unfinished (through ``parallel()``); the values in order.  With
+        ``on_error="continue"`` a failed position holds None (see ``.errors``)."""
+        out = []
+        for handle in parallel(self):
+            out.append(handle.value if handle.status == _DONE else None)
+        return out
+
+    def summary(self) -> dict:
+        """Counts: total, done, failed, cached, cancelled."""
+        statuses = [h.status for h in self._items]
+        return {"total": len(self._items), "done": statuses.count(_DONE),
+                "failed": statuses.count(_FAILED), "cached": len(self._cached),
+                "cancelled": statuses.count(_CANCELLED)}
+
+
+class _Observer:
+    """What a ``TransformationList`` sees of one iteration: finishes (progress, failures,
+    cache hits), yields (``on_error="raise"``) and the end (bar closed, summary logged)."""
+
+    def __init__(self, tl: TransformationList):
+        self.tl = tl
+        self.started = time.perf_counter()
+        self.bar = _progress_bar(tl)
+        self.closed = False
+
+    def finished(self, index: int, handle) -> None:
+        """Called on the completing thread (pool I/O, executor, or here for a cache hit)."""
+        tl = self.tl
+        if index in tl._counted:
+            return
+        tl._counted.add(index)
+        if handle.status == _FAILED:
+            tl._failed[index] = handle
+        outcome = handle._outcome
+        if outcome is not None and outcome.from_cache:
+            tl._cached.add(index)
+        if self.bar is not None:
+            self.bar.set_postfix(failed=len(tl._failed), cached=len(tl._cached), refresh=False)
+            self.bar.update(1)
+
+    def yielded(self, index: int, handle) -> None:
+        if self.tl.on_error == "raise" and handle.status in (_FAILED, _CANCELLED):
+            err = handle._error()
+            err.index = index
+            err.args = (f"item {index} of the TransformationList failed: {err.args[0]}",) \
+                + err.args[1:]
+            raise err
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.bar is not None:
+            self.bar.close()
+        s = self.tl.summary()
+        _log.info("TransformationList: %d done, %d failed, %d cached in %.1f s",
+                  s["done"], s["failed"], s["cached"], time.perf_counter() - self.started)
+
+
+def _progress_bar(tl: TransformationList):
+    """A tqdm.auto bar on stderr, or None: ``"auto"`` draws only on a terminal or in Jupyter."""
+    if tl.show_progress is False:
+        return None
+    if tl.show_progress == "auto" and not (_stderr_is_terminal() or _in_jupyter()):
+        return None
+    from tqdm.auto import tqdm
+
+    class _Bar(tqdm):
+        monitor_interval = 0  # no monitor thread: nothing of ours outlives the batch
+
+    already = sum(1 for h in tl._items if h.status in (_DONE, _FAILED, _CANCELLED))
+    tl._counted.update(i for i, h in enumerate(tl._items)
+                       if h.status in (_DONE, _FAILED, _CANCELLED))
+    interactive = _stderr_is_terminal() or _in_jupyter()
+    # Forced onto a file or pipe: redraw at most every 10 s; close() writes the final n/n.
+    return _Bar(total=len(tl), initial=already, file=sys.stderr, unit="tf",
+                mininterval=0.1 if interactive else 10.0, dynamic_ncols=interactive)
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _in_jupyter() -> bool:
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    ip = shell.get_ipython() if hasattr(shell, "get_ipython") else None
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+
