@@ -77,6 +77,7 @@ class _Worker:
         self.started_at = 0.0
         self.ready = False
         self.running = None  # (request id, job)
+        self.running_since = 0.0  # when the parent last saw a new body start here
         self.staged = collections.deque()  # (request id, job) sent ahead, not started
         self.revoking: set = set()  # request ids of staged submissions being revoked
         self.rss = 0
@@ -135,6 +136,10 @@ class _StagingDepth:
     def observe(self, duration: float):
         self.mean = duration if self.mean is None else 0.8 * self.mean + 0.2 * duration
 
+    def stuck_after(self) -> float:
+        """A body running longer than this is not a tiny one: stage nothing behind it."""
+        return self.COVER_S if self.mean is None else max(self.COVER_S, 10 * self.mean)
+
     @property
     def depth(self) -> int:
         if self.mean is None:
@@ -174,6 +179,7 @@ class Pool:
         self._complete = complete
         self._inbox: collections.deque = collections.deque()
         self._wake_pending = False
+        self._io_asleep = True  # until the I/O thread runs: posts must wake it
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._queue: collections.deque = collections.deque()
         self._workers: list = []
@@ -265,11 +271,12 @@ class Pool:
                     os.close(fd)
 
     def _post(self, item):
-        """Queue a request for the I/O thread; wake it unless a wake-up is already pending
-        (it clears ``_wake_pending`` after consuming the wake-up and before reading the inbox,
-        so no request is missed)."""
+        """Queue a request for the I/O thread; wake it only if it may be asleep in ``select``
+        and no wake-up is pending.  No request is missed: the I/O thread marks itself asleep
+        *before* it looks at the inbox one last time, and clears ``_wake_pending`` only after
+        consuming the wake-up.  While it is busy, posts cost no system call."""
         self._inbox.append(item)
-        if self._wake_pending:
+        if not self._io_asleep or self._wake_pending:
             return
         self._wake_pending = True
         try:
@@ -297,7 +304,11 @@ class Pool:
     def _serve(self):
         """The select loop: worker channels, pidfds and stderr pipes, plus the wake-up."""
         while True:
-            for key, _ in self._selector.select(self._next_timeout()):
+            self._io_asleep = True
+            timeout = 0 if self._inbox else self._next_timeout()
+            events = self._selector.select(timeout)
+            self._io_asleep = False
+            for key, _ in events:
                 what, worker, proc = key.data
                 if worker is not None and worker.proc is not proc:
                     continue  # an event of a process that was already replaced
@@ -613,6 +624,7 @@ class Pool:
             worker.running = None
             if worker.staged:
                 worker.running = worker.staged.popleft()
+                worker.running_since = time.monotonic()
                 worker.revoking.discard(worker.running[0])
         else:
             job = worker.take_staged(rid)
@@ -665,6 +677,7 @@ class Pool:
             worker.running = None
             if worker.staged:
                 worker.running = worker.staged.popleft()
+                worker.running_since = time.monotonic()
         worker.revoking.discard(frame.id)
         self._by_id.pop(frame.id, None)
         job.unclaim()
@@ -696,9 +709,13 @@ class Pool:
         one ``sendmsg``."""
         batches: dict = {}
         limit = 1 + self._staging.depth
+        stuck_after = self._staging.stuck_after()
+        now = time.monotonic()
         while self._queue:
-            candidates = [w for w in self._workers if w.ready and w.proc and w.load < limit
-                          and not w.revoking]
+            # Never stage behind a body that has run far longer than the recent ones.
+            candidates = [w for w in self._workers if w.ready and w.proc and not w.revoking
+                          and w.load < (1 if w.running is not None
+                                        and now - w.running_since > stuck_after else limit)]
             if not candidates:
                 break
             worker = min(candidates, key=lambda w: (w.load, w.index))
@@ -710,6 +727,7 @@ class Pool:
             rid = next(self._ids)
             if worker.running is None:
                 worker.running = (rid, job)
+                worker.running_since = time.monotonic()
             else:
                 worker.staged.append((rid, job))
             self._by_id[rid] = (worker, job)

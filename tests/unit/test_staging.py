@@ -29,3 +29,14 @@ def test_a_long_body_after_tiny_ones_brings_the_depth_down_quickly():
         staging.observe(1e-5)
     staging.observe(1.0)
     assert staging.depth == 1
+
+
+def test_nothing_is_staged_behind_a_body_far_longer_than_the_recent_ones():
+    staging = _StagingDepth()
+    assert staging.stuck_after() == _StagingDepth.COVER_S
+    for _ in range(60):
+        staging.observe(1e-5)
+    assert staging.stuck_after() == _StagingDepth.COVER_S  # tiny bodies: 2 ms is already long
+    for _ in range(60):
+        staging.observe(0.05)
+    assert abs(staging.stuck_after() - 0.5) < 0.01
