@@ -264,10 +264,13 @@ def test_thirty_sleepers_on_spawn4_with_nparallel3(tmp_path):
     assert _max_overlap(log) == 3
 
 
-def test_ten_thousand_tiny_items_on_spawn4_with_nparallel3():
+def test_ten_thousand_tiny_items_on_spawn4_with_nparallel3(tmp_path):
+    log = tmp_path / "log"
     spawn(4)
-    out = [h.value for h in parallel((inc(10 ** 7 + i) for i in range(10_000)), nparallel=3)]
-    assert out == [10 ** 7 + i + 1 for i in range(10_000)]
+    out = [h.value for h in parallel((interval(str(log), i, 0) for i in range(10_000)),
+                                     nparallel=3)]
+    assert out == list(range(10_000))
+    assert _max_overlap(log) <= 3  # reaching 3 with microsecond bodies is luck, not a rule
 
 
 def test_a_worker_crash_fails_that_item_only():
