@@ -229,14 +229,38 @@ def test_t4_chaining_is_free(benchmark, record_ratio):
         seamless.close()
 
 
-def _used_memory() -> int:
-    """MemTotal - MemAvailable in bytes: counts shared-memory segments too."""
+def _meminfo() -> dict:
+    """/proc/meminfo in bytes."""
     fields = {}
     with open("/proc/meminfo") as f:
         for line in f:
             key, value = line.split(":", 1)
             fields[key] = int(value.split()[0]) * 1024
+    return fields
+
+
+def _used_memory() -> int:
+    """MemTotal - MemAvailable in bytes: counts shared-memory segments too."""
+    fields = _meminfo()
     return fields["MemTotal"] - fields["MemAvailable"]
+
+
+def _our_rss() -> int:
+    """Resident bytes of this process and its children (the workers)."""
+    import os
+
+    pids = [os.getpid()]
+    for task in os.listdir(f"/proc/{os.getpid()}/task"):
+        with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            continue
+    return total
 
 
 class _Sampler:
@@ -271,6 +295,7 @@ def test_t5_peak_memory_800mb(benchmark, pool2, record_ratio):
     warm.result_checksum  # noqa: B018 - until the worker's hash arrives, the pool holds it
     del warm
     baseline = _steady_memory()
+    shmem_base, rss_base = _meminfo()["Shmem"], _our_rss()
     with _Sampler() as sampler:
         handle = double(a, next(_nonces))
         result = handle.run()
@@ -284,9 +309,17 @@ def test_t5_peak_memory_800mb(benchmark, pool2, record_ratio):
     benchmark.extra_info.update(peak_extra_bytes=peak, final_extra_bytes=final - baseline,
                                 array_bytes=a.nbytes)
     # One-sided: memory other processes or the allocator hand back may end below the baseline.
-    assert final - baseline <= tolerance, (
-        f"after dropping the result and trim(), used memory is {(final - baseline) / MB:.0f} MB "
-        f"above the baseline of {baseline / MB:.0f} MB (limit: 5 % of it)")
+    # Used memory also counts what the kernel keeps on its own after large frees (per-CPU
+    # page lists: 80-270 MB seen here after a long run, held by no process and no segment),
+    # so when it is above the tolerance, what we own must be back: no shared memory (the
+    # Shmem line of /proc/meminfo) and no process of ours holding more than at the baseline.
+    if final - baseline > tolerance:
+        shmem_now, rss_now = _meminfo()["Shmem"], _our_rss()
+        assert shmem_now - shmem_base <= tolerance and rss_now - rss_base <= tolerance, (
+            f"after dropping the result and trim(), used memory is "
+            f"{(final - baseline) / MB:.0f} MB above the baseline of {baseline / MB:.0f} MB "
+            f"(limit: 5 % of it); shared memory {(shmem_now - shmem_base) / MB:.0f} MB and "
+            f"our processes' RSS {(rss_now - rss_base) / MB:.0f} MB above theirs")
     benchmark.pedantic(lambda: None, rounds=1)
     record_ratio(benchmark, a.nbytes, peak, bound_now=2.2, goal=2.05)
 
