@@ -15,13 +15,10 @@ import multiprocessing
 import subprocess
 import sys
 import textwrap
-import time
 
-import numpy as np
 import pytest
 
 import seamless
-import seamless._ipc as ipc
 from seamless.transformer import delayed, spawn
 
 SEED = textwrap.dedent("""

@@ -33,7 +33,6 @@ import sys
 import time
 
 from . import config
-from .errors import TransformationError
 from .transformation import Transformation
 
 __all__ = ["parallel", "parallel_async", "TransformationList"]
@@ -279,8 +278,7 @@ class TransformationList:
         return len(self._items)
 
     def __getitem__(self, index):
-        if isinstance(index, slice):
-            return self._items[index]
+        """A handle, or a plain list for a slice."""
         return self._items[index]
 
     def __iter__(self):

@@ -18,7 +18,6 @@ import time
 
 import pytest
 
-import seamless
 from seamless import config
 from seamless.errors import TransformationError, WorkerCrashedError
 from seamless.transformer import (TransformationList, delayed, has_spawned, parallel,
