@@ -8,6 +8,7 @@ import collections
 import os
 
 import pytest
+from fdcheck import fd_links
 
 from seamless import completion
 from seamless.errors import TransformationCancelledError
@@ -34,31 +35,21 @@ def logged_wait(log, gate, n):
     return n
 
 
-def descriptors() -> dict:
-    links = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            links[name] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:  # the listing's own descriptor, already closed
-            pass
-    return links
-
-
 def kinds(links: dict) -> collections.Counter:
     return collections.Counter(link.split(":")[0] if not link.startswith("anon_inode:")
                                else link for link in links.values())
 
 
-def test_fan_out_of_10000_tasks_on_a_few_descriptors():
+def test_fan_out_of_10000_tasks_on_a_few_fd_links():
     workers = 2
-    before = descriptors()
+    before = fd_links()
     spawn(workers)
     assert inc(0).run() == 1  # the workers are up
     peak = {}
 
     async def sample(stop):
         while not stop.is_set():
-            now = descriptors()
+            now = fd_links()
             if len(now) > len(peak):
                 peak.clear()
                 peak.update(now)

@@ -25,6 +25,7 @@ import threading
 import time
 
 import pytest
+from fdcheck import fd_links, no_new_descriptors
 
 import seamless._ipc
 
@@ -56,29 +57,16 @@ def flags(request):
             seamless._ipc.flags = chosen  # importing the submodule rebinds the attribute
 
 
-def _fd_links() -> dict:
-    links = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            links[name] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:  # the directory's own descriptor, already closed
-            continue
-    return links
-
-
 def _eventfds() -> int:
-    return sum(link == "anon_inode:[eventfd]" for link in _fd_links().values())
+    return sum(link == "anon_inode:[eventfd]" for link in fd_links().values())
 
 
 @pytest.fixture(autouse=True)
 def no_descriptor_leaks():
     gc.collect()
-    before = _fd_links()
+    before = fd_links()
     yield
-    gc.collect()
-    after = _fd_links()
-    leaked = {fd: link for fd, link in after.items() if before.get(fd) != link}
-    assert leaked == {}, f"descriptors left open: {leaked}"
+    no_new_descriptors(before)
 
 
 class _SharedWords:

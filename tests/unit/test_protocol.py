@@ -25,6 +25,7 @@ import threading
 
 import numpy as np
 import pytest
+from fdcheck import fd_links, no_new_descriptors
 
 from seamless.errors import SeamlessError
 from seamless.pool import protocol
@@ -36,25 +37,12 @@ PREFIX = struct.Struct("<IBBHQI")
 PROJECT_ROOT = pathlib.Path(importlib.import_module("seamless.errors").__file__).parents[1]
 
 
-def _fd_links() -> dict:
-    links = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            links[name] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:  # the directory's own descriptor, already closed
-            continue
-    return links
-
-
 @pytest.fixture(autouse=True)
 def no_descriptor_leaks():
     gc.collect()
-    before = _fd_links()
+    before = fd_links()
     yield
-    gc.collect()
-    after = _fd_links()
-    leaked = {fd: link for fd, link in after.items() if before.get(fd) != link}
-    assert leaked == {}, f"descriptors left open: {leaked}"
+    no_new_descriptors(before)
 
 
 class CountingSocket(socket.socket):

@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 import pytest
+from fdcheck import fd_links, no_new_descriptors
 
 import seamless._ipc
 from seamless.errors import SharedMemoryError
@@ -61,18 +62,8 @@ def segments(request):
     module.trim()
 
 
-def _fd_links() -> dict:
-    links = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            links[name] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:  # the directory's own descriptor, already closed
-            continue
-    return links
-
-
 def _segment_fds() -> set:
-    return {fd for fd, link in _fd_links().items() if link.startswith("/memfd:seamless-segment")}
+    return {fd for fd, link in fd_links().items() if link.startswith("/memfd:seamless-segment")}
 
 
 def _trim_all():
@@ -84,12 +75,10 @@ def _trim_all():
 @pytest.fixture(autouse=True)
 def no_descriptor_leaks():
     _trim_all()
-    before = _fd_links()
+    before = fd_links()
     yield
     _trim_all()
-    after = _fd_links()
-    leaked = {fd: link for fd, link in after.items() if before.get(fd) != link}
-    assert leaked == {}, f"descriptors left open: {leaked}"
+    no_new_descriptors(before)
 
 
 @pytest.fixture

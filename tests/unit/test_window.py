@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
-import os
 import select
 import signal
 import threading
 import time
 
 import pytest
+from fdcheck import fd_links, no_new_descriptors
 
 import seamless._ipc
 
@@ -54,29 +54,16 @@ def window(request):
                 bound.pop(name, None)  # still unchosen: loaded lazily on first use
 
 
-def _fd_links() -> dict:
-    links = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            links[name] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:  # the directory's own descriptor, already closed
-            continue
-    return links
-
-
 def _eventfds() -> int:
-    return sum(link == "anon_inode:[eventfd]" for link in _fd_links().values())
+    return sum(link == "anon_inode:[eventfd]" for link in fd_links().values())
 
 
 @pytest.fixture(autouse=True)
 def no_descriptor_leaks():
     gc.collect()
-    before = _fd_links()
+    before = fd_links()
     yield
-    gc.collect()
-    after = _fd_links()
-    leaked = {fd: link for fd, link in after.items() if before.get(fd) != link}
-    assert leaked == {}, f"descriptors left open: {leaked}"
+    no_new_descriptors(before)
 
 
 def _until_asleep(thread: threading.Thread) -> None:
