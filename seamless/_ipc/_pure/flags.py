@@ -103,8 +103,53 @@ def _generation_arg(generation) -> int:
     return g
 
 
-class Slab:
+class _LazyEventfd:
+    """The eventfd of a slab or window, made on the first ``fileno()``: an event loop watches
+    it.  Users hold ``_cond`` (a Condition), ``_efd`` (-1 until made) and ``_closed``, and name
+    themselves in ``_WHAT`` for messages."""
+
+    _WHAT = "this object"
+
+    def fileno(self) -> int:
+        """The eventfd (created on first call), readable after each terminal transition."""
+        with self._cond:
+            if self._closed:
+                raise ValueError(f"{self._WHAT} is closed, it has no eventfd any more "
+                                 f"(call fileno() before close())")
+            if self._efd < 0:
+                self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            return self._efd
+
+    def drain(self) -> int:
+        """Read and clear the eventfd: terminal transitions since the last drain (0 if none,
+        or if fileno() was never called)."""
+        with self._cond:
+            if self._efd < 0:
+                return 0
+            try:
+                return os.eventfd_read(self._efd)
+            except BlockingIOError:
+                return 0
+
+    def close(self) -> None:
+        """Close the eventfd (idempotent); after it, fileno() refuses."""
+        with self._cond:
+            if self._efd >= 0:
+                os.close(self._efd)
+                self._efd = -1
+            self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+class Slab(_LazyEventfd):
     """Completion words with generations, blocking waits and one lazily created eventfd."""
+
+    _WHAT = "this flag slab"
 
     def __init__(self, nslots=4096, *, buffer=None):
         self._cond = threading.Condition()  # first: close() in __del__ needs it
@@ -308,37 +353,3 @@ class Slab:
             word = self._words[slot]  # pending signal handlers run on return to Python
         return _state(word)
 
-    def fileno(self) -> int:
-        """The slab's eventfd (created on first call): readable after a terminal transition."""
-        with self._cond:
-            if self._closed:
-                raise ValueError("this flag slab is closed, it has no eventfd any more "
-                                 "(call fileno() before close())")
-            if self._efd < 0:
-                self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            return self._efd
-
-    def drain(self) -> int:
-        """Read and clear the eventfd: the number of terminal transitions since the last
-        drain (0 if none, or if fileno() was never called)."""
-        with self._cond:
-            if self._efd < 0:
-                return 0
-            try:
-                return os.eventfd_read(self._efd)
-            except BlockingIOError:
-                return 0
-
-    def close(self) -> None:
-        """Close the eventfd (idempotent); the words stay usable."""
-        with self._cond:
-            if self._efd >= 0:
-                os.close(self._efd)
-                self._efd = -1
-            self._closed = True
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()

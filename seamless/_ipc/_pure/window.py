@@ -38,6 +38,8 @@ import os
 import threading
 import time
 
+from seamless._ipc._pure.flags import _LazyEventfd
+
 __all__ = ["CANCELLED", "DONE", "EMPTY", "FAILED", "PENDING", "RUNNING", "Window"]
 
 EMPTY = 0
@@ -55,8 +57,10 @@ _MAX_FIRST_SEQ = 1 << 62
 _TERMINAL = frozenset({DONE, FAILED, CANCELLED})
 
 
-class Window:
+class Window(_LazyEventfd):
     """A ring of ``capacity`` completion words that releases sequence numbers in order."""
+
+    _WHAT = "this Window"
 
     def __init__(self, capacity, *, first_seq=0):
         self._cond = threading.Condition(threading.Lock())  # first: close() in __del__ needs it
@@ -210,41 +214,6 @@ class Window:
                 return None
             return self._take()
 
-    def fileno(self) -> int:
-        """The eventfd (created on first call), readable after each completion: an event loop
-        watches it, then calls drain() and try_next()."""
-        with self._cond:
-            if self._closed:
-                raise ValueError("this Window is closed, it has no eventfd any more "
-                                 "(call fileno() before close())")
-            if self._efd < 0:
-                self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            return self._efd
-
-    def drain(self) -> int:
-        """Read and clear the eventfd: completions since the last drain (0 if none, or if
-        fileno() was never called)."""
-        with self._cond:
-            if self._efd < 0:
-                return 0
-            try:
-                return os.eventfd_read(self._efd)
-            except BlockingIOError:
-                return 0
-
-    def close(self) -> None:
-        """Close the eventfd and refuse further completions (idempotent)."""
-        with self._cond:
-            if self._efd >= 0:
-                os.close(self._efd)
-                self._efd = -1
-            self._closed = True
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
 
     def __repr__(self):
         return (f"<Window capacity={self._cap} head={self._head} "
