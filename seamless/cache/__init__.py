@@ -23,13 +23,13 @@ Light module: it imports the standard library (``sqlite3`` included) and ``seaml
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import threading
 
 from seamless.cache import persistent as _persistent_module
 from seamless.cache.memory import BufferCache, ResultMap
 from seamless.cache.persistent import PersistentCache, warn_cache
+from seamless.cache.persistent import _log
 from seamless.errors import CacheError, ConfigurationError
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "ResultMap", "BufferCache", "PersistentCache",
 ]
 
-_log = logging.getLogger("seamless")
 
 
 def _config():

@@ -218,6 +218,42 @@ class BufferStore:
         _fsync_dir(directory)
         return True
 
+    def write_stream(self, pieces) -> tuple[str, int]:
+        """Store the bytes of ``pieces`` (an iterable of bytes-like) under their checksum,
+        hashing them while they are written; returns ``(checksum, size)``.
+
+        For content produced piece by piece and too large to hold (a shell command's stdout):
+        the temp file lives in the ``buffers/`` root until its name is known. Raises ``OSError``
+        (also one raised by ``pieces``) after removing the temp file.
+        """
+        self.ensure_root()
+        tmp = os.path.join(self.root, f"{TEMP_PREFIX}stream-{os.getpid()}-{os.urandom(4).hex()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644)
+        try:
+            hasher = hashlib.sha256()
+            size = 0
+            try:
+                for piece in pieces:
+                    hasher.update(piece)
+                    view = memoryview(piece)
+                    offset = 0
+                    while offset < view.nbytes:
+                        offset += os.write(fd, view[offset:offset + _WRITE_CHUNK])
+                    size += view.nbytes
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            cs = hasher.hexdigest()
+            final = self.path(cs)
+            makedirs_0700(os.path.dirname(final))
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(os.path.dirname(final))
+        return cs, size
+
     def read_file(self, cs: str, expected_size=None):
         """Return ``(data, stat_result)``: the whole file as a read-only ``memoryview``
         (1-D, format ``"B"``), its size and SHA-256 verified.

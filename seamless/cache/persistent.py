@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import collections
 import errno as _errno
-import logging
 import os
 import sqlite3
 import sys
@@ -54,7 +53,19 @@ from seamless.errors import CacheError, CacheWarning
 
 __all__ = ["PersistentCache", "warn_cache"]
 
-_log = logging.getLogger("seamless")
+
+
+class _LazyLogger:
+    """The ``seamless`` logger, importing ``logging`` on first use: the command line's cache-hit
+    path never logs, and ``logging`` would cost it about 4 ms of start-up."""
+
+    def __getattr__(self, name):
+        import logging
+
+        return getattr(logging.getLogger("seamless"), name)
+
+
+_log = _LazyLogger()
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _IDLE_EXIT = 5.0
 _TEMP_MAX_AGE = 3600.0
@@ -408,6 +419,28 @@ class PersistentCache:
             warn_cache(message)
         return ok
 
+    def write_stream_now(self, tf_cs, kind, pieces, duration=None, replace=False):
+        """Store a result given as pieces of its canonical bytes, synchronously; returns its
+        checksum, or ``None`` when the write failed (reported like ``write_now``).
+
+        For the command line, whose results (a command's stdout, its output files) are streamed
+        from files rather than held in memory.
+        """
+        check_checksum("tf_cs", tf_cs)
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; open a new PersistentCache")
+        try:
+            result_cs, size = self._store.write_stream(pieces)
+        except OSError as e:
+            message = self._failure_message(e)
+            if message is not None:
+                warn_cache(message)
+            return None
+        ok, message = self._do_rows(tf_cs, kind, result_cs, size, duration, replace)
+        if message is not None:
+            warn_cache(message)
+        return Checksum(result_cs) if ok else None
+
     def _submit(self, function, args) -> None:
         with self._pending_cond:
             self._pending += 1
@@ -430,7 +463,14 @@ class PersistentCache:
         failure reported for the first time, else ``None`` (repeats are logged at DEBUG)."""
         try:
             self._store.write_file(result_cs, buffer)
-            size = memoryview(buffer).nbytes
+        except OSError as e:
+            return False, self._failure_message(e)
+        return self._do_rows(tf_cs, kind, result_cs, memoryview(buffer).nbytes, duration,
+                             replace)
+
+    def _do_rows(self, tf_cs, kind, result_cs, size, duration, replace):
+        """Insert the rows of a stored buffer; ``(ok, message)`` as ``_do_write``."""
+        try:
             now = time.time()
             verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
             with self._db.transaction() as c:
@@ -447,10 +487,16 @@ class PersistentCache:
                     "VALUES (?, ?, ?, ?, ?)", (tf_cs, result_cs, kind, now, duration),
                 )
             return True, None
-        except OSError as e:
+        except sqlite3.Error as e:
+            return False, self._failure_message(e)
+
+    def _failure_message(self, e):
+        """The warning text of a failed write (an ``OSError`` or ``sqlite3.Error``) the first
+        time its (directory, error) is seen; later ones are logged at DEBUG and give ``None``."""
+        if isinstance(e, OSError):
             key = e.errno if e.errno is not None else type(e).__name__
             detail, fix = _os_detail(e), _FIXES.get(e.errno, _DEFAULT_FIX)
-        except sqlite3.Error as e:
+        else:
             key = "sqlite:" + _sqlite_name(e)
             detail = str(e)
             fix = _FIXES[_errno.ENOSPC] if "full" in detail else _DEFAULT_FIX
@@ -459,9 +505,9 @@ class PersistentCache:
             f"results stay in memory only ({fix})"
         )
         if _first_report(self.directory, key):
-            return False, message
+            return message
         _log.debug(message)
-        return False, None
+        return None
 
     def _emit_warnings(self) -> None:
         """Emit, on the caller's thread, the warnings the writer thread recorded."""

@@ -1,0 +1,284 @@
+"""``seamless-cache``: inspect and maintain the persistent cache (cli.md, section 9).
+
+``seamless-cache [--cache DIR] stats | verify | clear [-y] | gc --max-size SIZE``
+
+Data flow and ownership:
+
+- The directory is ``--cache``, else the commands' lookup (``common.cache_directory``). This
+  command opens ONE ``PersistentCache`` on it (``common.open_cache``), which owns its SQLite
+  connections; ``main`` closes it before returning, also on failure.
+- The files under ``buffers/`` and the rows of ``seamless.db`` belong to the cache directory,
+  shared with every other process that uses it. This command removes or registers them only
+  through the ``PersistentCache`` primitives (``stats``, ``verify``, ``clear``, ``gc``), which
+  are safe while other processes use the directory (identity-and-cache.md, 4.7).
+- It creates no file, temp file, thread or process of its own. It reads stdin only for the
+  ``clear`` question on a terminal. Results go to stdout; messages, including the
+  ``CacheWarning``s the primitives raise (captured, never shown as Python warnings), go to
+  stderr prefixed ``seamless-cache: ``.
+
+Exit status: 0 success; 1 an unusable cache, a failed operation, ``verify`` dropped something,
+or ``clear`` was declined; 2 a usage error (a bad ``--max-size`` included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from seamless.cli.common import (
+    USAGE,
+    CommandError,
+    cache_directory,
+    info,
+    open_cache,
+    run_main,
+    warn,
+)
+
+__all__ = ["entry", "human_size", "main", "parse_size"]
+
+PROG = "seamless-cache"
+
+_UNITS = "KMGTP"
+_SIZE = re.compile(r"(\d+)(?:\.(\d+))?\s*(?:([kmgtp])(i?b)?|(b))?", re.IGNORECASE | re.ASCII)
+_SIZE_HELP = ("bytes (12345) or a number with K, M, G or T, powers of 1024 "
+              "(100K, 500M, 1.5G, 10GiB, 2T)")
+
+
+def parse_size(text: str) -> int:
+    """Bytes meant by ``text`` (``500M``, ``1.5G``, ``10GiB``, ``12345``); ``ValueError`` if
+    it is not a size. Units are powers of 1024 whether written ``G``, ``GB`` or ``GiB``
+    (cli.md, 9); the arithmetic is exact integers, so ``1.5G`` is 1610612736."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(text)
+    whole, fraction, unit = m.group(1), m.group(2) or "", m.group(3)
+    if unit is None and fraction:
+        raise ValueError(text)  # a fraction of a byte
+    factor = 1 if unit is None else 1024 ** (_UNITS.index(unit.upper()) + 1)
+    return int(whole) * factor + int(fraction or "0") * factor // 10 ** len(fraction)
+
+
+def human_size(n: int) -> str:
+    """``1048576`` -> ``1.0 MiB``: a size a person reads at a glance, beside the exact count."""
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in _UNITS[:-1]:
+        if value < 1023.95:  # else it would print as 1024.0
+            return f"{value:.1f} {unit}iB"
+        value /= 1024
+    return f"{value:.1f} {_UNITS[-1]}iB"
+
+
+def _size_and_human(n: int) -> str:
+    return f"{n} ({human_size(n)})"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _local_time(timestamp) -> str:
+    """ISO 8601 local time with its UTC offset, or ``-`` for an empty cache."""
+    if timestamp is None:
+        return "-"
+    import datetime
+
+    return datetime.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+# -- argument parsing ----------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors of every subcommand carry the command's own prefix, ``seamless-cache: ``."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(USAGE, f"{PROG}: error: {message}\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from seamless import __version__
+
+    # --cache is also accepted after the subcommand; SUPPRESS keeps an earlier one.
+    cache_option = _Parser(add_help=False)
+    cache_option.add_argument(
+        "--cache", metavar="DIR", default=argparse.SUPPRESS,
+        help="cache directory (default: SEAMLESS_CACHE, else cache: of seamless.yaml, else "
+             "$XDG_CACHE_HOME/seamless or ~/.cache/seamless)")
+    parser = _Parser(
+        prog=PROG, parents=[cache_option],
+        description="Inspect and maintain the persistent cache of seamless-run and the "
+                    "Python API.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="{stats,verify,clear,gc}",
+                                required=True)
+    sub.add_parser("stats", parents=[cache_option],
+                   help="directory, number of results and buffers, bytes, oldest and newest use",
+                   description="Print the directory, the number of results and buffers, their "
+                               "total size and the oldest and newest use.")
+    sub.add_parser("verify", parents=[cache_option],
+                   help="re-hash every buffer; drop corrupt ones (exit 1 if any was dropped)",
+                   description="Re-hash every buffer file: drop corrupt ones with the results "
+                               "that point to them, drop rows whose file is missing, register "
+                               "valid files without a row. Exit 1 if anything was dropped.")
+    clear = sub.add_parser("clear", parents=[cache_option], help="remove every entry",
+                           description="Remove every result and buffer (asks first on a "
+                                       "terminal).")
+    clear.add_argument("-y", "--yes", action="store_true",
+                       help="do not ask for confirmation on a terminal")
+    gc = sub.add_parser("gc", parents=[cache_option],
+                        help="drop least recently used entries down to --max-size",
+                        description="Drop least recently used buffers, with the results that "
+                                    "point to them, until the total is at most SIZE; remove "
+                                    "temp files older than one hour.")
+    gc.add_argument("--max-size", metavar="SIZE", required=True,
+                    help="largest total to keep: " + _SIZE_HELP)
+    return parser
+
+
+def _max_size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise CommandError(f"--max-size {text!r} is not a size; write {_SIZE_HELP}",
+                           USAGE) from None
+
+
+# -- subcommands ---------------------------------------------------------------------------------
+
+
+def _stats(cache, args) -> int:
+    s = cache.stats()
+    lines = [
+        ("directory", s["directory"]),
+        ("results", s["results"]),
+        ("buffers", s["buffers"]),
+        ("bytes", _size_and_human(s["bytes"])),
+        ("oldest use", _local_time(s["oldest_use"])),
+        ("newest use", _local_time(s["newest_use"])),
+    ]
+    for name, value in lines:
+        print(f"{name + ':':<12}{value}")
+    return 0
+
+
+def _verify(cache, args) -> int:
+    report = cache.verify()
+    print(f"checked {_plural(report['checked'], 'buffer')}")
+    for cs in report["dropped"]:
+        print(f"dropped {cs} (corrupt)")
+    for cs in report["missing"]:
+        print(f"dropped row {cs} (file missing)")
+    for cs in report["registered"]:
+        print(f"registered {cs}")
+    return 1 if report["dropped"] or report["missing"] else 0
+
+
+def _confirmed(directory: str) -> bool:
+    """Ask on the terminal; only ``y`` or ``yes`` goes ahead (EOF and Ctrl-D do not)."""
+    sys.stderr.write(f"{PROG}: remove every entry of {directory}? [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _clear(cache, args) -> int:
+    on_terminal = sys.stdin is not None and sys.stdin.isatty()
+    if on_terminal and not args.yes and not _confirmed(cache.directory):
+        info(PROG, "nothing removed")
+        return 1
+    removed = cache.clear()
+    print(f"removed {_plural(removed, 'buffer')}")
+    return 0
+
+
+def _gc(cache, args) -> int:
+    done = cache.gc(args.max_bytes)
+    left = cache.stats()["bytes"]
+    print(f"freed {_size_and_human(done['bytes'])} in {_plural(done['buffers'], 'buffer')}; "
+          f"removed {_plural(done['temp_files'], 'stale temp file')}; "
+          f"{_size_and_human(left)} left")
+    return 0
+
+
+_SUBCOMMANDS = {"stats": _stats, "verify": _verify, "clear": _clear, "gc": _gc}
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+def _directory(args) -> str:
+    from seamless.errors import ConfigurationError
+
+    try:
+        return cache_directory(getattr(args, "cache", None))
+    except ConfigurationError as e:
+        raise CommandError(f"{e} (or pass --cache DIR)") from None
+
+
+def _run(args) -> int:
+    """Open the cache, run the subcommand, close the cache; operational failures become
+    ``CommandError``s naming the database or file."""
+    import sqlite3
+
+    from seamless.errors import CacheError
+
+    cache = open_cache(_directory(args))
+    try:
+        return _SUBCOMMANDS[args.command](cache, args)
+    except CacheError as e:
+        raise CommandError(str(e)) from None
+    except sqlite3.Error as e:
+        raise CommandError(
+            f"{args.command} failed on the cache database {cache.db_path} ({e}); retry when "
+            "the processes using the cache are done, or move the directory away to start an "
+            "empty cache") from None
+    except OSError as e:
+        if isinstance(e, BrokenPipeError):
+            raise
+        where = e.filename or cache.directory
+        raise CommandError(
+            f"{args.command} could not change {where} ([Errno {e.errno}] {e.strerror}); make "
+            "the cache directory writable by you, or run as its owner") from None
+    finally:
+        cache.close()
+
+
+def _print_warnings(caught) -> None:
+    from seamless.errors import SeamlessWarning
+
+    for w in caught:
+        text = str(w.message)
+        if not issubclass(w.category, SeamlessWarning):
+            text = f"{w.category.__name__}: {text}"
+        warn(PROG, text)
+
+
+def main(argv=None) -> int:
+    """Run ``seamless-cache`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    import warnings
+
+    args = _build_parser().parse_args(argv)
+    if args.command == "gc":
+        args.max_bytes = _max_size(args.max_size)
+    # CacheWarnings of the primitives are messages to the user here, not Python warnings.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return _run(args)
+        finally:
+            _print_warnings(caught)
+
+
+def entry() -> None:
+    """The console script ``seamless-cache``."""
+    sys.exit(run_main(PROG, main))
+
+
+if __name__ == "__main__":
+    entry()

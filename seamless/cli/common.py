@@ -1,0 +1,102 @@
+"""What every command shares: messages, exit codes, and finding and opening the cache.
+
+Messages go to stderr, prefixed by the command's name (``seamless-run: error: ...``), and name
+the thing at fault and the fix (cli.md, preamble). An expected failure is raised as
+``CommandError`` (exit 1 unless told otherwise) and printed by ``run_main``: never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = [
+    "CommandError", "USAGE", "error", "warn", "info", "cache_directory", "open_cache",
+    "run_main",
+]
+
+USAGE = 2
+
+
+class CommandError(Exception):
+    """An expected failure: ``message`` goes to stderr, the process exits with ``code``."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def _write(prog: str, text: str) -> None:
+    try:
+        sys.stderr.write(f"{prog}: {text}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return  # stderr closed: nothing else to tell the user with
+
+
+def error(prog: str, message: str) -> None:
+    _write(prog, "error: " + message)
+
+
+def warn(prog: str, message: str) -> None:
+    _write(prog, "warning: " + message)
+
+
+def info(prog: str, message: str) -> None:
+    _write(prog, message)
+
+
+def cache_directory(explicit=None) -> str:
+    """The commands' cache directory (cli.md, 1.6), without creating it.
+
+    ``explicit`` (``seamless-cache --cache``), else ``SEAMLESS_CACHE``; YAML is parsed (by
+    ``seamless.config``) only when a project or profile file exists in the cwd, so a plain hit
+    never imports YAML.
+    """
+    if explicit:
+        return os.path.abspath(os.path.expanduser(os.fsdecode(explicit)))
+    env = os.environ.get("SEAMLESS_CACHE")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    if os.path.exists("seamless.yaml") or os.path.exists("seamless.profile.yaml"):
+        from seamless import config
+
+        return config.command_cache_dir()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return os.path.join(xdg, "seamless")
+    return os.path.join(os.path.expanduser("~"), ".cache", "seamless")
+
+
+def open_cache(directory: str):
+    """The ``PersistentCache`` of ``directory``; an unusable one is a ``CommandError`` (exit 1)
+    naming the directory and ``SEAMLESS_CACHE`` (errors.md: ``CacheError``)."""
+    from seamless.cache.persistent import PersistentCache
+    from seamless.errors import CacheError
+
+    try:
+        cache = PersistentCache(directory)
+    except CacheError as e:
+        message = str(e)
+        if "SEAMLESS_CACHE" not in message:
+            message += " (set SEAMLESS_CACHE to a usable directory)"
+        raise CommandError(message) from None
+    return cache
+
+
+def run_main(prog: str, main, argv=None) -> int:
+    """Call ``main(argv)`` and turn expected failures into a message and an exit code."""
+    try:
+        return main(argv)
+    except CommandError as e:
+        error(prog, str(e))
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader of our stdout went away (`seamless-run cat big | head`): like a shell tool,
+        # exit quietly; stdout is redirected to /dev/null so the interpreter's flush is silent.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1

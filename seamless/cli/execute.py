@@ -1,0 +1,154 @@
+"""Running a command once: the sandbox, the process and its signals (cli.md, 1.4, 1.5, 1.7).
+
+Ownership. ``Run`` owns one private (0700) directory under ``$TMPDIR``:
+``<private>/stdout`` (the spooled stdout) and, in sandbox mode, ``<private>/work/`` (the copies of
+the inputs, the parent directories of the outputs; the command's cwd). ``Run.close()`` removes it
+all; the caller calls it in a ``finally``, so it goes on success, failure and interruption.
+
+The command is ``/bin/bash -c TEXT`` in its own process group, stdin ``/dev/null``, stdout the
+spool file, stderr inherited (passed through live). A parent-death signal kills it if
+seamless-run itself is killed. When the wait is interrupted (the caller turns SIGINT, SIGTERM and
+SIGHUP into exceptions), ``Run.execute`` sends SIGINT to the command's group, SIGKILL after
+``GRACE_S`` seconds, reaps it and re-raises, so the caller removes what it owns and exits
+128 + signal. Processes the command left running in its group when it ended get SIGTERM: a
+transformation leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+
+from seamless.cli.paths import display
+
+__all__ = ["Run", "GRACE_S", "spool_size"]
+
+GRACE_S = 2.0
+_FICLONE = 0x40049409
+_PR_SET_PDEATHSIG = 1
+
+
+def _reflink_or_copy(source: str, target: str) -> None:
+    """Copy a file, sharing its blocks (``FICLONE``) where the file system can."""
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        try:
+            import fcntl
+
+            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+            return
+        except OSError:
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _copy_into(source: str, target: str) -> None:
+    """Copy an input (file, or directory tree with links kept as links) keeping mode bits."""
+    st = os.stat(source)
+    if stat.S_ISDIR(st.st_mode):
+        os.makedirs(target, exist_ok=True)
+        with os.scandir(source) as it:
+            for entry in it:
+                inner = os.path.join(target, entry.name)
+                if entry.is_symlink():
+                    os.symlink(os.readlink(entry.path), inner)
+                else:
+                    _copy_into(entry.path, inner)
+        os.chmod(target, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+        return
+    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    _reflink_or_copy(source, target)
+    os.chmod(target, stat.S_IMODE(st.st_mode))
+
+
+def _child_setup(prctl):
+    """In the child, before exec: its own process group; die with seamless-run."""
+    def setup():
+        os.setpgid(0, 0)
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    return setup
+
+
+def _prctl():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+class Run:
+    """One execution of a command, in a sandbox or in the working directory."""
+
+    def __init__(self, sandbox: bool):
+        self.private = tempfile.mkdtemp(prefix="seamless-run-")
+        self.stdout_path = os.path.join(self.private, "stdout")
+        self.cwd = os.path.join(self.private, "work") if sandbox else os.getcwd()
+        if sandbox:
+            os.mkdir(self.cwd, 0o700)
+
+    def close(self) -> None:
+        shutil.rmtree(self.private, ignore_errors=True)
+
+    def place_inputs(self, paths, output_parents) -> None:
+        """Copy the relative input ``paths`` into the sandbox; make the output directories."""
+        for path in paths:
+            try:
+                _copy_into(path, os.path.join(self.cwd, path))
+            except OSError as e:
+                raise OSError(e.errno, f"cannot copy input {display(path)} into the sandbox "
+                              f"({e.strerror}); check TMPDIR's free space") from None
+        for parent in output_parents:
+            os.makedirs(os.path.join(self.cwd, parent), exist_ok=True)
+
+    def path_of(self, output: str) -> str:
+        """Where the command wrote ``output``."""
+        return os.path.join(self.cwd, output)
+
+    def execute(self, command: str, env: dict) -> int:
+        """Run the command to its end; its wait status as ``Popen.returncode``."""
+        with open(self.stdout_path, "wb") as spool:
+            proc = subprocess.Popen(
+                [b"/bin/bash", b"-c", os.fsencode(command)], cwd=self.cwd, env=env,
+                stdin=subprocess.DEVNULL, stdout=spool, stderr=None,
+                preexec_fn=_child_setup(_prctl()),
+            )
+        try:
+            status = proc.wait()
+        except BaseException:
+            self._stop(proc)
+            raise
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        return status
+
+    @staticmethod
+    def _stop(proc) -> None:
+        """SIGINT to the command's group, SIGKILL after the grace period; reap it."""
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(GRACE_S)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # also stragglers of an exited leader
+        with contextlib.suppress(ChildProcessError):
+            proc.wait()
+
+
+def spool_size(run: Run) -> int:
+    try:
+        return os.stat(run.stdout_path).st_size
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return 0
+        raise

@@ -1,0 +1,472 @@
+"""``seamless-run``: a bash command as a cached transformation (cli.md, sections 1 and 2).
+
+Flow of one invocation, and who owns what:
+
+1. Parse the options and the command text; split it into words (``words.py``): outputs are the
+   ``-c`` paths and the targets of output redirections, candidate inputs the other words.
+2. Create the ``.FUTURE`` sidecars this run owns (its stdout file when fd 1 is a regular file,
+   every output) and keep them fresh (``future.Heartbeat``). They are removed in a ``finally``:
+   after the outputs are in place, on failure, on Ctrl-C.
+3. Wait for the inputs that have a sidecar of someone else (or are named ``X.FUTURE``), then
+   hash every input and build the transformation checksum (``identity.py``).
+4. Look it up in the persistent cache (``common.open_cache``). A hit writes the cached stdout to
+   fd 1 and the outputs (atomically, ``outputs.py``) and exits 0 without running anything.
+5. A miss runs the command once (``execute.Run``, which owns the sandbox and the stdout spool and
+   removes them), delivers stdout and outputs the same way, removes the sidecars, and then
+   stores the result, streamed from the spool and output files (``result.chunks``). A failed
+   command is never stored.
+
+The hit path imports only the standard library, this package and the cache module: no numpy,
+no ``seamless.transformer``, no YAML unless a YAML file is in the working directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import stat
+import sys
+import time
+
+from seamless.cli import future, identity, words
+from seamless.cli.common import USAGE, CommandError, cache_directory, info, open_cache, \
+    run_main, warn
+from seamless.cli.outputs import OutputError, same_content, write_dir, write_file, write_stdout
+from seamless.cli.paths import display
+
+__all__ = ["main", "entry"]
+
+PROG = "seamless-run"
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CLIMB = "run from a common parent directory, or use --no-sandbox"
+
+
+class _Interrupted(BaseException):
+    """A signal to seamless-run (SIGINT, SIGTERM, SIGHUP): exit 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, _frame):
+    raise _Interrupted(signum)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from seamless import __version__
+
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run a bash command as a cached transformation: the second time, its "
+                    "stdout and output files come from the cache without running anything.",
+        epilog="One word is used verbatim as a bash command line (pipes, redirections); "
+               "several words are quoted where needed and joined. Options come before the "
+               "command; `--` ends them.",
+    )
+    p.add_argument("-i", "--input", action="append", default=[], metavar="PATH",
+                   help="declare an input file or directory the command does not name")
+    p.add_argument("-c", "--capture", action="append", default=[], metavar="PATH",
+                   help="declare a file or directory the command creates as a result")
+    p.add_argument("--var", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="an environment variable that counts for identity")
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="run in the working directory itself (undeclared reads escape "
+                        "identity; outputs are written in place)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="run even on a cache hit, then replace the cache entry")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="report hit or miss, the checksum, the inputs and untracked words")
+    p.add_argument("-q", "--quiet", action="store_true", help="no informational lines")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
+    return p
+
+
+class _Options:
+    """The validated invocation."""
+
+    def __init__(self, argv):
+        parser = self.parser = _parser()
+        args = parser.parse_args(argv)
+        command = list(args.command)
+        if command and command[0] == "--":
+            command.pop(0)
+        if not command:
+            parser.error("no command given (example: seamless-run paste a.txt b.txt)")
+        self.text = command[0] if len(command) == 1 else words.join_words(command)
+        if not self.text.strip():
+            parser.error("the command is empty")
+        self.sandbox = not args.no_sandbox
+        self.use_cache = not args.no_cache
+        self.verbose = args.verbose and not args.quiet
+        self.quiet = args.quiet
+        self.explicit_inputs = args.input
+        self.captures = args.capture
+        self.vars = self._vars(args.var)
+
+    def usage_error(self, message: str):
+        self.parser.error(message)
+
+    def _vars(self, specs) -> dict:
+        found = {}
+        for spec in specs:
+            name, has_value, value = spec.partition("=")
+            if not _VAR_NAME.fullmatch(name):
+                self.usage_error(f"--var {spec!r}: {name!r} is not an environment variable "
+                                 "name (letters, digits, _)")
+            if not has_value:
+                if name not in os.environ:
+                    self.usage_error(f"--var {name}: the variable is not set; set it, or give "
+                                     f"a value with --var {name}=VALUE")
+                value = os.environ[name]
+            found[name] = value
+        return found
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            info(PROG, message)
+
+
+def _relative(path: str, what: str, opts: _Options, allow_absolute: bool):
+    """The normalised relative form of ``path``; ``None`` for an untracked absolute path."""
+    if os.path.isabs(path):
+        return path if allow_absolute else None
+    norm = os.path.normpath(path)
+    if norm == ".." or norm.startswith("../"):
+        if opts.sandbox:
+            opts.usage_error(f"{what} {display(path)} lies outside the working directory; "
+                             f"{_CLIMB}")
+        return norm
+    return norm
+
+
+def _outputs(split, opts: _Options) -> list:
+    """Declared outputs: ``-c`` paths and output redirection targets (absolute ones untracked,
+    except ``-c`` without the sandbox)."""
+    found = []
+    for path in opts.captures:
+        if os.path.isabs(path) and opts.sandbox:
+            opts.usage_error(f"--capture {display(path)}: outputs must lie in the working "
+                             "directory in sandbox mode; use a relative path, or --no-sandbox")
+        rel = _relative(path, "--capture", opts, allow_absolute=True)
+        if rel in (".", ""):
+            opts.usage_error(f"--capture {display(path)}: the working directory itself cannot "
+                             "be an output; name a file or subdirectory")
+        found.append(rel)
+    for word in split.outputs:
+        rel = _relative(word.text, "output", opts, allow_absolute=False)
+        if rel is not None and rel != ".":
+            found.append(rel)
+    return list(dict.fromkeys(found))
+
+
+def _stdout_target():
+    """The regular file fd 1 points to (``seamless-run cmd > out.txt``), else ``None``."""
+    try:
+        if not stat.S_ISREG(os.fstat(1).st_mode):
+            return None
+        path = os.readlink("/proc/self/fd/1")
+    except OSError:
+        return None
+    return None if path.endswith(" (deleted)") else path
+
+
+class _Sidecars:
+    """The sidecars this run owns, kept fresh by one heartbeat thread; removed by ``close``."""
+
+    def __init__(self, opts: _Options):
+        self.opts = opts
+        self.owned = []
+        self.paths = set()
+        self.heartbeat = None
+
+    def create(self, target: str) -> None:
+        try:
+            sidecar = future.Sidecar.create(target)
+        except OSError as e:
+            warn(PROG, f"cannot create {display(future.sidecar_path(target))} "
+                       f"({e.strerror or e}); readers of {display(target)} will not wait")
+            return
+        self.owned.append(sidecar)
+        self.paths.add(os.path.abspath(sidecar.path))
+        if self.heartbeat is None:
+            self.heartbeat = future.Heartbeat()
+        self.heartbeat.add(sidecar)
+
+    def owns(self, target: str) -> bool:
+        return os.path.abspath(future.sidecar_path(target)) in self.paths
+
+    def set_transformation(self, checksum: str) -> None:
+        for sidecar in self.owned:
+            sidecar.set_transformation(checksum)
+
+    def close(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat = None
+        for sidecar in self.owned:
+            sidecar.remove()
+        self.owned = []
+
+
+def _wait_for_producers(opts: _Options, split, sidecars: _Sidecars) -> str:
+    """Wait for the inputs being produced elsewhere; returns the command text with every
+    ``X.FUTURE`` word rewritten to ``X`` (cli.md, 1.2 item 2)."""
+    future_words = []
+    targets = []
+    candidates = [w for w in (*split.words, *split.inputs, *split.appends) if not w.opaque]
+    for word in candidates:
+        if word.text.endswith(".FUTURE") and len(word.text) > len(".FUTURE"):
+            future_words.append(word)
+            targets.append(word.text[:-len(".FUTURE")])
+        elif not sidecars.owns(word.text) and os.path.lexists(future.sidecar_path(word.text)):
+            targets.append(word.text)
+    targets.extend(p for p in opts.explicit_inputs
+                   if not sidecars.owns(p) and os.path.lexists(future.sidecar_path(p)))
+    for target in dict.fromkeys(targets):
+        if sidecars.owns(target):
+            opts.usage_error(f"{display(target)}.FUTURE names an output of this same command")
+        try:
+            future.wait_for(target, on_wait=lambda message: opts.info(display(message)))
+        except future.StaleFuture as e:
+            raise CommandError(display(str(e))) from None
+    if not future_words:
+        return opts.text
+    return words.strip_future_suffixes(opts.text, future_words)
+
+
+def _expand(word) -> list:
+    """The paths an unquoted glob word matches (bash leaves a word without matches as is)."""
+    if not word.glob:
+        return [word.text]
+    import glob
+
+    return sorted(glob.glob(word.text)) or [word.text]
+
+
+def _inside(path: str, outputs) -> bool:
+    """True when ``path`` is one of ``outputs`` or lies inside one (an output directory)."""
+    return any(path == o or path.startswith(o + "/") for o in outputs)
+
+
+def _inputs(opts: _Options, split, outputs: list):
+    """``(inputs, untracked)``: input path -> path to read; words seen but not tracked.
+
+    A word naming an output, or a path inside an output directory, is not an input: the
+    previous run's result must not feed the next one's identity.
+    """
+    not_inputs = set(outputs) - {os.path.normpath(w.text) for w in split.appends}
+    found = {}
+    untracked = [w.text for w in split.words if w.opaque]
+    for word in (*split.words, *split.inputs, *split.appends):
+        if word.opaque:
+            continue
+        for path in _expand(word):
+            if not os.path.lexists(path):
+                continue
+            if not os.path.exists(path):
+                raise CommandError(f"{display(path)} is a dangling symbolic link (or a link "
+                                   "loop); fix or remove it", USAGE)
+            if os.path.isabs(path):
+                untracked.append(path)
+                continue
+            rel = _relative(path, "input", opts, allow_absolute=False)
+            if not _inside(rel, not_inputs):
+                found[rel] = rel
+    for path in opts.explicit_inputs:
+        if not os.path.lexists(path):
+            raise CommandError(f"--input {display(path)} does not exist; create it or fix the "
+                               "path", USAGE)
+        if not os.path.exists(path):
+            raise CommandError(f"--input {display(path)} is a dangling symbolic link (or a "
+                               "link loop); fix or remove it", USAGE)
+        found[_relative(path, "--input", opts, allow_absolute=True)] = path
+    return found, untracked
+
+
+def _identify(opts: _Options, text: str, inputs: dict, outputs: list) -> str:
+    entries = {}
+    for key, path in inputs.items():
+        try:
+            entries[key] = identity.input_entry(path)
+        except identity.InputError as e:
+            raise CommandError(display(str(e))) from None
+    description = identity.describe(text, entries, outputs, opts.vars, opts.sandbox)
+    checksum = identity.transformation_checksum(description)
+    if opts.verbose:
+        for key, entry in sorted(entries.items()):
+            info(PROG, f"input {display(key)}: {entry[0]} {entry[1]}")
+    return checksum
+
+
+class _CacheWarnings:
+    """Collects the cache's ``CacheWarning``s and prints them as ``seamless-run: warning:``."""
+
+    def __enter__(self):
+        import warnings
+
+        self._catcher = warnings.catch_warnings(record=True)
+        self._caught = self._catcher.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc):
+        self._catcher.__exit__(*exc)
+        for w in self._caught:
+            warn(PROG, str(w.message))
+        return False
+
+
+def _deliver_hit(cache, tf: str, outputs: list, opts: _Options) -> bool:
+    """Serve a cache hit: stdout to fd 1, outputs written atomically. ``False`` on a miss."""
+    from seamless.cli.result import ShellResult
+
+    with _CacheWarnings():
+        found = cache.lookup(tf)
+        data = None if found is None else cache.read_buffer(found[1])
+    if data is None:
+        return False
+    try:
+        result = ShellResult(data)
+        if sorted(result.outputs) != sorted(outputs):
+            raise ValueError("its outputs differ from the declared ones")
+    except (ValueError, KeyError) as e:
+        warn(PROG, f"cache entry {found[1]} for {tf} is not a valid shell result ({e}); "
+                   "running the command")
+        return False
+    for path, content in result.outputs.items():
+        if isinstance(content, dict):
+            write_dir(path, content)
+        elif not same_content(path, content):
+            write_file(path, content)
+    write_stdout(result.stdout)
+    return True
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _collect_dir(root: str) -> dict:
+    files = {}
+    for directory, _subdirs, names in os.walk(root):
+        for name in names:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                files[os.path.relpath(path, root)] = path
+    return files
+
+
+def _run_once(opts: _Options, text: str, inputs: dict, outputs: list, cache, tf: str) -> int:
+    from seamless.cli import execute
+    from seamless.cli.outputs import copy_to_stdout
+    from seamless.cli.result import RESULT_KIND, chunks
+
+    env = dict(os.environ)
+    env.update(opts.vars)
+    run = execute.Run(opts.sandbox)
+    try:
+        if opts.sandbox:
+            parents = {os.path.dirname(o) for o in outputs} - {""}
+            try:
+                run.place_inputs([k for k in inputs if not os.path.isabs(k)], parents)
+            except OSError as e:
+                raise CommandError(display(e.strerror or str(e))) from None
+        started = time.monotonic()
+        status = run.execute(text, env)
+        duration = time.monotonic() - started
+        if status != 0:
+            discarded = f"its stdout ({execute.spool_size(run)} bytes) was discarded"
+            if status < 0:
+                if -status == signal.SIGINT:
+                    return 130
+                hint = " (often the out-of-memory killer)" if -status == signal.SIGKILL else ""
+                raise CommandError(f"the command was killed by {_signal_name(-status)}{hint}; "
+                                   f"{discarded}")
+            if not opts.quiet:
+                info(PROG, f"the command failed with exit status {status}; {discarded}")
+            return status
+        produced = {}
+        for output in outputs:
+            path = run.path_of(output)
+            if os.path.isdir(path):
+                produced[output] = _collect_dir(path)
+            elif os.path.isfile(path):
+                produced[output] = path
+            else:
+                raise CommandError(f"the command exited 0 but did not create "
+                                   f"{display(output)}; not cached")
+        if opts.sandbox:
+            for output, source in produced.items():
+                if isinstance(source, dict):
+                    write_dir(output, source)
+                else:
+                    write_file(output, source)
+        copy_to_stdout(run.stdout_path)
+        if cache is not None:
+            with _CacheWarnings():
+                cache.write_stream_now(tf, RESULT_KIND, chunks(run.stdout_path, produced),
+                                       duration=duration, replace=not opts.use_cache)
+        return 0
+    finally:
+        run.close()
+
+
+def main(argv=None) -> int:
+    opts = _Options(argv)
+    try:
+        split = words.split_command(opts.text)
+    except words.CommandSyntaxError as e:
+        opts.usage_error(str(e))
+    outputs = _outputs(split, opts)
+    sidecars = _Sidecars(opts)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_signal)
+    try:
+        stdout_target = _stdout_target()
+        if stdout_target is not None:
+            sidecars.create(stdout_target)
+        for output in outputs:
+            sidecars.create(output)
+        text = _wait_for_producers(opts, split, sidecars)
+        if text != opts.text:
+            split = words.split_command(text)
+        inputs, untracked = _inputs(opts, split, outputs)
+        tf = _identify(opts, text, inputs, outputs)
+        sidecars.set_transformation(tf)
+        if opts.verbose and untracked:
+            info(PROG, "not tracked: " + " ".join(display(w) for w in untracked))
+        cache = open_cache(cache_directory())
+        try:
+            if opts.use_cache:
+                if _deliver_hit(cache, tf, outputs, opts):
+                    if opts.verbose:
+                        info(PROG, f"cache hit {tf}")
+                    return 0
+            if opts.verbose:
+                info(PROG, f"cache miss {tf}")
+            return _run_once(opts, text, inputs, outputs, cache, tf)
+        finally:
+            cache.close()
+    except OutputError as e:
+        raise CommandError(str(e)) from None
+    except _Interrupted as e:
+        return 128 + e.signum
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        sidecars.close()
+
+
+def entry() -> None:
+    sys.exit(run_main(PROG, main))
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,416 @@
+"""`seamless-run`: identity, cache, sandbox, outputs, exit codes (cli.md, section 1).
+
+Every test runs the installed console script as a subprocess (``cli`` fixture, conftest.py) with
+a private cache, HOME and TMPDIR. A command that must not run a second time appends to a log
+outside the working directory through an absolute path (absolute paths are not tracked), so the
+test can count executions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture
+def data(cli):
+    (cli.work / "a.txt").write_bytes(b"1\n2\n")
+    (cli.work / "b.txt").write_bytes(b"x\ny\n")
+    return cli.work
+
+
+def _counter(cli):
+    """An absolute log path; a command appends a line to it each time it runs."""
+    log = cli.tmp.parent / "runs.log"
+
+    def runs():
+        return log.read_bytes().count(b"\n") if log.exists() else 0
+    return str(log), runs
+
+
+def test_second_run_is_a_hit_with_the_same_bytes(cli, data):
+    log, runs = _counter(cli)
+    cmd = f"paste a.txt b.txt; echo ran >> {log}"
+    first = cli.run("seamless-run", "-v", cmd, check=0)
+    assert first.stdout == b"1\tx\n2\ty\n"
+    assert b"seamless-run: cache miss " in first.stderr
+    second = cli.run("seamless-run", "-v", cmd, check=0)
+    assert second.stdout == first.stdout
+    assert b"seamless-run: cache hit " in second.stderr
+    assert runs() == 1
+
+
+def test_a_hit_prints_nothing_on_stderr(cli, data):
+    cli.run("seamless-run", "paste", "a.txt", "b.txt", check=0)
+    hit = cli.run("seamless-run", "paste", "a.txt", "b.txt", check=0)
+    assert hit.stderr == b""
+    assert hit.stdout == b"1\tx\n2\ty\n"
+
+
+def test_words_and_one_string_have_one_identity(cli, data):
+    words = cli.run("seamless-run", "-v", "paste", "a.txt", "b.txt", check=0)
+    string = cli.run("seamless-run", "-v", "paste a.txt b.txt", check=0)
+    assert b"cache hit" in string.stderr
+    assert words.stderr.split(b"miss ")[1][:64] == string.stderr.split(b"hit ")[1][:64]
+
+
+def test_input_content_changes_the_identity(cli, data):
+    cli.run("seamless-run", "cat", "a.txt", check=0)
+    (data / "a.txt").write_bytes(b"changed\n")
+    again = cli.run("seamless-run", "-v", "cat", "a.txt", check=0)
+    assert again.stdout == b"changed\n"
+    assert b"cache miss" in again.stderr
+
+
+def test_executable_bit_of_an_input_counts(cli, data):
+    script = data / "tool.sh"
+    script.write_bytes(b"echo tool\n")
+    cli.run("seamless-run", "bash", "tool.sh", check=0)
+    script.chmod(0o755)
+    assert b"cache miss" in cli.run("seamless-run", "-v", "bash", "tool.sh", check=0).stderr
+
+
+def test_stdout_is_byte_exact(cli, data):
+    payload = bytes(range(256)) + b"\n\n\n"
+    (data / "bin").write_bytes(payload)
+    assert cli.run("seamless-run", "cat", "bin", check=0).stdout == payload
+    assert cli.run("seamless-run", "cat", "bin", check=0).stdout == payload
+
+
+def test_pipes_and_redirection_write_the_output(cli, data):
+    (data / "w.txt").write_bytes(b"b\na\nb\n")
+    cmd = "sort w.txt | uniq -c > counts.txt"
+    first = cli.run("seamless-run", cmd, check=0)
+    assert first.stdout == b""
+    expected = subprocess.run(["bash", "-c", "sort w.txt | uniq -c"], cwd=data,
+                              capture_output=True).stdout
+    assert (data / "counts.txt").read_bytes() == expected
+    (data / "counts.txt").unlink()
+    hit = cli.run("seamless-run", "-v", cmd, check=0)
+    assert b"cache hit" in hit.stderr
+    assert (data / "counts.txt").read_bytes() == expected
+
+
+def test_a_hit_leaves_an_identical_output_untouched(cli, data):
+    cli.run("seamless-run", "cat a.txt > copy.txt", check=0)
+    before = os.stat(data / "copy.txt")
+    cli.run("seamless-run", "cat a.txt > copy.txt", check=0)
+    after = os.stat(data / "copy.txt")
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+
+
+def test_capture_of_a_file_and_a_directory(cli, data):
+    cmd = "mkdir -p out/sub && cp a.txt out/sub/x && echo hi > report.txt && echo done"
+    first = cli.run("seamless-run", "-c", "out", "-c", "report.txt", cmd, check=0)
+    assert first.stdout == b"done\n"
+    assert (data / "out" / "sub" / "x").read_bytes() == b"1\n2\n"
+    assert (data / "report.txt").read_bytes() == b"hi\n"
+    (data / "report.txt").unlink()
+    (data / "out" / "sub" / "x").write_bytes(b"stale")
+    hit = cli.run("seamless-run", "-v", "-c", "out", "-c", "report.txt", cmd, check=0)
+    assert b"cache hit" in hit.stderr
+    assert (data / "out" / "sub" / "x").read_bytes() == b"1\n2\n"
+    assert (data / "report.txt").read_bytes() == b"hi\n"
+    assert sorted(os.listdir(data)) == ["a.txt", "b.txt", "out", "report.txt"]
+
+
+def test_an_output_the_command_did_not_create(cli, data):
+    log, runs = _counter(cli)
+    proc = cli.run("seamless-run", "-c", "never.txt", f"echo ran >> {log}", check=1)
+    assert b"the command exited 0 but did not create never.txt" in proc.stderr
+    cli.run("seamless-run", "-c", "never.txt", f"echo ran >> {log}", check=1)
+    assert runs() == 2  # not cached
+
+
+def test_the_sandbox_hides_undeclared_files(cli, data):
+    (data / "hidden.txt").write_bytes(b"secret\n")
+    cmd = ["bash", "-c", "cat hidden.txt"]
+    sandboxed = cli.run("seamless-run", *cmd)
+    assert sandboxed.returncode == 1
+    assert b"hidden.txt" in sandboxed.stderr
+    declared = cli.run("seamless-run", "-i", "hidden.txt", *cmd, check=0)
+    assert declared.stdout == b"secret\n"
+    open_run = cli.run("seamless-run", "--no-sandbox", *cmd, check=0)
+    assert open_run.stdout == b"secret\n"
+
+
+def test_the_sandbox_protects_the_originals(cli, data):
+    cli.run("seamless-run", "rm a.txt && echo removed", check=0)
+    assert (data / "a.txt").read_bytes() == b"1\n2\n"
+    assert os.listdir(cli.tmp) == []  # the sandbox is gone
+
+
+def test_no_sandbox_runs_in_place(cli, data):
+    cli.run("seamless-run", "--no-sandbox", "-c", "made.txt", "pwd > made.txt", check=0)
+    assert (data / "made.txt").read_bytes() == os.fsencode(str(data)) + b"\n"
+
+
+def test_append_target_is_an_input_and_an_output(cli, data):
+    (data / "log.txt").write_bytes(b"old\n")
+    cli.run("seamless-run", "cat a.txt >> log.txt", check=0)
+    assert (data / "log.txt").read_bytes() == b"old\n1\n2\n"
+
+
+def test_var_counts_for_identity(cli, data):
+    cmd = ["--var", "GREETING", "bash", "-c", "echo $GREETING"]
+    env = dict(cli.env, GREETING="hello")
+    assert cli.run("seamless-run", *cmd, env=env, check=0).stdout == b"hello\n"
+    env["GREETING"] = "bye"
+    assert cli.run("seamless-run", *cmd, env=env, check=0).stdout == b"bye\n"
+    fixed = cli.run("seamless-run", "--var", "GREETING=set", "bash", "-c", "echo $GREETING",
+                    check=0)
+    assert fixed.stdout == b"set\n"
+
+
+def test_var_unset_without_value_is_a_usage_error(cli, data):
+    proc = cli.run("seamless-run", "--var", "SEAMLESS_TEST_UNSET", "true", check=2)
+    assert b"SEAMLESS_TEST_UNSET" in proc.stderr
+    assert b"--var SEAMLESS_TEST_UNSET=VALUE" in proc.stderr
+
+
+def test_missing_explicit_input_exits_2_naming_it(cli, data):
+    proc = cli.run("seamless-run", "-i", "nope.txt", "true", check=2)
+    assert proc.stderr.startswith(b"seamless-run: error: --input nope.txt does not exist")
+
+
+@pytest.mark.parametrize("argv", [[], ["--frobnicate", "true"], ["-v"]])
+def test_usage_errors_exit_2(cli, argv):
+    proc = cli.run("seamless-run", *argv, check=2)
+    assert b"seamless-run: error:" in proc.stderr
+
+
+def test_climbing_out_is_refused_in_the_sandbox(cli, data):
+    (cli.work.parent / "outside.txt").write_bytes(b"o")
+    proc = cli.run("seamless-run", "cat", "../outside.txt", check=2)
+    assert b"../outside.txt" in proc.stderr
+    assert b"run from a common parent directory, or use --no-sandbox" in proc.stderr
+    ok = cli.run("seamless-run", "--no-sandbox", "cat", "../outside.txt", check=0)
+    assert ok.stdout == b"o"
+
+
+def test_command_not_found_exits_127_with_bash_message(cli, data):
+    proc = cli.run("seamless-run", "no-such-command-xyz", check=127)
+    assert b"no-such-command-xyz: command not found" in proc.stderr
+
+
+def test_failure_status_is_propagated_and_not_cached(cli, data):
+    log, runs = _counter(cli)
+    for _ in range(2):
+        proc = cli.run("seamless-run", "bash", "-c", f"echo out; echo ran >> {log}; exit 3",
+                       check=3)
+        assert proc.stdout == b""
+        assert b"its stdout (4 bytes) was discarded" in proc.stderr
+    assert runs() == 2
+
+
+def test_killed_by_a_signal_exits_1_naming_it(cli, data):
+    proc = cli.run("seamless-run", "kill -KILL $$", check=1)
+    assert b"SIGKILL" in proc.stderr
+    assert b"out-of-memory killer" in proc.stderr
+
+
+def test_no_cache_runs_again_and_replaces_the_entry(cli, data):
+    log, runs = _counter(cli)
+    cmd = f"echo ran >> {log}; date +%N"
+    first = cli.run("seamless-run", cmd, check=0).stdout
+    forced = cli.run("seamless-run", "--no-cache", cmd, check=0).stdout
+    assert runs() == 2
+    assert cli.run("seamless-run", cmd, check=0).stdout == forced != first
+    assert runs() == 2
+
+
+def test_large_stdout_and_stderr_do_not_deadlock(cli, data):
+    n = 100_000_000
+    cmd = f"head -c {n} /dev/zero | tr '\\0' a; head -c {n} /dev/zero | tr '\\0' b >&2"
+    proc = cli.run("seamless-run", cmd, check=0, timeout=300)
+    assert len(proc.stdout) == n and proc.stdout == b"a" * n
+    assert len(proc.stderr) == n and proc.stderr == b"b" * n
+    hit = cli.run("seamless-run", cmd, check=0, timeout=300)
+    assert hashlib.sha256(hit.stdout).digest() == hashlib.sha256(b"a" * n).digest()
+    assert hit.stderr == b""
+
+
+NON_UTF8 = b"caf\xe9 \xff.txt"
+
+
+def test_non_utf8_names_work_byte_exact(cli, data):
+    (data / os.fsdecode(NON_UTF8)).write_bytes(b"bytes\n")
+    first = cli.run("seamless-run", "-v", "cat", NON_UTF8, check=0)
+    assert first.stdout == b"bytes\n"
+    hit = cli.run("seamless-run", "-v", "cat", NON_UTF8, check=0)
+    assert b"cache hit" in hit.stderr
+    cli.run("seamless-run", "-c", NON_UTF8 + b".out", b"cp a.txt '" + NON_UTF8 + b".out'",
+            check=0)
+    assert (data / os.fsdecode(NON_UTF8 + b".out")).read_bytes() == b"1\n2\n"
+
+
+def test_names_with_spaces_and_a_leading_dash(cli, data):
+    (data / "-x y.txt").write_bytes(b"dash\n")
+    proc = cli.run("seamless-run", "-v", "cat", "--", "-x y.txt", check=0)
+    assert proc.stdout == b"dash\n"
+    assert b"input -x y.txt: file" in proc.stderr
+
+
+def test_directory_input_is_tracked_by_its_tree(cli, data):
+    (data / "d").mkdir()
+    (data / "d" / "f").write_bytes(b"1")
+    cli.run("seamless-run", "ls -R d", check=0)
+    (data / "d" / "g").write_bytes(b"2")
+    proc = cli.run("seamless-run", "-v", "ls -R d", check=0)
+    assert b"cache miss" in proc.stderr
+    assert b"g" in proc.stdout
+
+
+def test_glob_words_are_inputs(cli, data):
+    proc = cli.run("seamless-run", "-v", "cat *.txt", check=0)
+    assert proc.stdout == b"1\n2\nx\ny\n"
+    assert b"input a.txt" in proc.stderr and b"input b.txt" in proc.stderr
+
+
+def test_unusable_cache_directory_regular_file(cli, data):
+    cli.cache.write_bytes(b"in the way")
+    proc = cli.run("seamless-run", "echo", "hi", check=1)
+    assert str(cli.cache).encode() in proc.stderr
+    assert b"SEAMLESS_CACHE" in proc.stderr
+    assert b"Traceback" not in proc.stderr
+
+
+def _can_unshare() -> bool:
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+needs_unshare = pytest.mark.skipif(
+    not (os.geteuid() == 0 and _can_unshare()),
+    reason="needs root and `unshare -m` to mount a read-only bind or a tiny tmpfs")
+
+
+@needs_unshare
+def test_unusable_cache_directory_read_only_mount(cli, data):
+    cli.cache.mkdir()
+    argv = " ".join(f"'{a}'" for a in cli.argv("seamless-run", "echo", "hi"))
+    script = f"mount --bind -o ro {cli.cache} {cli.cache} && exec {argv}"
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=cli.work, env=cli.env,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert str(cli.cache).encode() in proc.stderr and b"SEAMLESS_CACHE" in proc.stderr
+    assert b"read-only" in proc.stderr.lower()
+
+
+@needs_unshare
+def test_disk_full_while_writing_a_captured_file(cli, data):
+    small = cli.work / "small"
+    small.mkdir()
+    (small / "out.bin").write_bytes(b"old")
+    argv = " ".join(f"'{a}'" for a in cli.argv(
+        "seamless-run", "-c", "out.bin", "head -c 2000000 /dev/zero > out.bin"))
+    script = (f"mount -t tmpfs -o size=1m tmpfs {small} && cd {small} && echo old > out.bin"
+              f" && {argv}; rc=$?; cat out.bin; ls -A {small}; exit $rc")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=cli.work, env=cli.env,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert b"could not write out.bin (No space left on device)" in proc.stderr
+    assert proc.stdout == b"old\nout.bin\n"  # old content intact, no temp file
+
+
+def test_corrupt_cache_buffer_is_recomputed_with_a_warning(cli, data):
+    log, runs = _counter(cli)
+    cmd = f"cat a.txt; echo ran >> {log}"
+    cli.run("seamless-run", cmd, check=0)
+    buffers = [os.path.join(d, f) for d, _, fs in os.walk(cli.cache / "buffers") for f in fs]
+    assert len(buffers) == 1
+    with open(buffers[0], "r+b") as f:
+        f.seek(-3, os.SEEK_END)
+        f.write(b"!!!")
+    proc = cli.run("seamless-run", cmd, check=0)
+    assert proc.stdout == b"1\n2\n"
+    assert b"seamless-run: warning:" in proc.stderr and b"failed verification" in proc.stderr
+    assert runs() == 2
+    assert cli.run("seamless-run", cmd, check=0).stderr == b""
+    assert runs() == 2
+
+
+def test_concurrent_runs_writing_one_output(cli, data):
+    n = 20_000_000
+    cmd = f"sleep 0.2; head -c {n} /dev/zero | tr '\\0' z > big.txt"
+    procs = [cli.start("seamless-run", "--no-cache", cmd, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert (data / "big.txt").read_bytes() == b"z" * n
+    assert sorted(os.listdir(data)) == ["a.txt", "b.txt", "big.txt"]
+
+
+def test_python_and_shell_results_share_one_cache(cli, data):
+    script = (
+        "import seamless, seamless.config\n"
+        "from seamless.transformer import direct\n"
+        f"seamless.config.init(cache={str(cli.cache)!r})\n"
+        "@direct\n"
+        "def add(a, b):\n"
+        "    return a + b\n"
+        "print(add(2, 3))\n"
+        "seamless.close()\n"
+    )
+    cli.run("seamless-run", "echo", "5", check=0)
+    (cli.tmp.parent / "add.py").write_text(script)
+    py = subprocess.run([sys.executable, str(cli.tmp.parent / "add.py")], cwd=data, env=cli.env,
+                        capture_output=True, timeout=120)
+    assert py.stdout == b"5\n", py.stderr
+    with sqlite3.connect(cli.cache / "seamless.db") as db:
+        kinds = sorted(kind for (kind,) in db.execute("SELECT kind FROM results"))
+    db.close()
+    assert kinds == ["json", "tree"]
+    assert b"cache hit" in cli.run("seamless-run", "-v", "echo", "5", check=0).stderr
+
+
+def test_cache_directory_from_seamless_yaml(cli, data):
+    env = {k: v for k, v in cli.env.items() if k != "SEAMLESS_CACHE"}
+    (data / "seamless.yaml").write_text("- cache: .mycache\n")
+    cli.run("seamless-run", "echo", "hi", env=env, check=0)
+    assert (data / ".mycache" / "seamless.db").exists()
+    assert not cli.cache.exists()
+
+
+def test_default_cache_directory_follows_xdg(cli, data):
+    env = {k: v for k, v in cli.env.items() if k != "SEAMLESS_CACHE"}
+    env["XDG_CACHE_HOME"] = str(cli.tmp.parent / "xdg")
+    cli.run("seamless-run", "echo", "hi", env=env, check=0)
+    assert (cli.tmp.parent / "xdg" / "seamless" / "seamless.db").exists()
+    assert oct(os.stat(cli.tmp.parent / "xdg" / "seamless").st_mode & 0o777) == "0o700"
+
+
+def test_the_hit_path_stays_light(cli, data):
+    """A hit loads no numpy, YAML, compiled core, API module, nor the miss path's subprocess
+    and tempfile (modules the interpreter itself loaded at start-up do not count)."""
+    cli.run("seamless-run", "echo", "hi", check=0)
+    probe = (
+        "import atexit, sys\n"
+        "at_start = set(sys.modules)\n"
+        "from seamless.cli import run\n"
+        "def report():\n"
+        "    loaded = set(sys.modules) - at_start\n"
+        "    heavy = sorted(m for m in loaded if m.split('.')[0] in ('numpy', 'yaml')\n"
+        "                   or m.startswith(('seamless._ipc', 'seamless.transformer',\n"
+        "                                    'seamless.config', 'subprocess', 'tempfile')))\n"
+        "    sys.stderr.write('HEAVY=%r\\n' % heavy)\n"
+        "atexit.register(report)\n"
+        "sys.argv = ['seamless-run', 'echo', 'hi']\n"
+        "run.entry()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=data, env=cli.env,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == b"hi\n", proc.stderr
+    assert b"HEAVY=[]" in proc.stderr
+
+
+def test_version(cli):
+    import seamless
+
+    proc = cli.run("seamless-run", "--version", check=0)
+    assert proc.stdout.strip() == f"seamless-run {seamless.__version__}".encode()
