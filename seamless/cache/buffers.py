@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import io
 import mmap
 import os
 import re
 import threading
+
+from seamless.checksum import new_sha256
 
 __all__ = ["BufferStore", "BufferCorrupt", "BufferMissing", "check_checksum", "makedirs_0700"]
 
@@ -45,6 +46,8 @@ TEMP_PREFIX = ".tmp-"
 LARGE_READ = 4 << 20
 _READ_CHUNK = 8 << 20
 _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)
+# A streamed write's size is unknown up front: hash it as a large one.
+_UNKNOWN_SIZE = 1 << 40
 
 
 def check_checksum(name: str, value) -> str:
@@ -144,7 +147,7 @@ def _read_large(fd: int, size: int):
 
     thread = threading.Thread(target=reader, name="seamless-cache-reader", daemon=True)
     thread.start()
-    hasher = hashlib.sha256()
+    hasher = new_sha256(size)
     position = 0
     try:
         while True:
@@ -230,7 +233,7 @@ class BufferStore:
         tmp = os.path.join(self.root, f"{TEMP_PREFIX}stream-{os.getpid()}-{os.urandom(4).hex()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644)
         try:
-            hasher = hashlib.sha256()
+            hasher = new_sha256(_UNKNOWN_SIZE)
             size = 0
             try:
                 for piece in pieces:
@@ -282,7 +285,9 @@ class BufferStore:
                 # FileIO.readall sizes one bytes object from fstat and reads into it: no copy.
                 with io.FileIO(fd, "r", closefd=False) as f:
                     raw = f.readall()
-                digest = hashlib.sha256(raw).hexdigest()
+                hasher = new_sha256(len(raw))
+                hasher.update(raw)
+                digest = hasher.hexdigest()
                 data = memoryview(raw)
         except OSError as e:
             raise BufferCorrupt(

@@ -9,11 +9,11 @@ anything: inputs are only read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
 
+from seamless.checksum import SMALL_HASH, sha256_hex
 from seamless.cli.paths import json_key, json_value
 
 __all__ = ["InputError", "file_digest", "input_entry", "describe", "transformation_checksum"]
@@ -30,6 +30,10 @@ class InputError(Exception):
 def file_digest(path: str) -> str:
     """SHA-256 (hex) of a file's bytes."""
     with open(path, "rb", buffering=0) as f:
+        if os.fstat(f.fileno()).st_size < SMALL_HASH:
+            return sha256_hex(f.read())
+        import hashlib
+
         if hasattr(hashlib, "file_digest"):
             return hashlib.file_digest(f, "sha256").hexdigest()
         h = hashlib.sha256()
@@ -73,8 +77,7 @@ def input_entry(path: str) -> list:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
             index = _dir_index(path)
-            digest = hashlib.sha256(_JSON.encode(index).encode("utf-8")).hexdigest()
-            return ["dir", digest]
+            return ["dir", sha256_hex(_JSON.encode(index).encode("utf-8"))]
         if stat.S_ISREG(st.st_mode):
             return ["file", file_digest(path), _is_exec(st.st_mode)]
     except OSError as e:
@@ -93,10 +96,9 @@ def describe(command: str, inputs: dict, outputs, vars_: dict, sandbox: bool) ->
         "outputs": [json_value(p) for p in sorted(set(outputs), key=os.fsencode)],
         "result": "bash-v1",
         "sandbox": bool(sandbox),
-        "vars": {name: hashlib.sha256(os.fsencode(value)).hexdigest()
-                 for name, value in vars_.items()},
+        "vars": {name: sha256_hex(os.fsencode(value)) for name, value in vars_.items()},
     }
 
 
 def transformation_checksum(description: dict) -> str:
-    return hashlib.sha256(_JSON.encode(description).encode("utf-8")).hexdigest()
+    return str(sha256_hex(_JSON.encode(description).encode("utf-8")))

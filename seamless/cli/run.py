@@ -22,10 +22,7 @@ no ``seamless.transformer``, no YAML unless a YAML file is in the working direct
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
-import signal
 import stat
 import sys
 import time
@@ -34,12 +31,11 @@ from seamless.cli import future, identity, words
 from seamless.cli.common import USAGE, CommandError, cache_directory, info, open_cache, \
     run_main, warn
 from seamless.cli.outputs import OutputError, same_content, write_dir, write_file, write_stdout
+from seamless.cli.options import PROG, RunOptions
 from seamless.cli.paths import display
 
 __all__ = ["main", "entry"]
 
-PROG = "seamless-run"
-_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CLIMB = "run from a common parent directory, or use --no-sandbox"
 
 
@@ -55,75 +51,36 @@ def _on_signal(signum, _frame):
     raise _Interrupted(signum)
 
 
-def _parser() -> argparse.ArgumentParser:
-    from seamless import __version__
+class _SignalGuard:
+    """Turns SIGINT, SIGTERM and SIGHUP into ``_Interrupted`` once the run owns something to
+    clean up (sidecars, a wait, a running command), so ``finally`` blocks remove it.
 
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Run a bash command as a cached transformation: the second time, its "
-                    "stdout and output files come from the cache without running anything.",
-        epilog="One word is used verbatim as a bash command line (pipes, redirections); "
-               "several words are quoted where needed and joined. Options come before the "
-               "command; `--` ends them.",
-    )
-    p.add_argument("-i", "--input", action="append", default=[], metavar="PATH",
-                   help="declare an input file or directory the command does not name")
-    p.add_argument("-c", "--capture", action="append", default=[], metavar="PATH",
-                   help="declare a file or directory the command creates as a result")
-    p.add_argument("--var", action="append", default=[], metavar="NAME[=VALUE]",
-                   help="an environment variable that counts for identity")
-    p.add_argument("--no-sandbox", action="store_true",
-                   help="run in the working directory itself (undeclared reads escape "
-                        "identity; outputs are written in place)")
-    p.add_argument("--no-cache", action="store_true",
-                   help="run even on a cache hit, then replace the cache entry")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="report hit or miss, the checksum, the inputs and untracked words")
-    p.add_argument("-q", "--quiet", action="store_true", help="no informational lines")
-    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
-    return p
+    Installed lazily: a plain cache hit owns nothing, and importing ``signal`` would cost about
+    1 ms of its start (Ctrl-C still ends it, as ``KeyboardInterrupt``).
+    """
+
+    def __init__(self):
+        self.installed = False
+
+    def _set(self, handler) -> None:
+        import signal
+
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, handler if handler is not None else signal.SIG_IGN)
+
+    def install(self) -> None:
+        if not self.installed:
+            self._set(_on_signal)
+            self.installed = True
+
+    def ignore(self) -> None:
+        """While the run tears down: a second signal must not interrupt the cleanup."""
+        if self.installed:
+            self._set(None)
 
 
-class _Options:
-    """The validated invocation."""
-
-    def __init__(self, argv):
-        parser = self.parser = _parser()
-        args = parser.parse_args(argv)
-        command = list(args.command)
-        if command and command[0] == "--":
-            command.pop(0)
-        if not command:
-            parser.error("no command given (example: seamless-run paste a.txt b.txt)")
-        self.text = command[0] if len(command) == 1 else words.join_words(command)
-        if not self.text.strip():
-            parser.error("the command is empty")
-        self.sandbox = not args.no_sandbox
-        self.use_cache = not args.no_cache
-        self.verbose = args.verbose and not args.quiet
-        self.quiet = args.quiet
-        self.explicit_inputs = args.input
-        self.captures = args.capture
-        self.vars = self._vars(args.var)
-
-    def usage_error(self, message: str):
-        self.parser.error(message)
-
-    def _vars(self, specs) -> dict:
-        found = {}
-        for spec in specs:
-            name, has_value, value = spec.partition("=")
-            if not _VAR_NAME.fullmatch(name):
-                self.usage_error(f"--var {spec!r}: {name!r} is not an environment variable "
-                                 "name (letters, digits, _)")
-            if not has_value:
-                if name not in os.environ:
-                    self.usage_error(f"--var {name}: the variable is not set; set it, or give "
-                                     f"a value with --var {name}=VALUE")
-                value = os.environ[name]
-            found[name] = value
-        return found
+class _Options(RunOptions):
+    """The invocation, and where its informational lines go."""
 
     def info(self, message: str) -> None:
         if not self.quiet:
@@ -212,7 +169,7 @@ class _Sidecars:
         self.owned = []
 
 
-def _wait_for_producers(opts: _Options, split, sidecars: _Sidecars) -> str:
+def _wait_for_producers(opts: _Options, split, sidecars: _Sidecars, guard) -> str:
     """Wait for the inputs being produced elsewhere; returns the command text with every
     ``X.FUTURE`` word rewritten to ``X`` (cli.md, 1.2 item 2)."""
     future_words = []
@@ -227,6 +184,7 @@ def _wait_for_producers(opts: _Options, split, sidecars: _Sidecars) -> str:
     targets.extend(p for p in opts.explicit_inputs
                    if not sidecars.owns(p) and os.path.lexists(future.sidecar_path(p)))
     for target in dict.fromkeys(targets):
+        guard.install()
         if sidecars.owns(target):
             opts.usage_error(f"{display(target)}.FUTURE names an output of this same command")
         try:
@@ -347,6 +305,8 @@ def _deliver_hit(cache, tf: str, outputs: list, opts: _Options) -> bool:
 
 
 def _signal_name(signum: int) -> str:
+    import signal
+
     try:
         return signal.Signals(signum).name
     except ValueError:
@@ -364,6 +324,8 @@ def _collect_dir(root: str) -> dict:
 
 
 def _run_once(opts: _Options, text: str, inputs: dict, outputs: list, cache, tf: str) -> int:
+    import signal
+
     from seamless.cli import execute
     from seamless.cli.outputs import copy_to_stdout
     from seamless.cli.result import RESULT_KIND, chunks
@@ -426,15 +388,16 @@ def main(argv=None) -> int:
         opts.usage_error(str(e))
     outputs = _outputs(split, opts)
     sidecars = _Sidecars(opts)
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _on_signal)
+    guard = _SignalGuard()
     try:
         stdout_target = _stdout_target()
         if stdout_target is not None:
+            guard.install()
             sidecars.create(stdout_target)
         for output in outputs:
+            guard.install()
             sidecars.create(output)
-        text = _wait_for_producers(opts, split, sidecars)
+        text = _wait_for_producers(opts, split, sidecars, guard)
         if text != opts.text:
             split = words.split_command(text)
         inputs, untracked = _inputs(opts, split, outputs)
@@ -451,6 +414,7 @@ def main(argv=None) -> int:
                     return 0
             if opts.verbose:
                 info(PROG, f"cache miss {tf}")
+            guard.install()
             return _run_once(opts, text, inputs, outputs, cache, tf)
         finally:
             cache.close()
@@ -459,8 +423,7 @@ def main(argv=None) -> int:
     except _Interrupted as e:
         return 128 + e.signum
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)
+        guard.ignore()
         sidecars.close()
 
 
