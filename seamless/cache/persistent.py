@@ -582,17 +582,18 @@ class PersistentCache:
         report = {"checked": 0, "dropped": [], "missing": [], "registered": []}
         on_disk = set()
         for cs, _path in self._store.iter_files():
-            on_disk.add(cs)
-            report["checked"] += 1
             try:
                 data, _ = self._store.read_file(cs, sizes.get(cs))
-            except BufferMissing:
-                on_disk.discard(cs)
+            except BufferMissing:  # deleted by another process since the listing
                 continue
             except BufferCorrupt as corrupt:
+                on_disk.add(cs)
+                report["checked"] += 1
                 self._discard_corrupt_quietly(cs, corrupt)
                 report["dropped"].append(cs)
                 continue
+            on_disk.add(cs)
+            report["checked"] += 1
             if cs not in sizes:
                 now = time.time()
                 with self._db.transaction() as c:
@@ -648,12 +649,12 @@ class PersistentCache:
                 c.execute("DELETE FROM results WHERE result = ?", (cs,))
                 c.execute("DELETE FROM buffers WHERE checksum = ?", (cs,))
             total -= size
-            dropped += 1
             try:
                 os.unlink(self._store.path(cs))
-                freed += size
-            except FileNotFoundError:
+            except FileNotFoundError:  # removed meanwhile: its rows are gone now too
                 continue
+            dropped += 1
+            freed += size
         temps = 0
         cutoff = time.time() - _TEMP_MAX_AGE
         for path in self._store.iter_temp_files():

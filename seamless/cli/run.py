@@ -370,8 +370,9 @@ def _run_once(opts: _Options, text: str, inputs: dict, outputs: list, cache, tf:
                     write_dir(output, source)
                 else:
                     write_file(output, source)
-        copy_to_stdout(run.stdout_path)
-        if cache is not None:
+        try:
+            copy_to_stdout(run.stdout_path)
+        finally:  # also when the reader of our stdout went away: the result is still good
             with _CacheWarnings():
                 cache.write_stream_now(tf, RESULT_KIND, chunks(run.stdout_path, produced),
                                        duration=duration, replace=not opts.use_cache)

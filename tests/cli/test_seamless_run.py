@@ -414,3 +414,14 @@ def test_version(cli):
 
     proc = cli.run("seamless-run", "--version", check=0)
     assert proc.stdout.strip() == f"seamless-run {seamless.__version__}".encode()
+
+
+def test_a_reader_that_goes_away_still_leaves_a_cached_result(cli, data):
+    run = cli.argv("seamless-run", "seq 1 300000")[0]
+    proc = subprocess.run(["bash", "-c", f"'{run}' 'seq 1 300000' | head -1"], cwd=data,
+                          env=cli.env, capture_output=True, timeout=60)
+    assert proc.stdout == b"1\n"
+    assert b"Traceback" not in proc.stderr
+    hit = cli.run("seamless-run", "-v", "seq 1 300000", check=0)
+    assert b"cache hit" in hit.stderr
+    assert hit.stdout == b"".join(b"%d\n" % i for i in range(1, 300001))
