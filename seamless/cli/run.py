@@ -92,11 +92,8 @@ def _relative(path: str, what: str, opts: _Options, allow_absolute: bool):
     if os.path.isabs(path):
         return path if allow_absolute else None
     norm = os.path.normpath(path)
-    if norm == ".." or norm.startswith("../"):
-        if opts.sandbox:
-            opts.usage_error(f"{what} {display(path)} lies outside the working directory; "
-                             f"{_CLIMB}")
-        return norm
+    if opts.sandbox and (norm == ".." or norm.startswith("../")):
+        opts.usage_error(f"{what} {display(path)} lies outside the working directory; {_CLIMB}")
     return norm
 
 
@@ -323,9 +320,40 @@ def _collect_dir(root: str) -> dict:
     return files
 
 
-def _run_once(opts: _Options, text: str, inputs: dict, outputs: list, cache, tf: str) -> int:
+def _failure_status(status: int, run, opts: _Options) -> int:
+    """The exit status of seamless-run for a command that failed with wait ``status``."""
     import signal
 
+    from seamless.cli.execute import spool_size
+
+    discarded = f"its stdout ({spool_size(run)} bytes) was discarded"
+    if status > 0:
+        if not opts.quiet:
+            info(PROG, f"the command failed with exit status {status}; {discarded}")
+        return status
+    if -status == signal.SIGINT:
+        return 130
+    hint = " (often the out-of-memory killer)" if -status == signal.SIGKILL else ""
+    raise CommandError(f"the command was killed by {_signal_name(-status)}{hint}; {discarded}")
+
+
+def _produced(run, outputs: list) -> dict:
+    """Where the command left each output: a file, or ``{sub path: file}`` for a directory."""
+    produced = {}
+    for output in outputs:
+        path = run.path_of(output)
+        if os.path.isdir(path):
+            produced[output] = _collect_dir(path)
+        elif os.path.isfile(path):
+            produced[output] = path
+        else:
+            raise CommandError(f"the command exited 0 but did not create {display(output)}; "
+                               "not cached")
+    return produced
+
+
+def _run_once(opts: _Options, text: str, inputs: dict, outputs: list, cache, tf: str) -> int:
+    """Execute the command; on success deliver its stdout and outputs, then store the result."""
     from seamless.cli import execute
     from seamless.cli.outputs import copy_to_stdout
     from seamless.cli.result import RESULT_KIND, chunks
@@ -344,32 +372,11 @@ def _run_once(opts: _Options, text: str, inputs: dict, outputs: list, cache, tf:
         status = run.execute(text, env)
         duration = time.monotonic() - started
         if status != 0:
-            discarded = f"its stdout ({execute.spool_size(run)} bytes) was discarded"
-            if status < 0:
-                if -status == signal.SIGINT:
-                    return 130
-                hint = " (often the out-of-memory killer)" if -status == signal.SIGKILL else ""
-                raise CommandError(f"the command was killed by {_signal_name(-status)}{hint}; "
-                                   f"{discarded}")
-            if not opts.quiet:
-                info(PROG, f"the command failed with exit status {status}; {discarded}")
-            return status
-        produced = {}
-        for output in outputs:
-            path = run.path_of(output)
-            if os.path.isdir(path):
-                produced[output] = _collect_dir(path)
-            elif os.path.isfile(path):
-                produced[output] = path
-            else:
-                raise CommandError(f"the command exited 0 but did not create "
-                                   f"{display(output)}; not cached")
-        if opts.sandbox:
+            return _failure_status(status, run, opts)
+        produced = _produced(run, outputs)
+        if opts.sandbox:  # without it, the command wrote them in place
             for output, source in produced.items():
-                if isinstance(source, dict):
-                    write_dir(output, source)
-                else:
-                    write_file(output, source)
+                (write_dir if isinstance(source, dict) else write_file)(output, source)
         try:
             copy_to_stdout(run.stdout_path)
         finally:  # also when the reader of our stdout went away: the result is still good
