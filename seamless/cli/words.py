@@ -428,27 +428,25 @@ class _Scanner:
         self._error("${ expansion", start)
 
     def _ansi_c_quote(self, i: int) -> int:
-        """The end of ``$'...'``, in which a backslash escapes the next character."""
-        text, n, j = self.text, self.n, i + 2
-        while j < n:
-            if text[j] == "\\":
-                j += 2
-            elif text[j] == "'":
-                return j + 1
-            else:
-                j += 1
-        self._error("$' quote", i)
+        """The end of ``$'...'``."""
+        return self._escaped_until(i, i + 2, "'", "$' quote")
 
     def _backquote(self, i: int) -> int:
-        text, n, j = self.text, self.n, i + 1
+        """The end of a backquote substitution."""
+        return self._escaped_until(i, i + 1, "`", "backquote substitution")
+
+    def _escaped_until(self, i: int, j: int, closer: str, what: str) -> int:
+        """The end of the construct opened at ``i``: just past the first ``closer`` from ``j``
+        on, a backslash escaping the next character."""
+        text, n = self.text, self.n
         while j < n:
             if text[j] == "\\":
                 j += 2
-            elif text[j] == "`":
+            elif text[j] == closer:
                 return j + 1
             else:
                 j += 1
-        self._error("backquote substitution", i)
+        self._error(what, i)
 
     def _skip_heredoc_bodies(self, i: int) -> int:
         """Skip the bodies of the heredocs opened on the line that ended just before ``i``."""
