@@ -114,8 +114,9 @@ class Run:
     def execute(self, command: str, env: dict) -> int:
         """Run the command to its end; its wait status as ``Popen.returncode``."""
         with open(self.stdout_path, "wb") as spool:
+            # `--`: a command text may start with a dash; it must not be read as an option.
             proc = subprocess.Popen(
-                [b"/bin/bash", b"-c", os.fsencode(command)], cwd=self.cwd, env=env,
+                [b"/bin/bash", b"-c", b"--", os.fsencode(command)], cwd=self.cwd, env=env,
                 stdin=subprocess.DEVNULL, stdout=spool, stderr=None,
                 preexec_fn=_child_setup(_prctl()),
             )

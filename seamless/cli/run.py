@@ -114,7 +114,15 @@ def _outputs(split, opts: _Options) -> list:
         rel = _relative(word.text, "output", opts, allow_absolute=False)
         if rel is not None and rel != ".":
             found.append(rel)
-    return list(dict.fromkeys(found))
+    found = list(dict.fromkeys(found))
+    # A file written inside an output directory travels with that directory.
+    return [o for o in found if not _inside(o, [p for p in found if p != o])]
+
+
+def _untracked_writes(split) -> list:
+    """Absolute redirection targets outside /dev: the command writes them, a hit does not."""
+    return [w.text for w in split.outputs
+            if os.path.isabs(w.text) and not w.text.startswith("/dev/")]
 
 
 def _stdout_target():
@@ -215,12 +223,14 @@ def _inputs(opts: _Options, split, outputs: list):
     """
     not_inputs = set(outputs) - {os.path.normpath(w.text) for w in split.appends}
     found = {}
-    untracked = [w.text for w in split.words if w.opaque]
+    untracked = []
     for word in (*split.words, *split.inputs, *split.appends):
         if word.opaque:
+            untracked.append(word.text)
             continue
         for path in _expand(word):
             if not os.path.lexists(path):
+                untracked.append(path)
                 continue
             if not os.path.exists(path):
                 raise CommandError(f"{display(path)} is a dangling symbolic link (or a link "
@@ -229,7 +239,9 @@ def _inputs(opts: _Options, split, outputs: list):
                 untracked.append(path)
                 continue
             rel = _relative(path, "input", opts, allow_absolute=False)
-            if not _inside(rel, not_inputs):
+            if _inside(rel, not_inputs):
+                untracked.append(path)
+            else:
                 found[rel] = rel
     for path in opts.explicit_inputs:
         if not os.path.lexists(path):
@@ -332,6 +344,8 @@ def _failure_status(status: int, run, opts: _Options) -> int:
             info(PROG, f"the command failed with exit status {status}; {discarded}")
         return status
     if -status == signal.SIGINT:
+        if not opts.quiet:
+            info(PROG, f"the command was interrupted (SIGINT); {discarded}")
         return 130
     hint = " (often the out-of-memory killer)" if -status == signal.SIGKILL else ""
     raise CommandError(f"the command was killed by {_signal_name(-status)}{hint}; {discarded}")
@@ -421,7 +435,10 @@ def main(argv=None) -> int:
                         info(PROG, f"cache hit {tf}")
                     return 0
             if opts.verbose:
-                info(PROG, f"cache miss {tf}")
+                info(PROG, f"cache {'miss' if opts.use_cache else 'refresh (--no-cache)'} {tf}")
+            for path in _untracked_writes(split):
+                warn(PROG, f"{display(path)} is written by the command but is not a result: "
+                           "a cache hit will not write it (use -c with a relative path)")
             guard.install()
             return _run_once(opts, text, inputs, outputs, cache, tf)
         finally:

@@ -425,3 +425,38 @@ def test_a_reader_that_goes_away_still_leaves_a_cached_result(cli, data):
     hit = cli.run("seamless-run", "-v", "seq 1 300000", check=0)
     assert b"cache hit" in hit.stderr
     assert hit.stdout == b"".join(b"%d\n" % i for i in range(1, 300001))
+
+
+def test_a_command_text_starting_with_a_dash_is_not_a_bash_option(cli, data):
+    proc = cli.run("seamless-run", "--", "-no-such-tool", check=127)
+    assert b"-no-such-tool: command not found" in proc.stderr
+
+
+def test_a_file_inside_an_output_directory_travels_with_it(cli, data):
+    proc = cli.run("seamless-run", "-c", "od", "mkdir od && echo x > od/f", check=0)
+    assert proc.stderr == b""
+    assert (data / "od" / "f").read_bytes() == b"x\n"
+    (data / "od" / "f").unlink()
+    assert b"cache hit" in cli.run("seamless-run", "-v", "-c", "od", "mkdir od && echo x > od/f",
+                                   check=0).stderr
+    assert (data / "od" / "f").read_bytes() == b"x\n"
+
+
+def test_an_absolute_redirection_target_is_reported_as_untracked(cli, data):
+    target = cli.tmp.parent / "elsewhere.txt"
+    proc = cli.run("seamless-run", f"echo hi > {target} 2>/dev/null", check=0)
+    assert f"{target} is written by the command but is not a result".encode() in proc.stderr
+    assert b"/dev/null" not in proc.stderr
+    assert cli.run("seamless-run", f"echo hi > {target} 2>/dev/null", check=0).stderr == b""
+
+
+def test_a_command_killed_by_sigint_exits_130(cli, data):
+    proc = cli.run("seamless-run", "echo partial; kill -INT $$", check=130)
+    assert b"the command was interrupted (SIGINT); its stdout (8 bytes) was discarded" \
+        in proc.stderr
+
+
+def test_verbose_lists_words_not_tracked(cli, data):
+    proc = cli.run("seamless-run", "-v", "echo a.txt $HOME nofile", check=0)
+    line = [x for x in proc.stderr.splitlines() if b"not tracked" in x][0]
+    assert line == b"seamless-run: not tracked: echo $HOME nofile"
