@@ -33,7 +33,7 @@ from seamless.cli.common import (
     info,
     open_cache,
     run_main,
-    warn,
+    warnings_as_messages,
 )
 
 __all__ = ["entry", "human_size", "main", "parse_size"]
@@ -249,30 +249,13 @@ def _run(args) -> int:
         cache.close()
 
 
-def _print_warnings(caught) -> None:
-    from seamless.errors import SeamlessWarning
-
-    for w in caught:
-        text = str(w.message)
-        if not issubclass(w.category, SeamlessWarning):
-            text = f"{w.category.__name__}: {text}"
-        warn(PROG, text)
-
-
 def main(argv=None) -> int:
     """Run ``seamless-cache`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    import warnings
-
     args = _build_parser().parse_args(argv)
     if args.command == "gc":
         args.max_bytes = _max_size(args.max_size)
-    # CacheWarnings of the primitives are messages to the user here, not Python warnings.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            return _run(args)
-        finally:
-            _print_warnings(caught)
+    with warnings_as_messages(PROG):
+        return _run(args)
 
 
 def entry() -> None:

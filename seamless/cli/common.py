@@ -11,8 +11,8 @@ import os
 import sys
 
 __all__ = [
-    "CommandError", "USAGE", "error", "warn", "info", "cache_directory", "open_cache",
-    "run_main",
+    "CommandError", "USAGE", "error", "warn", "info", "warnings_as_messages", "cache_directory",
+    "open_cache", "run_main",
 ]
 
 USAGE = 2
@@ -44,6 +44,34 @@ def warn(prog: str, message: str) -> None:
 
 def info(prog: str, message: str) -> None:
     _write(prog, message)
+
+
+class warnings_as_messages:
+    """Within this block, Python warnings (the cache's ``CacheWarning``s) are collected and
+    printed as ``<prog>: warning: ...`` lines at its end: for a command they are messages to
+    the user, not tracebacks-in-waiting (``-W error`` must not turn them into a crash)."""
+
+    def __init__(self, prog: str):
+        self.prog = prog
+
+    def __enter__(self):
+        import warnings
+
+        self._catcher = warnings.catch_warnings(record=True)
+        self._caught = self._catcher.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc):
+        from seamless.errors import SeamlessWarning
+
+        self._catcher.__exit__(*exc)
+        for w in self._caught:
+            text = str(w.message)
+            if not issubclass(w.category, SeamlessWarning):
+                text = f"{w.category.__name__}: {text}"
+            warn(self.prog, text)
+        return False
 
 
 def cache_directory(explicit=None) -> str:

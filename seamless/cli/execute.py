@@ -66,7 +66,12 @@ def _copy_into(source: str, target: str) -> None:
 
 
 def _child_setup(prctl):
-    """In the child, before exec: its own process group; die with seamless-run."""
+    """In the child, before exec: its own process group; die with seamless-run.
+
+    A ``preexec_fn`` is unsafe when another thread may hold a lock the child needs. The only
+    other thread here is the sidecar heartbeat, and this function takes no lock and imports
+    nothing: ``prctl`` was looked up in the parent.
+    """
     def setup():
         os.setpgid(0, 0)
         if prctl is not None:

@@ -28,10 +28,24 @@ import sys
 import time
 
 from seamless.cli import future, identity, words
-from seamless.cli.common import USAGE, CommandError, cache_directory, info, open_cache, \
-    run_main, warn
-from seamless.cli.outputs import OutputError, same_content, write_dir, write_file, write_stdout
+from seamless.cli.common import (
+    USAGE,
+    CommandError,
+    cache_directory,
+    info,
+    open_cache,
+    run_main,
+    warn,
+    warnings_as_messages,
+)
 from seamless.cli.options import PROG, RunOptions
+from seamless.cli.outputs import (
+    OutputError,
+    same_content,
+    write_dir,
+    write_file,
+    write_stdout,
+)
 from seamless.cli.paths import display
 
 __all__ = ["main", "entry"]
@@ -269,29 +283,11 @@ def _identify(opts: _Options, text: str, inputs: dict, outputs: list) -> str:
     return checksum
 
 
-class _CacheWarnings:
-    """Collects the cache's ``CacheWarning``s and prints them as ``seamless-run: warning:``."""
-
-    def __enter__(self):
-        import warnings
-
-        self._catcher = warnings.catch_warnings(record=True)
-        self._caught = self._catcher.__enter__()
-        warnings.simplefilter("always")
-        return self
-
-    def __exit__(self, *exc):
-        self._catcher.__exit__(*exc)
-        for w in self._caught:
-            warn(PROG, str(w.message))
-        return False
-
-
 def _deliver_hit(cache, tf: str, outputs: list, opts: _Options) -> bool:
     """Serve a cache hit: stdout to fd 1, outputs written atomically. ``False`` on a miss."""
     from seamless.cli.result import ShellResult
 
-    with _CacheWarnings():
+    with warnings_as_messages(PROG):
         found = cache.lookup(tf)
         data = None if found is None else cache.read_buffer(found[1])
     if data is None:
@@ -394,7 +390,7 @@ def _run_once(opts: _Options, text: str, inputs: dict, outputs: list, cache, tf:
         try:
             copy_to_stdout(run.stdout_path)
         finally:  # also when the reader of our stdout went away: the result is still good
-            with _CacheWarnings():
+            with warnings_as_messages(PROG):
                 cache.write_stream_now(tf, RESULT_KIND, chunks(run.stdout_path, produced),
                                        duration=duration, replace=not opts.use_cache)
         return 0
@@ -429,11 +425,10 @@ def main(argv=None) -> int:
             info(PROG, "not tracked: " + " ".join(display(w) for w in untracked))
         cache = open_cache(cache_directory())
         try:
-            if opts.use_cache:
-                if _deliver_hit(cache, tf, outputs, opts):
-                    if opts.verbose:
-                        info(PROG, f"cache hit {tf}")
-                    return 0
+            if opts.use_cache and _deliver_hit(cache, tf, outputs, opts):
+                if opts.verbose:
+                    info(PROG, f"cache hit {tf}")
+                return 0
             if opts.verbose:
                 info(PROG, f"cache {'miss' if opts.use_cache else 'refresh (--no-cache)'} {tf}")
             for path in _untracked_writes(split):
