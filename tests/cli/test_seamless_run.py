@@ -460,3 +460,19 @@ def test_verbose_lists_words_not_tracked(cli, data):
     proc = cli.run("seamless-run", "-v", "echo a.txt $HOME nofile", check=0)
     line = [x for x in proc.stderr.splitlines() if b"not tracked" in x][0]
     assert line == b"seamless-run: not tracked: echo $HOME nofile"
+
+
+@needs_unshare
+def test_a_failing_cache_write_is_a_warning_and_the_run_succeeds(cli, data):
+    cli.cache.mkdir()
+    argv = " ".join(f"'{a}'" for a in cli.argv("seamless-run", "head -c 3000000 /dev/zero"))
+    # Room for the database, not for the 3 MB result.
+    script = (f"mount -t tmpfs -o size=400k tmpfs {cli.cache} && {argv} | wc -c && "
+              f"{argv} | wc -c")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=cli.work, env=cli.env,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [b"3000000", b"3000000"]
+    warning = (b"seamless-run: warning: could not write to the persistent cache at "
+               + str(cli.cache).encode() + b" ([Errno 28] No space left on device)")
+    assert proc.stderr.count(warning) == 2  # each run executed: nothing was cached
