@@ -370,7 +370,14 @@ def _run_once(opts: _Options, text: str, inputs: dict, outputs: list, cache, tf:
 
     env = dict(os.environ)
     env.update(opts.vars)
-    run = execute.Run(opts.sandbox)
+    try:
+        run = execute.Run(opts.sandbox)
+    except OSError as e:
+        import tempfile
+
+        raise CommandError(f"cannot create a private directory in {tempfile.gettempdir()} "
+                           f"({e.strerror or e}); free space there or set TMPDIR to a "
+                           "writable directory") from None
     try:
         if opts.sandbox:
             parents = {os.path.dirname(o) for o in outputs} - {""}

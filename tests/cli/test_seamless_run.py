@@ -476,3 +476,17 @@ def test_a_failing_cache_write_is_a_warning_and_the_run_succeeds(cli, data):
     warning = (b"seamless-run: warning: could not write to the persistent cache at "
                + str(cli.cache).encode() + b" ([Errno 28] No space left on device)")
     assert proc.stderr.count(warning) == 2  # each run executed: nothing was cached
+
+
+@needs_unshare
+def test_a_full_tmpdir_is_a_clear_error(cli, data):
+    (data / "big.bin").write_bytes(b"x" * 1_000_000)
+    argv = " ".join(f"'{a}'" for a in cli.argv("seamless-run", "wc", "-c", "big.bin"))
+    script = (f"mount -t tmpfs -o size=256k tmpfs {cli.tmp} && {argv}; rc=$?; ls -A {cli.tmp};"
+              " exit $rc")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=cli.work, env=cli.env,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith(b"seamless-run: error: cannot copy input big.bin into the "
+                                  b"sandbox (No space left on device); check TMPDIR")
+    assert proc.stdout == b""  # the sandbox is gone
