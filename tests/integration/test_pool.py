@@ -537,10 +537,14 @@ def test_config_init_inside_a_worker_does_nothing(tmp_path):
 
 
 @delayed
-def sleep_then(seconds, x):
+def wait_for_path(path, x):
+    """Block until ``path`` exists (the test creates it), at most 120 s."""
+    import os
     import time
 
-    time.sleep(seconds)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
     return x
 
 
@@ -571,24 +575,29 @@ def test_code_is_sent_again_to_a_replacement_worker():
     assert (x, pid != first_pid) == (2, True)
 
 
-def test_a_tiny_result_is_not_held_back_behind_a_long_task():
+def test_a_tiny_result_is_not_held_back_behind_a_long_task(tmp_path):
     """Results are batched while more work waits, but never wait for the next body."""
     spawn(1)
+    release = tmp_path / "release"
     tiny = where(3).start()
-    long = sleep_then(4.0, 4).start()
+    long = wait_for_path(str(release), 4).start()
     assert tiny.run()[1] == 3
     assert long.status == "running"
+    release.touch()
     assert long.run() == 4
 
 
-def test_staged_tiny_tasks_move_to_a_worker_that_falls_idle():
-    """With deep staging, an idle worker takes over the staged work of a busy one."""
+def test_staged_tiny_tasks_move_to_a_worker_that_falls_idle(tmp_path):
+    """With deep staging, an idle worker takes over the staged work of a busy one: all the
+    tiny tasks finish while the long one still blocks its worker."""
     spawn(2)
     _warm_tiny()
-    long = sleep_then(4.0, 5).start()
+    release = tmp_path / "release"
+    long = wait_for_path(str(release), 5).start()
     tiny = [where(i).start() for i in range(300)]
     assert [h.run()[1] for h in tiny] == list(range(300))
     assert long.status == "running"
+    release.touch()
     assert long.run() == 5
 
 
