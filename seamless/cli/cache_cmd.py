@@ -30,6 +30,7 @@ from seamless.cli.common import (
     USAGE,
     CommandError,
     cache_directory,
+    exit_now,
     info,
     open_cache,
     run_main,
@@ -260,7 +261,7 @@ def main(argv=None) -> int:
 
 def entry() -> None:
     """The console script ``seamless-cache``."""
-    sys.exit(run_main(PROG, main))
+    exit_now(run_main(PROG, main))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 
 __all__ = [
     "CommandError", "USAGE", "error", "warn", "info", "warnings_as_messages", "cache_directory",
-    "open_cache", "run_main",
+    "open_cache", "run_main", "exit_now",
 ]
 
 USAGE = 2
@@ -128,3 +128,19 @@ def run_main(prog: str, main, argv=None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 1
+
+
+def exit_now(code: int) -> None:
+    """Flush stdout and stderr, then end the process without the interpreter's finalization.
+
+    By the time a command returns, everything it owns is closed or removed by its ``finally``
+    blocks: cache connections, sidecars, the sandbox; nothing is queued. Finalization would
+    only tear down the loaded modules, about 4 ms: a sixth of a ``seamless-run`` cache hit
+    (performance.md, C1).
+    """
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        code = code or 1  # the last of our output could not be written
+    os._exit(code)

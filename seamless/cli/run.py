@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 import time
 
 from seamless.cli import future, identity, words
@@ -32,6 +31,7 @@ from seamless.cli.common import (
     USAGE,
     CommandError,
     cache_directory,
+    exit_now,
     info,
     open_cache,
     run_main,
@@ -455,7 +455,7 @@ def main(argv=None) -> int:
 
 
 def entry() -> None:
-    sys.exit(run_main(PROG, main))
+    exit_now(run_main(PROG, main))
 
 
 if __name__ == "__main__":

@@ -390,18 +390,15 @@ def test_the_hit_path_stays_light(cli, data):
     and tempfile (modules the interpreter itself loaded at start-up do not count)."""
     cli.run("seamless-run", "echo", "hi", check=0)
     probe = (
-        "import atexit, sys\n"
+        "import sys\n"
         "at_start = set(sys.modules)\n"
         "from seamless.cli import run\n"
-        "def report():\n"
-        "    loaded = set(sys.modules) - at_start\n"
-        "    heavy = sorted(m for m in loaded if m.split('.')[0] in ('numpy', 'yaml')\n"
-        "                   or m.startswith(('seamless._ipc', 'seamless.transformer',\n"
-        "                                    'seamless.config', 'subprocess', 'tempfile')))\n"
-        "    sys.stderr.write('HEAVY=%r\\n' % heavy)\n"
-        "atexit.register(report)\n"
-        "sys.argv = ['seamless-run', 'echo', 'hi']\n"
-        "run.entry()\n"
+        "assert run.main(['echo', 'hi']) == 0\n"
+        "loaded = set(sys.modules) - at_start\n"
+        "heavy = sorted(m for m in loaded if m.split('.')[0] in ('numpy', 'yaml')\n"
+        "               or m.startswith(('seamless._ipc', 'seamless.transformer',\n"
+        "                                'seamless.config', 'subprocess', 'tempfile')))\n"
+        "sys.stderr.write('HEAVY=%r\\n' % heavy)\n"
     )
     proc = subprocess.run([sys.executable, "-c", probe], cwd=data, env=cli.env,
                           capture_output=True, timeout=60)
