@@ -46,8 +46,6 @@ TEMP_PREFIX = ".tmp-"
 LARGE_READ = 4 << 20
 _READ_CHUNK = 8 << 20
 _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)
-# A streamed write's size is unknown up front: hash it as a large one.
-_UNKNOWN_SIZE = 1 << 40
 
 
 def check_checksum(name: str, value) -> str:
@@ -221,9 +219,10 @@ class BufferStore:
         _fsync_dir(directory)
         return True
 
-    def write_stream(self, pieces) -> tuple[str, int]:
-        """Store the bytes of ``pieces`` (an iterable of bytes-like) under their checksum,
-        hashing them while they are written; returns ``(checksum, size)``.
+    def write_stream(self, pieces, size_hint: int) -> tuple[str, int]:
+        """Store the bytes of ``pieces`` (an iterable of bytes-like, about ``size_hint`` bytes
+        in all) under their checksum, hashing them while they are written; returns
+        ``(checksum, size)``.
 
         For content produced piece by piece and too large to hold (a shell command's stdout):
         the temp file lives in the ``buffers/`` root until its name is known. Raises ``OSError``
@@ -233,7 +232,7 @@ class BufferStore:
         tmp = os.path.join(self.root, f"{TEMP_PREFIX}stream-{os.getpid()}-{os.urandom(4).hex()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644)
         try:
-            hasher = new_sha256(_UNKNOWN_SIZE)
+            hasher = new_sha256(size_hint)
             size = 0
             try:
                 for piece in pieces:

@@ -419,9 +419,10 @@ class PersistentCache:
             warn_cache(message)
         return ok
 
-    def write_stream_now(self, tf_cs, kind, pieces, duration=None, replace=False):
-        """Store a result given as pieces of its canonical bytes, synchronously; returns its
-        checksum, or ``None`` when the write failed (reported like ``write_now``).
+    def write_stream_now(self, tf_cs, kind, pieces, size_hint, duration=None, replace=False):
+        """Store a result given as pieces of its canonical bytes (about ``size_hint`` bytes),
+        synchronously; returns its checksum, or ``None`` when the write failed (reported like
+        ``write_now``).
 
         For the command line, whose results (a command's stdout, its output files) are streamed
         from files rather than held in memory.
@@ -430,7 +431,7 @@ class PersistentCache:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed; open a new PersistentCache")
         try:
-            result_cs, size = self._store.write_stream(pieces)
+            result_cs, size = self._store.write_stream(pieces, size_hint)
         except OSError as e:
             message = self._failure_message(e)
             if message is not None:

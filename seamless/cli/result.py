@@ -5,7 +5,7 @@ Why a codec of its own: ``seamless.encoding`` needs numpy, which the command lin
 This one handles the only leaves a shell result has (bytes) and produces the same canonical bytes
 (tested against ``seamless.encoding``).
 
-Data flow. Encoding streams: ``chunks(leaves)`` yields the header, then each leaf read from its
+Data flow. Encoding streams: ``ResultBytes`` yields the header, then each leaf read from its
 file (the command's stdout spool, an output file) in 1 MiB pieces, then zero padding; the caller
 (the persistent cache) writes and hashes them, so a result is never held in memory whole.
 Decoding (``ShellResult``) indexes a buffer that the caller read and verified; leaves are
@@ -20,7 +20,7 @@ import struct
 
 from seamless.cli.paths import from_json_key, json_key
 
-__all__ = ["Leaf", "chunks", "ShellResult", "RESULT_KIND"]
+__all__ = ["Leaf", "ResultBytes", "ShellResult", "RESULT_KIND"]
 
 RESULT_KIND = "tree"
 _MAGIC = b"SMLS"
@@ -68,29 +68,36 @@ def _prefix(header: dict) -> bytes:
     return _MAGIC + bytes([_VERSION]) + b"T" + struct.pack("<I", h) + text + b" " * (h - len(text))
 
 
-def chunks(stdout_source: str, outputs: dict):
-    """Yield the canonical bytes of a successful run's result, piece by piece.
+class ResultBytes:
+    """The canonical bytes of a successful run's result, read from files piece by piece.
 
-    ``stdout_source``: the file holding the command's stdout. ``outputs``: output path ->
-    file, or -> {sub path: file} for a directory output. Raises ``OSError`` if a file is
-    unreadable or changes size while being read.
+    ``stdout_source``: the file holding the command's stdout; ``outputs``: output path ->
+    file, or -> {sub path: file} for a directory output. ``size`` is the exact total;
+    iterating yields the pieces and raises ``OSError`` if a file is unreadable or shrinks
+    while being read.
     """
-    skeleton, leaves = _tree_leaves(stdout_source, outputs)
-    header = {"leaves": [[list(leaf.path), "bytes", leaf.size] for leaf in leaves],
-              "skeleton": skeleton}
-    yield _prefix(header)
-    for leaf in leaves:
-        remaining = leaf.size
-        with open(leaf.source, "rb") as f:
-            while remaining:
-                piece = f.read(min(_CHUNK, remaining))
-                if not piece:
-                    raise OSError(f"{leaf.source} shrank while its result was stored")
-                remaining -= len(piece)
-                yield piece
-        pad = _padded(leaf.size) - leaf.size
-        if pad:
-            yield bytes(pad)
+
+    def __init__(self, stdout_source: str, outputs: dict):
+        skeleton, self._leaves = _tree_leaves(stdout_source, outputs)
+        header = {"leaves": [[list(leaf.path), "bytes", leaf.size] for leaf in self._leaves],
+                  "skeleton": skeleton}
+        self._prefix = _prefix(header)
+        self.size = len(self._prefix) + sum(_padded(leaf.size) for leaf in self._leaves)
+
+    def __iter__(self):
+        yield self._prefix
+        for leaf in self._leaves:
+            remaining = leaf.size
+            with open(leaf.source, "rb") as f:
+                while remaining:
+                    piece = f.read(min(_CHUNK, remaining))
+                    if not piece:
+                        raise OSError(f"{leaf.source} shrank while its result was stored")
+                    remaining -= len(piece)
+                    yield piece
+            pad = _padded(leaf.size) - leaf.size
+            if pad:
+                yield bytes(pad)
 
 
 class ShellResult:

@@ -12,9 +12,8 @@ Flow of one invocation, and who owns what:
 4. Look it up in the persistent cache (``common.open_cache``). A hit writes the cached stdout to
    fd 1 and the outputs (atomically, ``outputs.py``) and exits 0 without running anything.
 5. A miss runs the command once (``execute.Run``, which owns the sandbox and the stdout spool and
-   removes them), delivers stdout and outputs the same way, removes the sidecars, and then
-   stores the result, streamed from the spool and output files (``result.chunks``). A failed
-   command is never stored.
+   removes them), delivers stdout and outputs the same way, then stores the result, streamed
+   from the spool and output files (``result.ResultBytes``). A failed command is never stored.
 
 The hit path imports only the standard library, this package and the cache module: no numpy,
 no ``seamless.transformer``, no YAML unless a YAML file is in the working directory.
@@ -366,7 +365,7 @@ def _run_once(opts: _Options, text: str, inputs: dict, outputs: list, cache, tf:
     """Execute the command; on success deliver its stdout and outputs, then store the result."""
     from seamless.cli import execute
     from seamless.cli.outputs import copy_to_stdout
-    from seamless.cli.result import RESULT_KIND, chunks
+    from seamless.cli.result import RESULT_KIND, ResultBytes
 
     env = dict(os.environ)
     env.update(opts.vars)
@@ -397,8 +396,9 @@ def _run_once(opts: _Options, text: str, inputs: dict, outputs: list, cache, tf:
         try:
             copy_to_stdout(run.stdout_path)
         finally:  # also when the reader of our stdout went away: the result is still good
+            result = ResultBytes(run.stdout_path, produced)
             with warnings_as_messages(PROG):
-                cache.write_stream_now(tf, RESULT_KIND, chunks(run.stdout_path, produced),
+                cache.write_stream_now(tf, RESULT_KIND, result, result.size,
                                        duration=duration, replace=not opts.use_cache)
         return 0
     finally:

@@ -903,3 +903,36 @@ def test_stats_verify_clear_gc(cache):
     assert cache.stats()["results"] == 0 and cache.stats()["buffers"] == 0
     assert os.path.exists(young_tmp)  # a write in progress elsewhere is left alone
     assert cache.lookup(tf("2")) is None
+
+
+def test_write_stream_now_stores_pieces_under_their_checksum(tmp_path):
+    cache = PersistentCache(tmp_path / "c")
+    try:
+        tf = hashlib.sha256(b"stream tf").hexdigest()
+        pieces = [b"abc", memoryview(b"def"), bytearray(b"g" * 2_000_000)]
+        data = b"".join(bytes(p) for p in pieces)
+        for hint in (10, 1 << 30):  # the built-in and the OpenSSL SHA-256 agree
+            assert cache.write_stream_now(tf, "bytes", pieces, hint, replace=True) == \
+                hashlib.sha256(data).hexdigest()
+        kind, cs = cache.lookup(tf)
+        assert (kind, bytes(cache.read_buffer(cs))) == ("bytes", data)
+    finally:
+        cache.close()
+
+
+def test_write_stream_now_failing_source_leaves_no_temp_file(tmp_path):
+    cache = PersistentCache(tmp_path / "c")
+
+    def pieces():
+        yield b"partial"
+        raise OSError(errno.EIO, "the source broke")
+
+    try:
+        tf = hashlib.sha256(b"broken stream").hexdigest()
+        with pytest.warns(CacheWarning, match="the source broke"):
+            assert cache.write_stream_now(tf, "bytes", pieces(), 100) is None
+        assert cache.lookup(tf) is None
+        leftovers = [n for _, _, names in os.walk(tmp_path / "c" / "buffers") for n in names]
+        assert leftovers == []
+    finally:
+        cache.close()

@@ -44,7 +44,9 @@ def test_chunks_equal_the_canonical_tree(tmp_path, stdout, outputs):
         else:
             files[path] = _files(tmp_path, {path: data})[path]
             value_outputs[json_key(path)] = data
-    ours = b"".join(result.chunks(sources["stdout"], files))
+    encoded = result.ResultBytes(sources["stdout"], files)
+    ours = b"".join(encoded)
+    assert encoded.size == len(ours)
     reference = encode({"exit": 0, "outputs": value_outputs, "stdout": stdout})
     assert reference.kind == result.RESULT_KIND
     assert ours == bytes(memoryview(reference.buffer))
