@@ -112,8 +112,26 @@ def open_cache(directory: str):
     return cache
 
 
+def _guard_standard_fds() -> None:
+    """Open ``/dev/null`` on a closed fd 0, 1 or 2 (``seamless-run cmd >&-``).
+
+    Otherwise the next file we open (the cache database, a buffer) would get that number, and
+    bytes meant for stdout would be written into it. A closed stdout then discards output, as
+    ``>/dev/null`` would.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def run_main(prog: str, main, argv=None) -> int:
     """Call ``main(argv)`` and turn expected failures into a message and an exit code."""
+    _guard_standard_fds()
     try:
         return main(argv)
     except CommandError as e:
@@ -139,8 +157,9 @@ def exit_now(code: int) -> None:
     (performance.md, C1).
     """
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
     except (OSError, ValueError):
         code = code or 1  # the last of our output could not be written
     os._exit(code)

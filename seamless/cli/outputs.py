@@ -35,16 +35,35 @@ def _describe(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+def _stdout_error(e: OSError) -> OutputError:
+    return OutputError(f"could not write the command's stdout ({_describe(e)}); check where "
+                       "seamless-run's output goes (a full disk, a closed terminal)")
+
+
 def write_stdout(data) -> None:
     """Write ``data`` to fd 1, byte for byte (``BrokenPipeError`` propagates)."""
     view = memoryview(data)
     offset = 0
-    while offset < view.nbytes:
-        offset += os.write(1, view[offset:offset + (1 << 30)])
+    try:
+        while offset < view.nbytes:
+            offset += os.write(1, view[offset:offset + (1 << 30)])
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise _stdout_error(e) from None
 
 
 def copy_to_stdout(path: str) -> None:
     """Copy a file to fd 1 (sendfile where it works, else read and write)."""
+    try:
+        _copy_to_stdout(path)
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise _stdout_error(e) from None
+
+
+def _copy_to_stdout(path: str) -> None:
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         offset = 0

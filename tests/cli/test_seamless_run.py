@@ -487,3 +487,20 @@ def test_a_full_tmpdir_is_a_clear_error(cli, data):
     assert proc.stderr.startswith(b"seamless-run: error: cannot copy input big.bin into the "
                                   b"sandbox (No space left on device); check TMPDIR")
     assert proc.stdout == b""  # the sandbox is gone
+
+
+def test_a_closed_stdout_discards_output_and_never_touches_the_cache(cli, data):
+    run = cli.argv("seamless-run")[0]
+    for _ in range(2):  # a miss, then a hit, both with fd 1 closed
+        proc = subprocess.run(["bash", "-c", f"'{run}' cat a.txt >&-"], cwd=data, env=cli.env,
+                              capture_output=True, timeout=60)
+        assert proc.returncode == 0 and proc.stderr == b""
+    assert cli.run("seamless-run", "cat", "a.txt", check=0).stdout == b"1\n2\n"
+    assert cli.run("seamless-cache", "verify", check=0).returncode == 0
+
+
+def test_an_unwritable_stdout_is_a_clear_error(cli, data):
+    with open("/dev/full", "wb") as full:
+        proc = cli.run("seamless-run", "cat", "a.txt", stdout=full, check=1)
+    assert proc.stderr.startswith(b"seamless-run: error: could not write the command's stdout "
+                                  b"(No space left on device)")
