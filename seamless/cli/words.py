@@ -295,14 +295,10 @@ class _Scanner:
                 i, expands = self._double_quoted(i, parts)
                 bare.append("\0")
                 opaque = opaque or expands
-            elif c == "$":
-                end, expands = self._dollar(i, in_double_quotes=False)
+            elif c in "$`":
+                end, expands = self._expansion(i, in_double_quotes=False)
                 parts.append(text[i:end])
                 opaque, i = opaque or expands, end
-            elif c == "`":
-                end = self._backquote(i)
-                parts.append(text[i:end])
-                opaque, i = True, end
             else:
                 parts.append(c)
                 bare.append(c)
@@ -342,18 +338,20 @@ class _Scanner:
                 if text[j + 1] != "\n":
                     parts.append(text[j + 1])
                 j += 2
-            elif c == "$":
-                end, dollar_expands = self._dollar(j, in_double_quotes=True)
+            elif c in "$`":
+                end, inner_expands = self._expansion(j, in_double_quotes=True)
                 parts.append(text[j:end])
-                expands, j = expands or dollar_expands, end
-            elif c == "`":
-                end = self._backquote(j)
-                parts.append(text[j:end])
-                expands, j = True, end
+                expands, j = expands or inner_expands, end
             else:
                 parts.append(c)
                 j += 1
         self._error("double quote", i)
+
+    def _expansion(self, i: int, in_double_quotes: bool) -> tuple[int, bool]:
+        """The end of the ``$...`` or backquote construct at ``i``, and whether it expands."""
+        if self.text[i] == "`":
+            return self._backquote(i), True
+        return self._dollar(i, in_double_quotes)
 
     def _dollar(self, i: int, in_double_quotes: bool) -> tuple[int, bool]:
         """The end of the expansion that starts with the ``$`` at ``i``, and whether there is one
