@@ -38,7 +38,6 @@ __all__ = [
 ]
 
 
-
 def _config():
     """The ``seamless.config`` module, imported on first use (it may read files)."""
     global _config_module

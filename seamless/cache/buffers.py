@@ -165,6 +165,39 @@ def _read_large(fd: int, size: int):
     return view[:position].toreadonly(), hasher.hexdigest()
 
 
+@contextlib.contextmanager
+def _temp_file(directory: str, label: str):
+    """A new temp file in ``directory``: yields ``(path, fd)``, closes ``fd`` at the end and
+    removes the file unless the block renamed it: it is ours until the rename."""
+    tmp = os.path.join(directory, f"{TEMP_PREFIX}{label}-{os.getpid()}-{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644)
+    try:
+        yield tmp, fd
+    except BaseException:
+        os.close(fd)
+        fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _write_pieces(fd: int, pieces, hasher=None) -> int:
+    """Write every bytes-like piece to ``fd`` (and into ``hasher``); returns the byte count."""
+    total = 0
+    for piece in pieces:
+        if hasher is not None:
+            hasher.update(piece)
+        view = memoryview(piece)
+        offset = 0
+        while offset < view.nbytes:
+            offset += os.write(fd, view[offset:offset + _WRITE_CHUNK])
+        total += view.nbytes
+    return total
+
+
 class BufferStore:
     """The ``buffers/`` tree of one cache directory."""
 
@@ -192,30 +225,15 @@ class BufferStore:
         view = memoryview(buffer)
         if view.ndim != 1 or view.itemsize != 1:
             view = view.cast("B")
-        size = view.nbytes
-        if self.size_on_disk(cs) == size:
+        if self.size_on_disk(cs) == view.nbytes:
             return False
         final = self.path(cs)
         directory = os.path.dirname(final)
         makedirs_0700(directory)
-        tmp = os.path.join(
-            directory, f"{TEMP_PREFIX}{cs}-{os.getpid()}-{os.urandom(4).hex()}"
-        )
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644)
-        try:
-            try:
-                offset = 0
-                while offset < size:
-                    offset += os.write(fd, view[offset:offset + _WRITE_CHUNK])
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        with _temp_file(directory, cs) as (tmp, fd):
+            _write_pieces(fd, [view])
+            os.fsync(fd)
             os.replace(tmp, final)
-        except BaseException:
-            # The temp file is ours until the rename: never leave it behind.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
         _fsync_dir(directory)
         return True
 
@@ -229,30 +247,14 @@ class BufferStore:
         (also one raised by ``pieces``) after removing the temp file.
         """
         self.ensure_root()
-        tmp = os.path.join(self.root, f"{TEMP_PREFIX}stream-{os.getpid()}-{os.urandom(4).hex()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644)
-        try:
-            hasher = new_sha256(size_hint)
-            size = 0
-            try:
-                for piece in pieces:
-                    hasher.update(piece)
-                    view = memoryview(piece)
-                    offset = 0
-                    while offset < view.nbytes:
-                        offset += os.write(fd, view[offset:offset + _WRITE_CHUNK])
-                    size += view.nbytes
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        hasher = new_sha256(size_hint)
+        with _temp_file(self.root, "stream") as (tmp, fd):
+            size = _write_pieces(fd, pieces, hasher)
+            os.fsync(fd)
             cs = hasher.hexdigest()
             final = self.path(cs)
             makedirs_0700(os.path.dirname(final))
             os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
         _fsync_dir(os.path.dirname(final))
         return cs, size
 

@@ -54,7 +54,6 @@ from seamless.errors import CacheError, CacheWarning
 __all__ = ["PersistentCache", "warn_cache"]
 
 
-
 class _LazyLogger:
     """The ``seamless`` logger, importing ``logging`` on first use: the command line's cache-hit
     path never logs, and ``logging`` would cost it about 4 ms of start-up."""
