@@ -104,6 +104,19 @@ class _Worker:
         self.revoking.clear()
         return jobs
 
+    def take_running(self):
+        """Forget the running job (finished, or revoked after all) and return it; the next
+        staged one now runs. Neither request id stays in ``revoking``: a revoke of the next
+        one may still succeed, and its reply then finds it running (``_frame_revoked``)."""
+        rid, job = self.running
+        self.revoking.discard(rid)
+        self.running = None
+        if self.staged:
+            self.running = self.staged.popleft()
+            self.running_since = time.monotonic()
+            self.revoking.discard(self.running[0])
+        return job
+
     def take_staged(self, rid):
         """Remove and return the staged job with request id ``rid`` (None if not staged)."""
         for i, (staged_rid, job) in enumerate(self.staged):
@@ -620,12 +633,7 @@ class Pool:
     def _take(self, worker, rid):
         """The job of a finished request; the next staged one (if any) now runs."""
         if worker.running is not None and worker.running[0] == rid:
-            job = worker.running[1]
-            worker.running = None
-            if worker.staged:
-                worker.running = worker.staged.popleft()
-                worker.running_since = time.monotonic()
-                worker.revoking.discard(worker.running[0])
+            job = worker.take_running()
         else:
             job = worker.take_staged(rid)
             if job is None:
@@ -673,12 +681,7 @@ class Pool:
         if job is None:
             if worker.running is None or worker.running[0] != frame.id:
                 return
-            job = worker.running[1]
-            worker.running = None
-            if worker.staged:
-                worker.running = worker.staged.popleft()
-                worker.running_since = time.monotonic()
-        worker.revoking.discard(frame.id)
+            job = worker.take_running()
         self._by_id.pop(frame.id, None)
         job.unclaim()
         if job.drop():  # cancelled while staged: nobody wants it any more

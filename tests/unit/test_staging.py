@@ -1,6 +1,7 @@
-"""The pool's staging depth follows recent body durations (seamless/pool/pool.py)."""
+"""The pool's staging depth follows recent body durations, and its per-worker books keep no
+request id in ``revoking`` once that request has left them (seamless/pool/pool.py)."""
 
-from seamless.pool.pool import _StagingDepth
+from seamless.pool.pool import _StagingDepth, _Worker
 
 
 def test_depth_is_one_until_a_duration_is_known():
@@ -40,3 +41,21 @@ def test_nothing_is_staged_behind_a_body_far_longer_than_the_recent_ones():
     for _ in range(60):
         staging.observe(0.05)
     assert abs(staging.stuck_after() - 0.5) < 0.01
+
+
+def test_a_finished_or_revoked_running_request_leaves_no_revoke_pending():
+    """The race the pure-twin CI run hit: the revoke of 368 succeeded while the parent already
+    counted it as running; 370, promoted behind it, had been started by the worker (so no
+    "revoked" reply would ever come) and stayed in ``revoking``, which kept the worker out of
+    scheduling for good."""
+    worker = _Worker(0)
+    worker.running = (368, "job368")
+    worker.staged.extend([(370, "job370"), (372, "job372")])
+    worker.revoking.update({368, 370})
+    assert worker.take_running() == "job368"  # the "revoked" reply for 368
+    assert worker.running[0] == 370 and worker.revoking == set()
+    worker.revoking.add(372)
+    assert worker.take_running() == "job370"  # 370's result
+    assert worker.running[0] == 372 and worker.revoking == set()
+    assert worker.take_running() == "job372"
+    assert (worker.running, worker.load, worker.revoking) == (None, 0, set())
