@@ -90,6 +90,16 @@ class _Worker:
         self.code_sent: set = set()  # code checksums this worker process has received
         self.current_fd = -1  # memfd: request id of the body the worker runs (0: none)
 
+    def send(self, frames: list) -> bool:
+        """Send frames to the worker; ``False`` when its channel is broken (the process is
+        dying or dead). The caller then does nothing more: the pidfd reports the death, and the
+        death handler requeues the staged work and fails the running job."""
+        try:
+            self.channel.send(frames)
+        except (OSError, ProtocolError):
+            return False
+        return True
+
     @property
     def load(self) -> int:
         return (self.running is not None) + len(self.staged)
@@ -275,10 +285,9 @@ class Pool:
             worker = self._workers[index]
             try:
                 if worker.proc is not None and worker.proc.pid == pid:
-                    worker.channel.send([("recycle", 0, {}, [], fds[i:i + MAX_FDS])
-                                         for i in range(0, len(fds), MAX_FDS)])
-            except OSError:
-                pass  # the worker is dying: its descriptors are simply closed below
+                    # A dying worker does not get them: they are simply closed below.
+                    worker.send([("recycle", 0, {}, [], fds[i:i + MAX_FDS])
+                                 for i in range(0, len(fds), MAX_FDS)])
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -389,7 +398,7 @@ class Pool:
             elif what == "trim":
                 for worker in self._workers:
                     if worker.proc is not None and worker.ready:
-                        worker.channel.send([("recycle", 0, {"trim": True}, [], [])])
+                        worker.send([("recycle", 0, {"trim": True}, [], [])])
             elif what == "close":
                 return True
         return False
@@ -440,7 +449,7 @@ class Pool:
                                 ("channel", worker, proc))
         self._selector.register(worker.pidfd, selectors.EVENT_READ, ("pidfd", worker, proc))
         self._selector.register(proc.stderr, selectors.EVENT_READ, ("stderr", worker, proc))
-        worker.channel.send([("init", 0, self._init_header(worker), [], [])])
+        worker.send([("init", 0, self._init_header(worker), [], [])])
 
     def _init_header(self, worker: _Worker) -> dict:
         per_worker = str(max(1, usable_cpu_count() // self.n))
@@ -749,9 +758,7 @@ class Pool:
             frames.append(("submit", rid, header, inline, fds))
             keep.extend(new_segments)
         try:
-            worker.channel.send(frames)
-        except OSError:
-            return  # the worker is dying: its death requeues staged work and fails running
+            worker.send(frames)
         finally:
             for seg in keep:
                 seg.close()
@@ -767,7 +774,7 @@ class Pool:
         worker = max(busy, key=lambda w: len(w.staged))
         take = list(worker.staged)[-max(1, len(worker.staged) // 2):]
         worker.revoking.update(rid for rid, _ in take)
-        worker.channel.send([("revoke", rid, {}, [], []) for rid, _ in take])
+        worker.send([("revoke", rid, {}, [], []) for rid, _ in take])
 
     def _abandon(self, job):
         if job in self._queue:
@@ -781,7 +788,7 @@ class Pool:
                 if staged_job is job:
                     if rid not in worker.revoking:
                         worker.revoking.add(rid)
-                        worker.channel.send([("revoke", rid, {}, [], [])])
+                        worker.send([("revoke", rid, {}, [], [])])
                     return
 
     def _finish(self, job, outcome: Outcome):
@@ -797,10 +804,7 @@ class Pool:
         for worker in self._workers:
             running.extend(worker.take_all_jobs())
             if worker.proc is not None:
-                try:
-                    worker.channel.send([("shutdown", 0, {}, [], [])])
-                except OSError:
-                    continue  # already gone: reaped below
+                worker.send([("shutdown", 0, {}, [], [])])  # one already gone is reaped below
         deadline = time.monotonic() + _SHUTDOWN_GRACE
         for worker in self._workers:
             if worker.proc is None:
@@ -853,14 +857,14 @@ class _NestedProxy:
         else:
             header, inline, fds, keep = wire.pack_failure(outcome.failure), [], [], []
             header["reply"] = "error"
-        self.worker.channel.send([("nested-reply", self.rid, header, inline, fds)])
+        self.worker.send([("nested-reply", self.rid, header, inline, fds)])  # a dead one needs none
         for seg in keep:
             seg.close()
 
     def run_here(self):
         self.done = True
         self.pool._nested_proxies.pop((self.worker.index, self.rid), None)
-        self.worker.channel.send([("nested-reply", self.rid, {"reply": "run-here"}, [], [])])
+        self.worker.send([("nested-reply", self.rid, {"reply": "run-here"}, [], [])])
 
     def cancel(self):
         from ..execution import dispatch

@@ -1,7 +1,11 @@
-"""The pool's staging depth follows recent body durations, and its per-worker books keep no
-request id in ``revoking`` once that request has left them (seamless/pool/pool.py)."""
+"""The pool's staging depth follows recent body durations; its per-worker books keep no request
+id in ``revoking`` once that request has left them; a send to a dead worker is not an error of
+the I/O thread (seamless/pool/pool.py)."""
+
+import socket
 
 from seamless.pool.pool import _StagingDepth, _Worker
+from seamless.pool.protocol import Channel
 
 
 def test_depth_is_one_until_a_duration_is_known():
@@ -59,3 +63,17 @@ def test_a_finished_or_revoked_running_request_leaves_no_revoke_pending():
     assert worker.running[0] == 372 and worker.revoking == set()
     assert worker.take_running() == "job372"
     assert (worker.running, worker.load, worker.revoking) == (None, 0, set())
+
+
+def test_sending_to_a_dead_worker_reports_false_instead_of_raising():
+    """A revoke sent to a worker that had just crashed raised BrokenPipeError in the I/O thread,
+    which then died and left a parallel() batch waiting forever."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    theirs.close()
+    worker = _Worker(0)
+    worker.channel = Channel(ours)
+    try:
+        assert worker.send([("revoke", 7, {}, [], [])]) is False
+        assert worker.send([("revoke", 8, {}, [], [])]) is False  # the channel stays broken
+    finally:
+        worker.channel.close()
