@@ -377,22 +377,32 @@ class _Scanner:
             return i + 2, True
         return i + 1, False
 
+    def _skip_nested(self, j: int, any_dollar: bool) -> int:
+        """Just past the escape, quote or substitution that starts at ``j``; ``j`` if none does.
+        ``any_dollar=False`` takes only ``${`` and ``$'`` (inside ``(...)`` a ``$(`` nests)."""
+        text = self.text
+        c = text[j]
+        if c == "\\":
+            return j + 2
+        if c == "'":
+            return self._closing_single_quote(j) + 1
+        if c == '"':
+            return self._double_quoted(j, [])[0]
+        if c == "`":
+            return self._backquote(j)
+        if c == "$" and (any_dollar or text.startswith(("{", "'"), j + 1)):
+            return self._dollar(j, in_double_quotes=False)[0]
+        return j
+
     def _match_paren(self, j: int, start: int, what: str) -> int:
         """The end of a construct opened by ``(`` just before ``j``: nested parentheses, quotes,
         substitutions and comments inside are skipped."""
         text, n, depth = self.text, self.n, 1
         while j < n:
             c = text[j]
-            if c == "\\":
-                j += 2
-            elif c == "'":
-                j = self._closing_single_quote(j) + 1
-            elif c == '"':
-                j = self._double_quoted(j, [])[0]
-            elif c == "`":
-                j = self._backquote(j)
-            elif c == "$" and text.startswith(("{", "'"), j + 1):
-                j = self._dollar(j, in_double_quotes=False)[0]
+            skipped = self._skip_nested(j, any_dollar=False)
+            if skipped != j:
+                j = skipped
             elif c == "#" and text[j - 1] in " \t\n;|&(":
                 end = text.find("\n", j)
                 j = n if end < 0 else end
@@ -411,18 +421,8 @@ class _Scanner:
             c = text[j]
             if c == "}":
                 return j + 1
-            if c == "\\":
-                j += 2
-            elif c == "'":
-                j = self._closing_single_quote(j) + 1
-            elif c == '"':
-                j = self._double_quoted(j, [])[0]
-            elif c == "`":
-                j = self._backquote(j)
-            elif c == "$":
-                j = self._dollar(j, in_double_quotes=False)[0]
-            else:
-                j += 1
+            skipped = self._skip_nested(j, any_dollar=True)
+            j = skipped if skipped != j else j + 1
         self._error("${ expansion", start)
 
     def _ansi_c_quote(self, i: int) -> int:
