@@ -13,11 +13,11 @@
 from __future__ import annotations
 
 import itertools
-import json
 import multiprocessing
 import time
 
 import pytest
+from overlap import interval, max_overlap
 
 import seamless
 from seamless.transformer import delayed, parallel, spawn
@@ -32,33 +32,6 @@ def _increment(x):
 @delayed
 def increment(x):
     return x + 1
-
-
-@delayed
-def interval(log, tag, seconds):
-    import json
-    import time
-
-    start = time.time()
-    time.sleep(seconds)
-    end = time.time()
-    with open(log, "a") as f:
-        f.write(json.dumps([start, end]) + "\n")
-    return tag
-
-
-def _max_overlap(log) -> int:
-    events = []
-    with open(log) as f:
-        lines = f.readlines()
-    for line in lines:
-        start, end = json.loads(line)
-        events += [(start, 1), (end, -1)]
-    running = peak = 0
-    for _, step in sorted(events):
-        running += step
-        peak = max(peak, running)
-    return peak
 
 
 N_B1 = 2_000
@@ -85,7 +58,7 @@ def test_b1_throughput_vs_pool_imap(benchmark, tmp_path, time_reference, time_su
         increment(-1).run()
         log = tmp_path / "intervals"
         list(parallel([interval(str(log), i, 0.02) for i in range(40)], nparallel=8))
-        overlap = _max_overlap(log)
+        overlap = max_overlap(log)
 
         def subject():
             start = next(_nonces) * 10 ** 7

@@ -40,14 +40,9 @@ from seamless._ipc.flags cimport (
     Slab, _CANCELLED, _DONE, _EMPTY, _FAILED, _GENERATION_MASK, _PENDING, _RUNNING,
     _STATE_BITS, _STATE_MASK, seamless_exchange, seamless_load_acquire)
 
-__all__ = ["CANCELLED", "DONE", "EMPTY", "FAILED", "PENDING", "RUNNING", "Window"]
+from seamless._ipc.flags import CANCELLED, DONE, EMPTY, FAILED, PENDING, RUNNING
 
-EMPTY = _EMPTY
-PENDING = _PENDING
-RUNNING = _RUNNING
-DONE = _DONE
-FAILED = _FAILED
-CANCELLED = _CANCELLED
+__all__ = ["CANCELLED", "DONE", "EMPTY", "FAILED", "PENDING", "RUNNING", "Window"]
 
 _MAX_CAPACITY = (1 << 31) - 1
 _MAX_FIRST_SEQ = 1 << 62

@@ -7,7 +7,6 @@ from timestamps written inside the jobs, never from wall-clock bounds.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -17,11 +16,18 @@ import textwrap
 import time
 
 import pytest
+from overlap import interval, max_overlap
 
 from seamless import config
 from seamless.errors import TransformationError, WorkerCrashedError
-from seamless.transformer import (TransformationList, delayed, has_spawned, parallel,
-                                  parallel_async, spawn)
+from seamless.transformer import (
+    TransformationList,
+    delayed,
+    has_spawned,
+    parallel,
+    parallel_async,
+    spawn,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -39,40 +45,12 @@ def fail_on(x, bad):
 
 
 @delayed
-def interval(log, tag, seconds):
-    """Sleep ``seconds``; record [start, end) in ``log`` (one JSON line per job)."""
-    import json
-    import time
-
-    start = time.time()
-    time.sleep(seconds)
-    end = time.time()
-    with open(log, "a") as f:
-        f.write(json.dumps([tag, start, end]) + "\n")
-    return tag
-
-
-@delayed
 def crash_if(x, bad):
     import os
 
     if x == bad:
         os._exit(3)
     return x
-
-
-def _max_overlap(log) -> int:
-    events = []
-    with open(log) as f:
-        lines = f.readlines()
-    for line in lines:
-        _, start, end = json.loads(line)
-        events += [(start, 1), (end, -1)]
-    running = peak = 0
-    for _, step in sorted(events):
-        running += step
-        peak = max(peak, running)
-    return peak
 
 
 def _lines(path) -> int:
@@ -246,7 +224,7 @@ def test_nparallel_from_set_nparallel_and_the_environment(tmp_path, monkeypatch)
     finally:
         config.set_nparallel(None)
     assert [h.value for h in out] == list(range(6))
-    assert _max_overlap(log) <= 2
+    assert max_overlap(log) <= 2
 
 
 def test_default_nparallel_is_the_workers_setting():
@@ -260,7 +238,7 @@ def test_thirty_sleepers_on_spawn4_with_nparallel3(tmp_path):
     spawn(4)
     out = list(parallel([interval(str(log), i, 0.1) for i in range(30)], nparallel=3))
     assert [h.value for h in out] == list(range(30))
-    assert _max_overlap(log) == 3
+    assert max_overlap(log) == 3
 
 
 def test_ten_thousand_tiny_items_on_spawn4_with_nparallel3(tmp_path):
@@ -269,7 +247,7 @@ def test_ten_thousand_tiny_items_on_spawn4_with_nparallel3(tmp_path):
     out = [h.value for h in parallel((interval(str(log), i, 0) for i in range(10_000)),
                                      nparallel=3)]
     assert out == list(range(10_000))
-    assert _max_overlap(log) <= 3  # reaching 3 with microsecond bodies is luck, not a rule
+    assert max_overlap(log) <= 3  # reaching 3 with microsecond bodies is luck, not a rule
 
 
 def test_a_worker_crash_fails_that_item_only():

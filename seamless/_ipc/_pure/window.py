@@ -38,20 +38,13 @@ import os
 import threading
 import time
 
-from seamless._ipc._pure.flags import _LazyEventfd
+from seamless._ipc._pure.flags import (  # the word layout is the flag slab's
+    _GENERATION_MASK, _STATE_BITS, _STATE_MASK, CANCELLED, DONE, EMPTY, FAILED, PENDING, RUNNING,
+    _LazyEventfd,
+)
 
 __all__ = ["CANCELLED", "DONE", "EMPTY", "FAILED", "PENDING", "RUNNING", "Window"]
 
-EMPTY = 0
-PENDING = 1
-RUNNING = 2
-DONE = 3
-FAILED = 4
-CANCELLED = 5
-
-_STATE_BITS = 3
-_STATE_MASK = 7
-_GENERATION_MASK = (1 << 29) - 1
 _MAX_CAPACITY = (1 << 31) - 1
 _MAX_FIRST_SEQ = 1 << 62
 _TERMINAL = frozenset({DONE, FAILED, CANCELLED})
