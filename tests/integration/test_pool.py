@@ -754,3 +754,49 @@ def test_a_crash_blames_only_the_body_that_was_running():
         crash.run()
     assert [h.run()[1] for h in before] == list(range(500, 530))
     assert [h.run()[1] for h in after] == list(range(600, 630))
+
+
+_HEAD_OF_LINE = r"""
+import json, sys, time
+import seamless
+from seamless.transformer import delayed, spawn
+
+@delayed
+def job(log, i, seconds):
+    import time
+    with open(log, "a") as f:
+        f.write(f"{time.monotonic()} {i}\n")
+    time.sleep(seconds)
+    return i
+
+@delayed
+def tiny(x):
+    return x
+
+log, warm = sys.argv[1], sys.argv[2] == "warm"
+spawn(2)
+if warm:  # the pool learns that bodies are tiny and stages deeply
+    for h in [tiny(i).start() for i in range(400)]:
+        h.run()
+durations = [0.6, 0.6, 0.1, 0.1, 0.1, 0.1]
+handles = [job(log, i, s).start() for i, s in enumerate(durations)]
+print(json.dumps([h.run() for h in handles]))
+seamless.close()
+"""
+
+
+@pytest.mark.parametrize("warm", ["cold", "warm"])
+def test_jobs_start_in_submission_order_with_no_head_of_line_blocking(tmp_path, warm):
+    """Two long jobs, then four short ones, on spawn(2): nothing is staged behind a long body,
+    so the bodies start in submission order (the landed pool started job 1 last, behind job
+    0, while newer jobs ran).  Run in a child interpreter: a hang fails the test."""
+    log = tmp_path / "starts"
+    script = tmp_path / "head_of_line.py"
+    script.write_text(_HEAD_OF_LINE)
+    out = subprocess.run([sys.executable, str(script), str(log), warm],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == list(range(6))
+    starts = sorted((float(t), int(i)) for t, i in
+                    (line.split() for line in log.read_text().splitlines()))
+    assert [i for _, i in starts] == list(range(6)), "each body started once, in order"
