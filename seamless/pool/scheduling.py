@@ -87,6 +87,9 @@ class Forget(NamedTuple):
 
 #: Staged work covers about this much of the recent bodies' time (hides the round trip).
 COVER_S = 0.002
+#: A body is "long" after 10 recent means, and never before this: the parent hears of a
+#: body's start only through the result before it, which a busy parent may read late.
+STUCK_MIN_S = 0.02
 MAX_STAGED = 64
 MAX_START_FAILURES = 3
 
@@ -144,7 +147,7 @@ class Scheduler:
 
     def stuck_after(self) -> float:
         """A body running longer than this is not a tiny one: nothing waits staged behind it."""
-        return COVER_S if self._mean is None else max(COVER_S, 10 * self._mean)
+        return STUCK_MIN_S if self._mean is None else max(STUCK_MIN_S, 10 * self._mean)
 
     def deadline(self):
         """When ``tick`` must be called next (None: no body has staged work behind it)."""
@@ -287,7 +290,11 @@ class Scheduler:
         if self.queue:
             limit = 1 + self.depth
             stuck = self.stuck_after()
-            workers = [w for w in self.workers if w.ready and not w.killing]
+            # A busy worker is topped up only once half its stage has drained: then many
+            # submits leave in one send, instead of one send per finished job.
+            low = limit // 2
+            workers = [w for w in self.workers if w.ready and not w.killing
+                       and len(w.assigned) <= low]
             while self.queue and workers:
                 best = None
                 for w in workers:
