@@ -208,6 +208,34 @@ def encode(value, what: str = "value", fix: str = "pass the data, not the object
         raise TypeError(msg.replace("; supported", exc.detail + "; supported", 1)) from None
 
 
+def encode_argument(value, what: str = "value") -> Encoded:
+    """``encode()`` for the arguments a handle keeps: the same kind and bytes, but the checksum
+    of a json, str or bytes value is a plain ``str``, not a ``Checksum``.
+
+    A handle lives as long as the caller keeps it, often by the thousand; a plain ``str`` is
+    not tracked by the cyclic garbage collector, nor then is the ``Encoded`` tuple holding it
+    (nor the argument dict holding that), so collections have far fewer objects to walk.
+    """
+    cls = type(value)
+    if cls is int:
+        hit = _small_plain.get(value)
+        if hit is None:
+            data = int.__repr__(value).encode()
+            hit = Encoded("json", hashlib.sha256(data).hexdigest(), data)
+            if len(_small_plain) >= _SMALL_CACHE_MAX:
+                _small_plain.clear()
+            _small_plain[value] = hit
+        return hit
+    enc = encode(value, what)
+    checksum = enc.checksum
+    if type(checksum) is Checksum:
+        return Encoded(enc.kind, str.__str__(checksum), enc.buffer)
+    return enc
+
+
+_small_plain: dict = {}  # int -> its Encoded with a plain-str checksum (see encode_argument)
+
+
 def _json_encoded(data: bytes) -> Encoded:
     return Encoded("json", _trusted(hashlib.sha256(data).hexdigest()), data)
 
@@ -586,9 +614,33 @@ def _place(skeleton, paths, values):
     return skeleton
 
 
+_msgspec_decode = None
+
+
+def _fast_json():
+    """msgspec's JSON decoder once msgspec is loaded (the worker pool loads it), else None:
+    importing it here would slow down the start of the command-line tools.  It reads the
+    canonical JSON of section 1.1 to the same values as ``json.loads``, about ten times faster,
+    and raises ``ValueError`` (``msgspec.DecodeError``) on what only the json module accepts
+    (``NaN``, ``Infinity``, out-of-range numbers, lone surrogates)."""
+    global _msgspec_decode
+    if _msgspec_decode is None:
+        msgspec = sys.modules.get("msgspec")
+        if msgspec is None or not hasattr(msgspec, "json"):
+            return None
+        _msgspec_decode = msgspec.json.Decoder().decode
+    return _msgspec_decode
+
+
 def decode(kind: str, buffer, checksum=None):
     """Decode canonical bytes of ``kind``; arrays come back read-only views of ``buffer``."""
     if kind == "json":
+        decoder = _fast_json()
+        if decoder is not None:
+            try:
+                return decoder(buffer)
+            except ValueError:  # NaN, infinities, lone surrogates: the json module reads them
+                pass
         return json.loads(bytes(buffer))
     if kind == "str":
         return bytes(buffer).decode("utf-8")

@@ -46,21 +46,31 @@ def description_checksum(code_checksum: str, arguments: dict, statics: str) -> C
     ``"encoding"``..``"result"`` members, fixed per transformer state.  Built as text because
     the key order is fixed, so no dict has to be sorted per call.
     """
+    return _trusted(_description_hex(code_checksum, arguments, statics))
+
+
+def _description_hex(code_checksum: str, arguments: dict, statics: str) -> str:
+    """``description_checksum`` as a plain ``str`` (what a handle keeps: see ``_checksum``)."""
     names = sorted(arguments) if len(arguments) > 1 else arguments
     args = ",".join([f'"{n}":["{arguments[n][0]}","{resolved(arguments[n][1])}"]'
                      for n in names])
     text = '{"arguments":{' + args + '},"code":"' + code_checksum + '",' + statics
-    return _trusted(sha256(text.encode("utf-8")).hexdigest())
+    return sha256(text.encode("utf-8")).hexdigest()
 
 
 class Transformation:
     """Handle of one transformation; built by calling a delayed transformer."""
 
     _seamless_handle = True
+    # ``_checksum`` is a plain ``str`` (``Checksum`` only where it is handed out): like the
+    # plain-str checksums of the arguments (``encode_argument``) it keeps the handle's objects
+    # out of the cyclic garbage collector's walks.  ``_callbacks`` is None until the first
+    # one.  ``_simple``: no dependency and no checksum still being computed among the
+    # arguments, so starting needs no callbacks and the arguments are the work's as they are.
     __slots__ = ("name", "_code", "_params", "_arguments", "_values", "_functions", "_modules",
                  "_statics", "_local", "_checksum", "_status", "_outcome", "_failure_line",
                  "_job", "_slab", "_slot", "_generation", "_lock", "_callbacks",
-                 "_value", "__weakref__")
+                 "_value", "_simple", "__weakref__")
 
     def __init__(self, name, code, params, arguments, values, functions, modules, statics,
                  local):
@@ -81,29 +91,37 @@ class Transformation:
         self._slot = 0
         self._generation = 0
         self._lock = threading.Lock()
-        self._callbacks: list = []
+        self._callbacks = None
         self._value = _NO_VALUE
         self._checksum = None
+        self._simple = False
         for a in arguments.values():
             if type(a) is Transformation or type(a.checksum) is PendingChecksum:
                 break  # known once the dependency (or the worker's deferred hash) is done
         else:
+            self._simple = True
             self._checksum = self._compute_checksum(arguments)
 
     # ------------------------------------------------------------ identity
 
-    def _compute_checksum(self, arguments) -> Checksum:
+    def _compute_checksum(self, arguments) -> str:
         """``arguments``: name -> Encoded (a (kind, checksum, buffer) tuple)."""
-        return description_checksum(self._code.checksum, arguments, self._statics)
+        return _description_hex(self._code.checksum, arguments, self._statics)
 
     def _dependencies(self):
+        if self._simple:
+            return []
         return [a for a in self._arguments.values() if isinstance(a, Transformation)]
 
     def _unfinished_dependencies(self):
+        if self._simple:
+            return []
         return [d for d in self._dependencies() if d._status not in _FINISHED]
 
     def _pending_checksums(self):
         """Input checksums a pool worker is still computing (results passed on at once)."""
+        if self._simple:
+            return []
         pending = []
         for arg in self._arguments.values():
             if isinstance(arg, Transformation):
@@ -116,6 +134,8 @@ class Transformation:
 
     def _resolved_arguments(self):
         """Arguments with dependencies replaced by their results; or the first failed dependency."""
+        if self._simple:
+            return self._arguments, None  # never changed after construction: shared as is
         out = {}
         for name, arg in self._arguments.items():
             if isinstance(arg, Transformation):
@@ -138,7 +158,7 @@ class Transformation:
                     self._functions, self._modules)
         return self._checksum, work
 
-    def _provisional_checksum(self) -> Checksum:
+    def _provisional_checksum(self) -> str:
         """Identity used in messages when a dependency never produced a result: each
         dependency stands in with its own transformation checksum."""
         args = {}
@@ -150,7 +170,7 @@ class Transformation:
                 cs = arg.checksum
                 args[name] = (arg.kind, cs if type(cs) is not PendingChecksum or cs.done()
                               else "pending")
-        return description_checksum(self._code.checksum, args, self._statics)
+        return _description_hex(self._code.checksum, args, self._statics)
 
     def _label(self) -> str:
         cs = self._checksum or self._provisional_checksum()
@@ -195,20 +215,24 @@ class Transformation:
             callbacks = self._finished_locked()
         self._run_callbacks(callbacks)
 
-    def _finished_locked(self) -> list:
-        """After the winning terminal move, lock held: take the callbacks."""
-        callbacks, self._callbacks = self._callbacks, []
+    def _finished_locked(self):
+        """After the winning terminal move, lock held: take the callbacks (None: none)."""
+        callbacks, self._callbacks = self._callbacks, None
         return callbacks
 
     def _run_callbacks(self, callbacks):
-        for cb in callbacks:
-            cb(self)
+        if callbacks:
+            for cb in callbacks:
+                cb(self)
 
     def _add_done_callback(self, cb):
         """Call ``cb(handle)`` once finished (now, if it already is)."""
         with self._lock:
             if self._status not in _FINISHED:
-                self._callbacks.append(cb)
+                if self._callbacks is None:
+                    self._callbacks = [cb]
+                else:
+                    self._callbacks.append(cb)
                 return
         cb(self)
 
@@ -241,22 +265,29 @@ class Transformation:
             self.cancel()
             raise
 
+    def _public_checksum(self) -> Checksum | None:
+        checksum = self._checksum
+        return None if checksum is None else _trusted(checksum)
+
     def _error(self) -> TransformationError:
         if self._status == CANCELLED:
-            err = TransformationCancelledError(self._failure_line, checksum=self._checksum,
+            err = TransformationCancelledError(self._failure_line,
+                                               checksum=self._public_checksum(),
                                                traceback=self._failure_line, name=self.name)
             return err
         failure = self._outcome.failure
         text = failure.text
         if failure.crash is not None:
             crash = failure.crash
-            err = WorkerCrashedError(f"{self._failure_line}\n{text}", checksum=self._checksum,
+            err = WorkerCrashedError(f"{self._failure_line}\n{text}",
+                                     checksum=self._public_checksum(),
                                      traceback=text, name=self.name, exitcode=crash["exitcode"],
                                      signal=crash["signal"], pid=crash["pid"])
             err.__cause__ = SeamlessError(crash["cause"]) if crash["cause"] else \
                 RemoteTraceback(text)
             return err
-        err = TransformationError(f"{self._failure_line}\n{text}", checksum=self._checksum,
+        err = TransformationError(f"{self._failure_line}\n{text}",
+                                  checksum=self._public_checksum(),
                                   traceback=text, name=self.name)
         err.__cause__ = RemoteTraceback(text)
         return err
@@ -344,7 +375,7 @@ class Transformation:
             with self._lock:
                 if self._checksum is None:
                     self._checksum = self._compute_checksum(arguments)
-        return self._checksum
+        return _trusted(self._checksum)
 
     transformation_checksum = checksum
 
@@ -353,7 +384,9 @@ class Transformation:
         """The result's checksum once done (may wait for a pool worker's deferred hash)."""
         if self._status == DONE:
             checksum = self._outcome.result.checksum
-            return checksum.wait() if type(checksum) is PendingChecksum else checksum
+            if type(checksum) is PendingChecksum:
+                return checksum.wait()
+            return checksum if type(checksum) is Checksum else _trusted(checksum)
         return None
 
     @property

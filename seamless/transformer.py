@@ -16,7 +16,7 @@ import inspect
 import types
 
 from .code import FunctionCode, capture, capture_module
-from .encoding import canonical_json, encode
+from .encoding import canonical_json, encode, encode_argument
 from .parallel import TransformationList, parallel, parallel_async
 from .transformation import Transformation
 
@@ -211,7 +211,7 @@ class Transformer:
             if isinstance(value, Transformation):
                 arguments[pname] = value
             else:
-                arguments[pname] = encode(value, f"argument {pname!r} of {name}")
+                arguments[pname] = encode_argument(value, f"argument {pname!r} of {name}")
         return Transformation(name, self._code, self._params, arguments, self._global_values,
                               self._global_functions, self._modules, self._statics, self.local)
 

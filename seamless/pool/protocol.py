@@ -101,6 +101,7 @@ except (AttributeError, ValueError, OSError):
     _IOV_MAX = 1024
 _READ_CHUNK = 256 << 10     # one read into the scratch buffer
 _DIRECT_READ = 64 << 10     # a body remainder above this is read straight into the body
+_JOIN_MAX = 16 << 10     # frames up to this size are joined into one chunk for sendmsg
 _MAX_READS = 16             # reads per receive() call, so one busy channel cannot starve others
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
 _RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
@@ -127,6 +128,8 @@ class Frame(NamedTuple):
 # --- encoding --------------------------------------------------------------------------------
 
 def _flat(buf, index: int) -> memoryview:
+    if type(buf) is bytes:
+        return memoryview(buf)
     try:
         view = memoryview(buf)
     except TypeError:
@@ -142,9 +145,28 @@ def _flat(buf, index: int) -> memoryview:
 
 def _table_problem(header: dict, nfds: int, lengths: list) -> str | None:
     """Check the buffer table; append the inline lengths to ``lengths``; return a fault or None."""
-    buffers = header.get("buffers", [])
-    if not isinstance(buffers, (list, tuple)):
+    buffers = header.get("buffers", ())
+    if type(buffers) is not list and not isinstance(buffers, (list, tuple)):
         return f"header field 'buffers' must be a list, got {type(buffers).__name__}"
+    for entry in buffers:
+        # The common entry, checked with exact types: [str | None, int, "inline" | fd index].
+        if type(entry) is list and len(entry) == 3:
+            checksum, length, where = entry
+            if (checksum is None or type(checksum) is str) and type(length) is int \
+                    and length >= 0:
+                if where == "inline":
+                    lengths.append(length)
+                    continue
+                if type(where) is int and 0 <= where < nfds:
+                    continue
+        return _entry_problem(buffers, nfds, lengths)
+    return None
+
+
+def _entry_problem(buffers, nfds: int, lengths: list) -> str | None:
+    """The full check of a buffer table that left the fast path (subclasses, references,
+    faults); ``lengths`` is rebuilt from the start."""
+    del lengths[:]
     for i, entry in enumerate(buffers):
         if not isinstance(entry, (list, tuple)) or len(entry) != 3:
             return f"buffer table entry {i} must be [checksum, length, where], got {entry!r}"
@@ -181,32 +203,37 @@ def encode_frame(kind: str, id: int, header: dict, inline: list, nfds: int) -> l
     ``inline``/``nfds``, or a frame above 64 MiB; TypeError for a header JSON cannot encode.
     """
     code = _kind_code(kind)
-    if isinstance(id, bool) or not isinstance(id, int) or not 0 <= id < 1 << 64:
+    if type(id) is not int and (isinstance(id, bool) or not isinstance(id, int)) \
+            or not 0 <= id < 1 << 64:
         raise ValueError(f"frame id must be an int in [0, 2**64), got {id!r}")
-    if isinstance(nfds, bool) or not isinstance(nfds, int) or not 0 <= nfds <= MAX_FDS:
+    if type(nfds) is not int and (isinstance(nfds, bool) or not isinstance(nfds, int)) \
+            or not 0 <= nfds <= MAX_FDS:
         raise ValueError(f"a frame carries at most {MAX_FDS} descriptors, got {nfds!r} "
                          f"(send the rest in another frame)")
     if not isinstance(header, dict):
         raise TypeError(f"frame header must be a dict, got {type(header).__name__}")
-    views = [_flat(buf, i) for i, buf in enumerate(inline)]
     lengths: list = []
-    problem = _table_problem(header, nfds, lengths)
-    if problem is None and len(lengths) != len(views):
-        problem = (f"the buffer table lists {len(lengths)} inline buffers but {len(views)} "
-                   f"were given")
+    problem = _table_problem(header, nfds, lengths) if "buffers" in header else None
+    views = []
     if problem is None:
-        for i, (expected, view) in enumerate(zip(lengths, views)):
-            if expected != view.nbytes:
-                problem = (f"inline buffer {i} has {view.nbytes} bytes but its buffer table "
-                           f"entry says {expected}")
-                break
+        if len(lengths) != len(inline):
+            problem = (f"the buffer table lists {len(lengths)} inline buffers but "
+                       f"{len(inline)} were given")
+        else:
+            for i, buf in enumerate(inline):
+                view = _flat(buf, i)
+                if lengths[i] != view.nbytes:
+                    problem = (f"inline buffer {i} has {view.nbytes} bytes but its buffer "
+                               f"table entry says {lengths[i]}")
+                    break
+                views.append(view)
     if problem is not None:
         raise ValueError(f"cannot encode {kind} frame {id}: {problem}")
     try:
         hjson = _encode_json(header)
     except TypeError as exc:
         raise TypeError(f"{kind} frame {id}: header is not JSON serializable ({exc})") from None
-    length = _AFTER_LENGTH + len(hjson) + sum(v.nbytes for v in views)
+    length = _AFTER_LENGTH + len(hjson) + sum(lengths)
     if length > MAX_FRAME:
         raise ValueError(f"{kind} frame {id} would be {length} bytes, above the {MAX_FRAME}-byte "
                          f"frame limit (send large buffers as segments)")
@@ -215,6 +242,18 @@ def encode_frame(kind: str, id: int, header: dict, inline: list, nfds: int) -> l
 
 
 # --- channel ---------------------------------------------------------------------------------
+
+class _Pending:
+    """Stands in for a body that ``_parse`` takes whole from the read buffer (only its size)."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
 
 class _Out:
     """One queued chunk and the descriptors to attach no later than its first byte."""
@@ -272,17 +311,36 @@ class Channel:
         is writable while ``wants_write`` is true.
         """
         entries = []
+        small = None  # the chunk that small frames are being joined into (a bytearray)
         try:
             for frame in frames:
                 kind, fid, header, inline, fds = frame
-                fds = [_check_fd(fd) for fd in fds]
+                if fds:
+                    fds = [_check_fd(fd) for fd in fds]
                 chunks = encode_frame(kind, fid, header, inline, len(fds))
-                if not wait:
+                owned = not wait
+                if fds and owned:
                     fds = _dup_all(fds)
-                    entries.append(_Out(memoryview(chunks[0]), fds, True))
-                else:
-                    entries.append(_Out(memoryview(chunks[0]), fds, False))
+                if len(chunks) == 1 or sum(len(c) for c in chunks) <= _JOIN_MAX:
+                    # Small frames travel as one chunk: fewer buffers to track and one
+                    # iovec.  A frame's descriptors go with the first byte of the chunk it
+                    # joins, which is no later than its own first byte.
+                    if small is not None and (not fds or not small.fds) \
+                            and len(small.view) < _JOIN_MAX:
+                        small.view.extend(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+                        if fds:
+                            small.fds = fds
+                            small.owned = owned
+                        continue
+                    small = _Out(bytearray().join(chunks), fds, owned)
+                    entries.append(small)
+                    continue
+                small = None
+                entries.append(_Out(memoryview(chunks[0]), fds, owned))
                 entries.extend(_Out(memoryview(c), [], False) for c in chunks[1:])
+            for entry in entries:
+                if type(entry.view) is bytearray:
+                    entry.view = memoryview(entry.view)
         except BaseException:
             _close_owned(entries)
             raise
@@ -482,6 +540,13 @@ class Channel:
                         if len(rbuf) - self._rpos < PREFIX_SIZE:
                             break
                         self._start_frame(rbuf)
+                        size = len(self._body)
+                        if len(rbuf) - self._rpos >= size:
+                            # The whole body is here: one copy out of the read buffer.
+                            self._body = rbuf[self._rpos:self._rpos + size].tobytes()
+                            self._rpos += size
+                            frames.append(self._finish_frame())
+                            continue
                     take = min(len(self._body) - self._filled, len(rbuf) - self._rpos)
                     if take:
                         self._body[self._filled:self._filled + take] = \
@@ -518,7 +583,9 @@ class Channel:
                                 f"{length - _AFTER_LENGTH}-byte body")
         self._rpos += PREFIX_SIZE
         self._cur = (kind, nfds, fid, hlen)
-        self._body = bytearray(length - _AFTER_LENGTH)
+        size = length - _AFTER_LENGTH
+        # Filled piecewise unless the read buffer already holds it all (``_parse``).
+        self._body = bytearray(size) if len(rbuf) - self._rpos < size else _Pending(size)
         self._filled = 0
 
     def _finish_frame(self) -> Frame:
@@ -531,7 +598,7 @@ class Channel:
             raise ProtocolError(f"{kind} frame {fid} declares {nfds} descriptors but only "
                                 f"{len(self._fifo)} arrived with it")
         try:
-            header = _decode_json(body[:hlen])
+            header = _decode_json(memoryview(body)[:hlen])
         except ValueError as exc:  # msgspec.DecodeError: malformed JSON or UTF-8
             raise ProtocolError(f"{kind} frame {fid} has an invalid JSON header ({exc})") from None
         if not isinstance(header, dict):
@@ -545,12 +612,15 @@ class Channel:
         if sum(lengths) != inline_bytes:
             raise ProtocolError(f"{kind} frame {fid}: its buffer table lists {sum(lengths)} "
                                 f"inline bytes but the body holds {inline_bytes}")
-        view = memoryview(body).toreadonly()
         inline = []
-        offset = hlen
-        for n in lengths:
-            inline.append(view[offset:offset + n])
-            offset += n
+        if lengths:
+            view = memoryview(body)
+            if not view.readonly:
+                view = view.toreadonly()
+            offset = hlen
+            for n in lengths:
+                inline.append(view[offset:offset + n])
+                offset += n
         fds = [self._fifo.popleft() for _ in range(nfds)]
         return Frame(kind, fid, header, inline, fds)
 

@@ -67,12 +67,17 @@ class _Packer:
             seg = enc.buffer.segment
             self.keep.append(seg)
             return self._add_segment(enc.checksum, seg)
-        view = memoryview(enc.buffer).cast("B")
-        n = view.nbytes
+        buffer = enc.buffer
+        if type(buffer) is bytes:  # the json/str/bytes kinds: inline unless huge
+            view, n = buffer, len(buffer)
+        else:
+            view = memoryview(buffer).cast("B")
+            n = view.nbytes
         if n < INLINE_MAX:
             self.inline.append(view)
             self.table.append([_checksum_field(enc.checksum), n, "inline"])
             return len(self.table) - 1
+        view = memoryview(buffer).cast("B")
         shm_array = _shm_array()
         seg = shm_array.segment_of(enc.buffer)
         if seg is None or seg.closed or (is_input and _extra_copy_injected()):
@@ -89,9 +94,12 @@ class _Packer:
 
 
 def _checksum_field(checksum):
-    """A known checksum as is; a pending one is waited for (dispatch happens after it is
-    known, so this does not block); None (a worker's deferred result) stays None."""
-    return resolved(checksum) if type(checksum) is PendingChecksum else checksum
+    """A known checksum as a plain ``str`` (the JSON encoder then needs no hook for the
+    ``Checksum`` subclass); a pending one is waited for (dispatch happens after it is known,
+    so this does not block); None (a worker's deferred result) stays None."""
+    if type(checksum) is PendingChecksum:
+        checksum = resolved(checksum)
+    return checksum if checksum is None or type(checksum) is str else str.__str__(checksum)
 
 
 def _buffer(frame, index: int, inline_iter, keep: list, populate=False, on_release=None):
@@ -110,9 +118,9 @@ def _code_field(code: FunctionCode, sent: set | None):
     """The code as a dict, or as its checksum alone once this channel has carried it."""
     if sent is not None:
         if code.checksum in sent:
-            return code.checksum
+            return _checksum_field(code.checksum)
         sent.add(code.checksum)
-    return {"name": code.name, "text": code.text, "checksum": code.checksum,
+    return {"name": code.name, "text": code.text, "checksum": _checksum_field(code.checksum),
             "filename": code.filename, "first_line": code.first_line}
 
 
@@ -135,7 +143,7 @@ def pack_work(work: Work, checksum: str, sent: set | None = None):
     code text."""
     p = _Packer()
     header = {
-        "checksum": checksum,
+        "checksum": _checksum_field(checksum),
         "name": work.name,
         "code": _code_field(work.code, sent),
         "params": [list(x) for x in work.params],
@@ -187,7 +195,8 @@ def pack_result(result: Encoded, duration: float, inputs=(), copied: int = 0):
     p = _Packer()
     for i, buf in enumerate(inputs):
         if buf is result.buffer:
-            p.table.append([result.checksum, memoryview(buf).nbytes, ["input", i]])
+            p.table.append([_checksum_field(result.checksum), memoryview(buf).nbytes,
+                            ["input", i]])
             index = 0
             break
     else:
