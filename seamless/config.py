@@ -69,6 +69,10 @@ PROJECT_FILE = "seamless.yaml"
 PROFILE_FILE = "seamless.profile.yaml"
 
 KEYS = ("cache", "execution", "memory_cache", "nparallel", "scheduler", "workers")
+# The default nparallel is this many items per worker at most (parallel.md, section 3):
+# ``parallel()`` pulls fewer while the items it holds have large inputs, never fewer than
+# ``workers``; ``get_nparallel()`` reports this upper bound.
+NPARALLEL_DEPTH = 8
 EXECUTIONS = ("process", "spawn", "remote")
 ENV_VARS = {
     "cache": "SEAMLESS_CACHE",
@@ -470,7 +474,7 @@ def _resolve(python: dict, client, env_layer: dict, file_layer: list, workdir: s
     settings = {}
     settings["execution"] = pick("execution", "process")
     settings["workers"] = pick("workers", usable_cpu_count)
-    settings["nparallel"] = pick("nparallel", settings["workers"].value)
+    settings["nparallel"] = pick("nparallel", NPARALLEL_DEPTH * settings["workers"].value)
     cache = pick("cache", False)
     if cache.value is True:
         cache = Setting(default_cache_dir(), cache.source)

@@ -40,6 +40,9 @@ __all__ = ["parallel", "parallel_async", "TransformationList"]
 _log = logging.getLogger("seamless.batch")
 
 _DONE, _FAILED, _CANCELLED = "done", "failed", "cancelled"
+# With the default nparallel, the inputs of the items held may take at most this share of the
+# memory_cache setting, once ``workers`` items are held (parallel.md, section 3).
+_BYTES_SHARE = 4
 
 
 def _window_module():
@@ -65,11 +68,36 @@ def _refuse_running_loop():
                        "`async for tf in parallel_async(tfs)`")
 
 
-def _nparallel(nparallel) -> int:
-    """The argument, validated, or the setting in force (read when the batch starts)."""
-    if nparallel is None:
-        return config.get_nparallel()
-    return config._py_positive_int("nparallel", nparallel, "parallel(tfs, nparallel={})")
+def _nparallel(nparallel) -> tuple:
+    """(bound, adaptive): the argument, validated, or the setting in force (read when the
+    batch starts).  ``adaptive`` is None for a chosen value; for the default it is
+    ``(workers, byte budget)``: the bound (8 x workers) holds while the inputs of the items
+    held stay under the budget, and at least ``workers`` items are held whatever their size."""
+    if nparallel is not None:
+        return config._py_positive_int("nparallel", nparallel,
+                                       "parallel(tfs, nparallel={})"), None
+    setting = config.get_setting("nparallel")
+    if setting.source != "default" or config.get("execution") == "remote":
+        return setting.value, None
+    workers = min(config.get("workers"), setting.value)
+    return setting.value, (workers, config.get("memory_cache") // _BYTES_SHARE)
+
+
+def _input_bytes(handle) -> int:
+    """The bytes of the argument buffers a handle holds (dependencies are their own)."""
+    total = 0
+    for arg in handle._arguments.values():
+        if type(arg) is Transformation:
+            continue
+        buffer = arg.buffer
+        if type(buffer) is bytes:
+            total += len(buffer)
+        else:
+            try:
+                total += memoryview(buffer).nbytes
+            except TypeError:
+                continue
+    return total
 
 
 def _not_a_transformation(index: int, item) -> TypeError:
@@ -95,23 +123,27 @@ def _source(tfs):
 
 
 class _Entry:
-    """One held item: its handle, its input index, and whether this batch started it."""
+    """One held item: its handle, its input index, whether this batch started it, and the
+    input bytes it counts against the default depth's budget."""
 
-    __slots__ = ("handle", "index", "started_here")
+    __slots__ = ("handle", "index", "started_here", "nbytes")
 
-    def __init__(self, handle, index, started_here):
+    def __init__(self, handle, index, started_here, nbytes=0):
         self.handle = handle
         self.index = index
         self.started_here = started_here
+        self.nbytes = nbytes
 
 
 class _Batch:
     """The state of one iteration; driven by ``_iterate`` (sync) or ``_iterate_async``."""
 
-    def __init__(self, source, nparallel: int, observer):
+    def __init__(self, source, nparallel: int, observer, adaptive=None):
         self.source = source
         self.observer = observer
         self.capacity = nparallel
+        self.adaptive = adaptive  # None, or (workers, byte budget): see _nparallel
+        self.held_bytes = 0
         self.window = None  # made at the first pull: an empty input starts nothing
         self.slots: list = [None] * nparallel
         self.pulled = 0
@@ -120,7 +152,7 @@ class _Batch:
 
     def fill(self) -> None:
         """Pull and start items while the window has room and the input has items."""
-        while not self.exhausted and (self.window is None or self.window.held < self.capacity):
+        while not self.exhausted and (self.window is None or self._room()):
             try:
                 item = next(self.source)
             except StopIteration:
@@ -136,6 +168,17 @@ class _Batch:
             self.pulled += 1
             self._hold(index, item)
 
+    def _room(self) -> bool:
+        """Whether one more item may be pulled: below the bound, and with the default depth
+        either fewer than ``workers`` held or their inputs within the byte budget."""
+        held = self.window.held
+        if held >= self.capacity:
+            return False
+        if self.adaptive is None:
+            return True
+        workers, budget = self.adaptive
+        return held < workers or self.held_bytes < budget
+
     def _hold(self, index: int, handle: Transformation) -> None:
         window_module = _window_module()
         if self.window is None:
@@ -144,7 +187,9 @@ class _Batch:
         if started_here:
             handle.start()
         seq, slot = self.window.reserve()
-        self.slots[slot] = _Entry(handle, index, started_here)
+        nbytes = 0 if self.adaptive is None else _input_bytes(handle)
+        self.held_bytes += nbytes
+        self.slots[slot] = _Entry(handle, index, started_here, nbytes)
         window = self.window
         observer = self.observer
 
@@ -162,6 +207,7 @@ class _Batch:
     def release(self, seq: int) -> _Entry:
         slot = seq % self.capacity
         entry, self.slots[slot] = self.slots[slot], None
+        self.held_bytes -= entry.nbytes
         if self.observer is not None:
             self.observer.yielded(entry.index, entry.handle)
         return entry
@@ -236,16 +282,16 @@ def parallel(tfs, nparallel=None):
     item of a sequence.
     """
     _refuse_running_loop()
-    n = _nparallel(nparallel)
+    n, adaptive = _nparallel(nparallel)
     source, observer = _source(tfs)
-    return _iterate(_Batch(source, n, observer))
+    return _iterate(_Batch(source, n, observer, adaptive))
 
 
 def parallel_async(tfs, nparallel=None):
     """``parallel()`` for ``async for``: the same rules, and it never blocks the event loop."""
-    n = _nparallel(nparallel)
+    n, adaptive = _nparallel(nparallel)
     source, observer = _source(tfs)
-    return _iterate_async(_Batch(source, n, observer))
+    return _iterate_async(_Batch(source, n, observer, adaptive))
 
 
 class TransformationList:

@@ -227,8 +227,62 @@ def test_nparallel_from_set_nparallel_and_the_environment(tmp_path, monkeypatch)
     assert max_overlap(log) <= 2
 
 
-def test_default_nparallel_is_the_workers_setting():
-    assert config.get_nparallel() == config.get("workers")
+def test_default_nparallel_reports_eight_per_worker():
+    assert config.get_nparallel() == 8 * config.get("workers")
+    assert config.get_settings()["nparallel"].source == "default"
+
+
+def _pulled_at_first_yield(make, n=100) -> int:
+    """How many items the default depth pulls before the first one is yielded."""
+    pulled = []
+
+    def source():
+        for i in range(n):
+            pulled.append(i)
+            yield make(i)
+
+    for _ in parallel(source()):
+        return len(pulled)
+
+
+@delayed
+def size_of(data, nonce):
+    return len(data) + nonce
+
+
+def test_default_depth_holds_eight_small_items_per_worker():
+    config.init(workers=3)
+    assert _pulled_at_first_yield(lambda i: inc(6000 + i)) == 24
+
+
+def test_default_depth_holds_fewer_large_items_but_never_fewer_than_workers():
+    config.init(workers=3, memory_cache="8MiB")  # inputs held: at most 2 MiB past 3 items
+    half = b"x" * (512 * 1024)
+    assert _pulled_at_first_yield(lambda i: size_of(half, i)) == 4
+    big = b"x" * (4 << 20)
+    assert _pulled_at_first_yield(lambda i: size_of(big, i)) == 3
+    assert [h.value for h in parallel(size_of(half, i) for i in range(20))] == \
+        [len(half) + i for i in range(20)]
+
+
+def test_a_chosen_nparallel_keeps_its_meaning_whatever_the_sizes():
+    config.init(workers=3, memory_cache="8MiB")
+    big = b"x" * (4 << 20)
+    pulled = []
+
+    def source():
+        for i in range(50):
+            pulled.append(i)
+            yield size_of(big, 100 + i)
+
+    for _ in parallel(source(), nparallel=10):
+        assert len(pulled) == 10
+        break
+    config.set_nparallel(5)
+    try:
+        assert _pulled_at_first_yield(lambda i: size_of(big, 200 + i)) == 5
+    finally:
+        config.set_nparallel(None)
 
 
 # --- the pool ---------------------------------------------------------------------------------

@@ -59,12 +59,12 @@ def test_defaults_without_any_configuration():
     workers = pool_env.usable_cpu_count()
     assert settings["execution"] == Setting("process", "default")
     assert settings["workers"] == Setting(workers, "default")
-    assert settings["nparallel"] == Setting(workers, "default")
+    assert settings["nparallel"] == Setting(8 * workers, "default")
     assert settings["cache"] == Setting(None, "default")
     assert settings["scheduler"] == Setting(None, "default")
     expected_memory = min(2 * GiB, pool_env.physical_memory() // 4)
     assert settings["memory_cache"] == Setting(expected_memory, "default")
-    assert config.get_nparallel() == workers
+    assert config.get_nparallel() == 8 * workers
     assert config.get("dask_client") is None
     assert sorted(settings) == ["cache", "execution", "memory_cache", "nparallel", "scheduler",
                                 "workers"]
@@ -95,7 +95,7 @@ def test_yaml_values_and_sources(fresh_config):
     settings = config.get_settings()
     assert settings["execution"] == Setting("spawn", "seamless.yaml:2")
     assert settings["workers"] == Setting(3, "seamless.yaml:3")
-    assert settings["nparallel"] == Setting(3, "default")
+    assert settings["nparallel"] == Setting(24, "default")
     assert settings["scheduler"] == Setting("tcp://head:8786", "seamless.yaml:4")
     assert settings["memory_cache"] == Setting(512 * 2**20, "seamless.yaml:5")
     assert config.get("execution") == "spawn"
@@ -192,7 +192,7 @@ def test_files_read_once_then_again_by_init_python_settings_survive(fresh_config
     assert config.get("workers") == 3
     assert config.get_settings()["nparallel"] == Setting(7, "python")
     config.set_nparallel(None)
-    assert config.get_settings()["nparallel"] == Setting(3, "default")
+    assert config.get_settings()["nparallel"] == Setting(24, "default")
 
 
 def test_lookup_directory_is_cwd_at_read_time(fresh_config, tmp_path, monkeypatch):
@@ -332,7 +332,7 @@ def test_null_means_the_default(fresh_config):
         - memory_cache: null
         """)
     settings = config.get_settings()
-    assert settings["nparallel"] == Setting(config.get("workers"), "seamless.profile.yaml:1")
+    assert settings["nparallel"] == Setting(8 * config.get("workers"), "seamless.profile.yaml:1")
     assert settings["execution"] == Setting("process", "seamless.profile.yaml:2")
     assert settings["cache"] == Setting(None, "seamless.profile.yaml:3")
     assert settings["memory_cache"].source == "seamless.profile.yaml:4"
@@ -916,11 +916,11 @@ def test_init_keywords_set_python_rank(monkeypatch):
     settings = config.get_settings()
     assert settings["execution"] == Setting("spawn", "python")
     assert settings["workers"] == Setting(2, "python")
-    assert settings["nparallel"] == Setting(2, "default")
+    assert settings["nparallel"] == Setting(16, "default")
     assert settings["scheduler"] == Setting("tcp://h:1", "python")
     config.init(workers=1)                       # the others stay
     assert config.get("execution") == "spawn"
-    assert config.get_nparallel() == 1
+    assert config.get_nparallel() == 8
 
 
 # --------------------------------------------------------------------------------------------
@@ -956,7 +956,7 @@ def test_set_python_workers_for_spawn(monkeypatch):
     assert config.get("workers") == 3
     config._set_python("workers", 5)
     assert config.get_settings()["workers"] == Setting(5, "python")
-    assert config.get_nparallel() == 5
+    assert config.get_nparallel() == 40
     config._set_python("workers", None)
     assert config.get_settings()["workers"] == Setting(3, "SEAMLESS_WORKERS")
     with pytest.raises(KeyError):
@@ -1015,7 +1015,7 @@ def test_concurrent_set_and_get_see_whole_snapshots():
     stop.set()
     t.join()
     workers = config.get("workers")
-    assert all(source == "python" or value == workers for value, source in seen)
+    assert all(source == "python" or value == 8 * workers for value, source in seen)
     assert config.get_nparallel() == 199
 
 
@@ -1166,7 +1166,7 @@ def test_usable_cpu_count_without_cgroup_files(tmp_path):
 def test_usable_cpu_count_is_the_workers_default(monkeypatch):
     monkeypatch.setattr(config, "usable_cpu_count", lambda: 7)
     assert config.get_settings()["workers"] == Setting(7, "default")
-    assert config.get_nparallel() == 7
+    assert config.get_nparallel() == 56
 
 
 def test_physical_memory_from_meminfo_and_cgroup(tmp_path):
