@@ -22,6 +22,10 @@ The frame format itself is ``protocol``; this module maps seamless's objects ont
   parent drops it, ``on_release(fd)`` gets its descriptor (the pool sends it back to the
   worker that made it: the ``recycle`` frame).
 - ``pack_result`` / ``unpack_result``, ``pack_failure`` / ``unpack_failure`` likewise.
+- What a worker cannot deliver becomes the request's failure: ``frame_error`` says why a frame
+  could not be sent (checked before it is queued), ``undeliverable`` turns that or a failed
+  ``pack_result`` into a failure, and ``fitting_failure`` cuts a failure text whose ``error``
+  frame would exceed the 64 MiB frame limit to its first and last 64 KiB.
 
 Ownership: descriptors received with a frame belong to the receiver; ``Segment.from_fd`` takes
 them over.  No pickle anywhere: JSON headers, canonical bytes, failure text.
@@ -32,11 +36,13 @@ from __future__ import annotations
 from ..code import FunctionCode, ModuleEntry
 from ..encoding import ClaimedBuffer, Encoded, PendingChecksum, resolved
 from ..execution.runner import Failure, Work
+from .protocol import MAX_FRAME, encode_frame
 
 __all__ = ["INLINE_MAX", "pack_work", "unpack_work", "pack_result", "unpack_result",
-           "pack_failure", "unpack_failure"]
+           "pack_failure", "unpack_failure", "frame_error", "undeliverable", "fitting_failure"]
 
 INLINE_MAX = 1 << 20
+CUT_KEEP = 64 * 1024  # bytes kept at each end of a failure text too long for its frame
 
 
 def _shm_array():
@@ -243,3 +249,57 @@ def pack_failure(failure: Failure) -> dict:
 
 def unpack_failure(frame) -> Failure:
     return Failure(frame.header["summary"], frame.header["text"])
+
+
+def frame_error(kind: str, id: int, header: dict, inline: list, fds: list):
+    """Why this frame could not be sent (above the frame limit, a header JSON cannot encode),
+    as the exception ``encode_frame`` raises; None when it can."""
+    try:
+        encode_frame(kind, id, header, inline, len(fds))
+    except (TypeError, ValueError) as exc:
+        return exc
+    return None
+
+
+def undeliverable(name: str, exc: BaseException) -> Failure:
+    """The failure of a body that ran but whose result could not be sent to the parent."""
+    line = f"{type(exc).__name__}: {exc}"
+    return Failure(line, f"the result of {name} could not be sent to the parent process: "
+                         f"{line}\n")
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 1e6:.1f} MB"
+
+
+def _cut(text: str, marker: str) -> str:
+    """``text`` as valid UTF-8 (lone surrogates escaped); if longer than twice ``CUT_KEEP``
+    bytes, only its first and last ``CUT_KEEP`` bytes around ``marker``."""
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= 2 * CUT_KEEP:
+        return data.decode("utf-8")
+    cut = marker.format(_mb(len(data) - 2 * CUT_KEEP))
+    return (data[:CUT_KEEP].decode("utf-8", "ignore") + cut
+            + data[-CUT_KEEP:].decode("utf-8", "ignore"))
+
+
+def fitting_failure(failure: Failure) -> Failure:
+    """``failure`` itself when its ``error`` frame can be sent; else with its summary (the
+    exception message) and its text cut to their first and last 64 KiB, the text starting
+    with a line that says what was cut and why.  The result always fits: at most 6 JSON bytes
+    per byte kept."""
+    if frame_error("error", 0, pack_failure(failure), [], []) is None:
+        return failure
+    summary_size = len(failure.summary.encode("utf-8", "surrogatepass"))
+    text_size = len(failure.text.encode("utf-8", "surrogatepass"))
+    if max(summary_size, text_size) <= 2 * CUT_KEEP:  # short, but not valid UTF-8
+        return failure._replace(summary=_cut(failure.summary, ""), text=_cut(failure.text, ""))
+    if summary_size > 2 * CUT_KEEP:
+        what, size = "exception message", summary_size
+    else:
+        what, size = "failure text", text_size
+    note = (f"[the {what} is {_mb(size)}; it was cut to the first and last "
+            f"{CUT_KEEP >> 10} KiB, as its error frame would exceed the {MAX_FRAME >> 20} MiB "
+            f"frame limit]\n")
+    return failure._replace(summary=_cut(failure.summary, " [... {} cut ...] "),
+                            text=note + _cut(failure.text, "\n[... {} cut ...]\n"))

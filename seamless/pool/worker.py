@@ -2,14 +2,38 @@
 
 Threads and ownership inside the worker:
 
-    reader thread ──frames──► submit/revoke/shutdown: the main thread's inbox (FIFO)
+    reader thread ──frames──► submit/recycle/shutdown: the main thread's inbox (FIFO)
+                              revoke: answered at once (``revoked``, dropped or not)
                               nested-reply: the nested child job it answers
     main thread   ◄─inbox──── runs one body at a time; sends result / error
     heartbeat thread          every 1 s while busy: RSS and the running request id; also sends
                               results held back for more than ``_HOLD_S`` (see ``_hold``)
 
 - The channel (socketpair end inherited as ``SEAMLESS_WORKER_FD``) is owned by this process;
-  EOF on it means the parent is gone: the worker exits.
+  EOF on it means the parent is gone: the worker exits.  Every frame leaves through
+  ``Worker.send``, which first checks that the descriptor is still the channel (a body may
+  close it, or close it and open something else under its number): if not, or if a send
+  fails, the worker cannot answer any more and exits with ``EXIT_CHANNEL_LOST`` after one
+  line on stderr.  The parent then sees a death and fails the body that had started.
+- The started word (8 shared bytes, ``SEAMLESS_WORKER_CURRENT_FD``): the request id of the last
+  submit this worker took from its inbox to run, written under the inbox lock as it is taken
+  and never reset.  The parent sends submits in increasing id order and the worker runs them
+  in that order, so after a death an id at or below the word had started (it fails, never
+  runs again) and one above it had not (it is requeued).
+- ``revoke``: a submit still in the inbox is dropped (``revoked`` with ``{"dropped": true}``);
+  one the main thread already took is answered ``{"dropped": false}``.  Both under the inbox
+  lock, so exactly one of "dropped" and "started" holds.
+- Whatever cannot be delivered becomes that request's ``error``, and the worker goes on: a
+  result that cannot be packed (no shared memory for its segment, e.g. a body lowered
+  RLIMIT_FSIZE: SIGXFSZ is ignored, so the allocation fails with EFBIG) or whose frame cannot
+  be encoded; a failure text whose ``error`` frame would exceed the 64 MiB frame limit is cut
+  to its first and last 64 KiB (``wire.fitting_failure``).  After each body the worker puts
+  back a soft RLIMIT_FSIZE the body changed.
+- A body may ``os.fork()``.  The child (marked by an at-fork hook) never sends a frame
+  (``send`` raises there): when control comes back into the worker's code in it, it flushes
+  stdout/stderr and leaves with ``os._exit``: 0 after a return, the code of a ``SystemExit``,
+  else 1 (after printing the failure, as Python would), never running the serve loop or the
+  worker's atexit handlers.
 - Input segments are mapped read-only and their descriptors closed at once (``wire``); the
   mappings go when the body's values are dropped.
 - Results of 1 MiB or more travel as segments.  The main thread runs bodies with the numpy
@@ -31,20 +55,28 @@ Threads and ownership inside the worker:
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import faulthandler
 import hashlib
 import io
 import itertools
 import os
+import resource
 import signal
 import socket
 import sys
 import threading
 import time
 
+from seamless.errors import SeamlessError
 from seamless.pool.protocol import Channel, ProtocolError
 
+__all__ = ["EXIT_CHANNEL_LOST", "main"]
+
+#: Exit code of a worker that can no longer answer its parent (its channel was closed or
+#: replaced by a body, or a send failed): the body it had started is the one that fails.
+EXIT_CHANNEL_LOST = 74  # EX_IOERR
 _TAIL = 64 * 1024
 _NESTED_BIT = 1 << 63
 # While more submits wait in the inbox, results are held back and sent together, at most this
@@ -63,10 +95,10 @@ class _Tee(io.TextIOBase):
         self._stream = stream
         self._tail = collections.deque()
         self._size = 0
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # replaced in a forked child (``after_fork_in_child``)
 
     def write(self, text):
-        with self._lock:
+        with self.lock:
             self._tail.append(text)
             self._size += len(text)
             while self._size > _TAIL and len(self._tail) > 1:
@@ -87,7 +119,7 @@ class _Tee(io.TextIOBase):
         return self._stream.isatty()
 
     def take(self) -> str:
-        with self._lock:
+        with self.lock:
             text = "".join(self._tail)[-_TAIL:]
             self._tail.clear()
             self._size = 0
@@ -105,6 +137,39 @@ def _die_with_parent(parent_pid: int):
         os._exit(0)
 
 
+def _file_id(fd: int):
+    """(device, inode) of the file descriptor ``fd`` refers to; None if it is not open."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _flush_output():
+    """Flush stdout and stderr; a body may have closed the descriptors under them."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
+def _exit_status(failure) -> tuple:
+    """(exit code, text to print) with which Python ends a script whose main code ended as
+    this body did: None (returned) -> 0; ``SystemExit`` -> its code, or 1 and its message;
+    any other exception -> 1 and its traceback."""
+    if failure is None:
+        return 0, ""
+    name, _, arg = failure.summary.partition(": ")
+    if name != "SystemExit":
+        return 1, failure.text
+    if arg in ("", "None"):
+        return 0, ""
+    try:
+        return int(arg) & 0xFF, ""
+    except ValueError:
+        return 1, arg + "\n"
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -118,6 +183,11 @@ class Worker:
 
     def __init__(self, channel: Channel):
         self.channel = channel
+        self.forked = False  # True in a child process a body forked (``after_fork_in_child``)
+        self.channel_fd = channel.fileno()
+        self.channel_id = _file_id(self.channel_fd)  # a body may close or replace it
+        self.stderr_id = _file_id(2)
+        self.fsize_soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         self.inbox: collections.deque = collections.deque()
         self.cond = threading.Condition()
         self.current = None  # request id of the running body
@@ -126,16 +196,45 @@ class Worker:
         self.run_here: dict = {}  # Job -> True once the parent declined it
         self.stdout = _Tee(sys.stdout)
         self.stderr = _Tee(sys.stderr)
-        self.closing = False
         self.current_word = memoryview(bytearray(8)).cast("Q")  # main() maps the shared one
         self.codebook: dict = {}  # code checksum -> FunctionCode, as the parent sent them
         self.outbox: list = []  # result/error frames held back while more submits wait
         self.outbox_cond = threading.Condition()  # guards outbox; wakes the heartbeat thread
 
+    # ------------------------------------------------------------ the channel
+
+    def send(self, frames: list):
+        """Every frame leaves through here: never from a forked child, never on a descriptor
+        that is no longer the channel, and a failed send ends the worker."""
+        if self.forked:
+            raise SeamlessError(
+                "this process was forked by a transformation body running in a pool worker; "
+                "only the worker itself talks to the pool: start transformations in the body, "
+                "not in the forked child")
+        if _file_id(self.channel_fd) != self.channel_id:
+            self.exit_channel_lost(f"descriptor {self.channel_fd}, its channel to the parent, "
+                                   f"was closed or replaced by the running transformation")
+        try:
+            self.channel.send(frames)
+        except (OSError, ProtocolError) as exc:
+            self.exit_channel_lost(f"a send to the parent failed ({type(exc).__name__}: {exc})")
+
+    def exit_channel_lost(self, why: str):
+        """Exit at once with ``EXIT_CHANNEL_LOST``: a worker that cannot answer must not go on
+        (the parent sees the death and fails the body the started word names).  One line on
+        stderr first, if descriptor 2 is still the worker's own."""
+        if _file_id(2) == self.stderr_id:
+            line = (f"seamless worker {os.getpid()}: {why}; it cannot answer any more and exits "
+                    f"with code {EXIT_CHANNEL_LOST}\n")
+            with contextlib.suppress(OSError):
+                os.write(2, line.encode("utf-8", "backslashreplace"))
+        os._exit(EXIT_CHANNEL_LOST)
+
     # ------------------------------------------------------------ threads
 
     def read_frames(self):
-        """Reader thread: route every frame; EOF means the parent is gone."""
+        """Reader thread: route every frame; EOF means the parent is gone (unless a body
+        closed the channel)."""
         try:
             while True:
                 frame = self.channel.receive_blocking()
@@ -149,6 +248,10 @@ class Worker:
                     self.inbox.append(frame)
                     self.cond.notify_all()
         except (EOFError, OSError):
+            if _file_id(self.channel_fd) != self.channel_id:
+                self.exit_channel_lost(f"descriptor {self.channel_fd}, its channel to the "
+                                       f"parent, was closed or replaced by the running "
+                                       f"transformation")
             os._exit(0)  # the parent is gone
         except ProtocolError as exc:
             os.write(2, f"seamless worker {os.getpid()}: bad frame from the parent: {exc}\n"
@@ -156,20 +259,23 @@ class Worker:
             os._exit(70)
 
     def _revoke(self, rid: int):
-        """Drop a staged submission at once if the main thread has not taken it yet."""
+        """Drop submit ``rid`` if it still waits in the inbox; answer either way.  Under
+        ``cond``, as the main thread takes frames (and marks them started): so ``dropped``
+        is true exactly when that body will never run."""
         with self.cond:
-            staged = [f for f in self.inbox if f.kind == "submit" and f.id == rid]
-            for frame in staged:
-                self.inbox.remove(frame)
-        for frame in staged:
-            for fd in frame.fds:
+            staged = next((f for f in self.inbox if f.kind == "submit" and f.id == rid), None)
+            if staged is not None:
+                self.inbox.remove(staged)
+        if staged is not None:
+            for fd in staged.fds:
                 os.close(fd)
-            self.channel.send([("revoked", rid, {}, [], [])])
+        self.send([("revoked", rid, {"dropped": staged is not None}, [], [])])
 
     def heartbeat(self):
-        """Every second while busy: a heartbeat.  Also sends results held back longer than
-        ``_HOLD_S``, so a tiny task's result never waits for a long task that follows it, and
-        every second drops free-list segments unused for ``_IDLE_TRIM_S``."""
+        """Every second while busy: a heartbeat (whose send also notices a channel the body
+        closed).  Also sends results held back longer than ``_HOLD_S``, so a tiny task's
+        result never waits for a long task that follows it, and every second drops free-list
+        segments unused for ``_IDLE_TRIM_S``."""
         from seamless._ipc import shm_array
 
         next_beat = time.monotonic() + 1.0
@@ -180,31 +286,28 @@ class Worker:
                     timeout = min(timeout, _HOLD_S)
                 if timeout > 0:
                     self.outbox_cond.wait(timeout)
-            try:
-                if self.outbox:
-                    self._flush()
-                if time.monotonic() >= next_beat:
-                    next_beat = time.monotonic() + 1.0
+            if self.outbox:
+                self._flush()
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + 1.0
+                with contextlib.suppress(OSError):  # a body may have closed a list entry
                     shm_array.trim_idle(_IDLE_TRIM_S)
-                    current = self.current
-                    if current is not None:
-                        self.channel.send([("heartbeat", current, {"rss": _rss_bytes()},
-                                            [], [])])
-            except OSError:
-                return
+                current = self.current
+                if current is not None:
+                    self.send([("heartbeat", current, {"rss": _rss_bytes()}, [], [])])
 
     # ------------------------------------------------------------ main loop
 
     def serve(self):
         while True:
             with self.cond:
-                frame = self.inbox.popleft() if self.inbox else None
+                frame = self._take_locked() if self.inbox else None
             if frame is None:  # nothing more to do now: send what was held back, then wait
                 self._flush()
                 with self.cond:
                     while not self.inbox:
                         self.cond.wait()
-                    frame = self.inbox.popleft()
+                    frame = self._take_locked()
             if frame.kind == "shutdown":
                 self._flush()
                 return
@@ -213,6 +316,14 @@ class Worker:
                 continue
             if frame.kind == "submit":
                 self._run_submit(frame)
+
+    def _take_locked(self):
+        """The next inbox frame (``cond`` held).  A submit is marked started in the shared
+        word as it is taken, never reset: a revoke either still finds it or sees it started."""
+        frame = self.inbox.popleft()
+        if frame.kind == "submit":
+            self.current_word[0] = frame.id
+        return frame
 
     def _recycle(self, frame):
         """Result segments the parent dropped go to this worker's free list, where the numpy
@@ -240,58 +351,103 @@ class Worker:
         with self.outbox_cond:
             frames, self.outbox = self.outbox, []
             if frames:
-                self.channel.send(frames)
+                self.send(frames)
 
     def _run_submit(self, frame):
         from seamless._ipc import shm_array
-        from seamless.encoding import ClaimedBuffer
-        from seamless.execution.runner import run
+        from seamless.execution.runner import failure_from_exception, run
         from seamless.pool import wire
 
         self.current = frame.id
-        self.current_word[0] = frame.id  # the parent reads it if this process dies
         self.stdout.take()
         self.stderr.take()
         copied_before = shm_array.bytes_copied()
         try:
             _checksum, work = wire.unpack_work(frame, self.codebook)
             outcome = run(work, defer_checksum=True)
-        except Exception as exc:  # unpacking failed: report it as this transformation's failure
-            from seamless.execution.runner import failure_from_exception
-
-            outcome = None
-            failure = failure_from_exception(exc)
-        else:
             failure = outcome.failure
+        except BaseException as exc:  # unpacking failed; or a body raised KeyboardInterrupt
+            failure = failure_from_exception(exc)
+            if not (isinstance(exc, Exception) or self.forked):
+                raise
+        if self.forked:
+            self.leave_forked_child(failure)
         self.current = None
-        self.current_word[0] = 0
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush_output()
         if failure is None:
-            result = outcome.result
+            failure = self._send_result(frame.id, work, outcome,
+                                        shm_array.bytes_copied() - copied_before)
+        if failure is not None:
+            text = failure.text + _output_sections(self.stdout.take(), self.stderr.take())
+            header = wire.pack_failure(wire.fitting_failure(failure._replace(text=text)))
+            self._hold(("error", frame.id, header, [], []))
+        self._restore_file_size_limit()
+
+    def _send_result(self, rid: int, work, outcome, copied: int):
+        """Send a body's result, then its deferred checksum.  None, or the failure to report
+        instead when the result cannot be delivered."""
+        from seamless.encoding import ClaimedBuffer
+        from seamless.pool import wire
+
+        result = outcome.result
+        try:
             header, inline, fds, keep = wire.pack_result(
-                result, outcome.duration, wire.input_buffers(work),
-                copied=shm_array.bytes_copied() - copied_before)
-            self._hold(("result", frame.id, header, inline, fds))
-            if fds:  # the parent may be waiting for this array; send it before hashing
-                self._flush()
+                result, outcome.duration, wire.input_buffers(work), copied=copied)
+        except Exception as exc:  # whatever stops it (no segment for it: SharedMemoryError)
+            return wire.undeliverable(work.name, exc)
+        problem = wire.frame_error("result", rid, header, inline, fds)
+        if problem is not None:
             for seg in keep:
                 seg.close()
-            if result.checksum is None:
-                # Deferred: the caller already has the value; the checksum follows.
-                if type(result.buffer) is ClaimedBuffer:
-                    checksum = result.buffer.sha256()
-                    hashed = result.buffer.nbytes
-                else:
-                    view = memoryview(result.buffer)
-                    checksum = hashlib.sha256(view).hexdigest()
-                    hashed = view.nbytes
-                self.channel.send([("result-checksum", frame.id,
-                                    {"checksum": checksum, "hashed": hashed}, [], [])])
-        else:
-            text = failure.text + _output_sections(self.stdout.take(), self.stderr.take())
-            header = wire.pack_failure(failure._replace(text=text))
-            self._hold(("error", frame.id, header, [], []))
+            return wire.undeliverable(work.name, problem)
+        self._hold(("result", rid, header, inline, fds))
+        if fds:  # the parent may be waiting for this array; send it before hashing
+            self._flush()
+        for seg in keep:
+            seg.close()
+        if result.checksum is None:
+            # Deferred: the caller already has the value; the checksum follows.
+            if type(result.buffer) is ClaimedBuffer:
+                checksum = result.buffer.sha256()
+                hashed = result.buffer.nbytes
+            else:
+                view = memoryview(result.buffer)
+                checksum = hashlib.sha256(view).hexdigest()
+                hashed = view.nbytes
+            self.send([("result-checksum", rid, {"checksum": checksum, "hashed": hashed},
+                        [], [])])
+        return None
+
+    def _restore_file_size_limit(self):
+        """A body that lowered the soft RLIMIT_FSIZE would make later results fail to get a
+        segment: put the worker's own back (kept if the body lowered the hard limit too)."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != self.fsize_soft:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_FSIZE, (self.fsize_soft, hard))
+
+    # ------------------------------------------------------------ forks inside a body
+
+    def after_fork_in_child(self):
+        """At-fork hook: mark a child a body forked (``send`` refuses; the worker's code
+        leaves it through ``leave_forked_child``) and replace the locks that the worker's
+        other threads, which do not exist in the child, may have held."""
+        self.forked = True
+        self.cond = threading.Condition()
+        self.outbox_cond = threading.Condition()
+        self.stdout.lock = threading.Lock()
+        self.stderr.lock = threading.Lock()
+
+    def leave_forked_child(self, failure):
+        """Control came back into the worker's code in a forked child: end it as Python ends a
+        script (0 after a return, a SystemExit's code, else 1 after printing the failure),
+        with no frame sent, no serve loop and none of the worker's atexit handlers."""
+        code, message = _exit_status(failure)
+        if message:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(message)
+        _flush_output()
+        os._exit(code)
 
     # ------------------------------------------------------------ nested children
 
@@ -303,9 +459,11 @@ class Worker:
         with self.cond:
             self.nested[rid] = job
         header, inline, fds, keep = wire.pack_work(job.work, job.checksum)
-        self.channel.send([("nested-submit", rid, header, inline, fds)])
-        for seg in keep:
-            seg.close()
+        try:
+            self.send([("nested-submit", rid, header, inline, fds)])
+        finally:
+            for seg in keep:
+                seg.close()
         job.backend_ref = rid
 
     def _nested_reply(self, frame):
@@ -361,6 +519,8 @@ class Worker:
             for job in ready:
                 if job.claim():
                     dispatch.execute(job)
+                    if self.forked:  # that child's body forked, and this is the child
+                        self.leave_forked_child(job.outcome.failure)
 
     def withdraw(self, job) -> bool:
         """Backend ``withdraw``: tell the parent this child is no longer needed."""
@@ -368,7 +528,7 @@ class Worker:
         with self.cond:
             if rid is None or self.nested.pop(rid, None) is None:
                 return False
-        self.channel.send([("nested-cancel", rid, {}, [], [])])
+        self.send([("nested-cancel", rid, {}, [], [])])
         return True
 
 
@@ -428,15 +588,22 @@ def _shared_current_word(fd: int) -> memoryview:
 
 def main():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A body that lowers RLIMIT_FSIZE makes segment allocations fail with EFBIG, reported as
+    # that body's error, instead of killing the worker (CPython ignores it too; made sure).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     _die_with_parent(int(os.environ["SEAMLESS_WORKER_PPID"]))
     faulthandler.enable()
     sock = socket.socket(fileno=int(os.environ["SEAMLESS_WORKER_FD"]))
+    sock.set_inheritable(False)  # commands a body starts inherit none of the pool's descriptors
     channel = Channel(sock)
     init = channel.receive_blocking()
     if init.kind != "init":
         raise SystemExit(f"seamless worker: expected an init frame, got {init.kind!r}")
     _apply_init(init.header)
     worker = Worker(channel)
+    # Registered before dispatch is imported, so it runs first in a forked child: dispatch's
+    # hook fails the in-flight nested jobs there, whose callbacks take the new ``cond``.
+    os.register_at_fork(after_in_child=worker.after_fork_in_child)
     worker.current_word = _shared_current_word(int(os.environ["SEAMLESS_WORKER_CURRENT_FD"]))
     sys.stdout, sys.stderr = worker.stdout, worker.stderr
 
@@ -456,7 +623,7 @@ def main():
                      daemon=True).start()
     hello = {"pid": os.getpid(), "python": sys.version.split()[0],
              "seamless": seamless.__version__, "ipc": seamless._ipc.backends()}
-    channel.send([("hello", 0, hello, [], [])])
+    worker.send([("hello", 0, hello, [], [])])
     worker.serve()
     sys.stdout.flush()
     sys.stderr.flush()
