@@ -18,12 +18,20 @@ pool ``pool.Pool`` (``spawn``), and inside a pool worker the parent itself (chil
 Ownership: ``_running`` holds each job from submission until it finishes; the job holds its
 argument buffers until then; the caches and the handles hold the result buffer afterwards.
 Failures are never cached.
+
+``os.fork()``: threads do not survive it, so in the child every backend is dropped (the pool
+through ``forget_after_fork()``, which closes the child's copies of its descriptors and sends
+nothing to the parent's workers), every job in ``_running`` fails (it was being run by threads
+or workers of the parent), and the lock and the lookup thread are new.  The next
+transformation in the child starts fresh backends; ``spawn`` stays configured, and so does
+``encoding.use_segments`` (the child's new pool uses it).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
 import sys
 import threading
 
@@ -32,7 +40,7 @@ from ..checksum import _trusted
 from ..encoding import Encoded, PendingChecksum
 from .inprocess import InProcessExecutor, in_executor_thread
 from .job import Job
-from .runner import Outcome, run
+from .runner import Failure, Outcome, run
 
 __all__ = ["start", "execute", "complete", "help_run", "withdraw", "close", "start_pool",
            "has_spawned", "pool_size"]
@@ -416,3 +424,40 @@ def close():
                 handles = list(job.handles)
             for handle in handles:
                 handle.cancel()
+
+
+# ---------------------------------------------------------------- os.fork()
+
+def _after_fork_in_child():
+    """At-fork hook (see the module docstring): the child's backends are new, and the jobs the
+    parent's threads and workers were running fail here instead of waiting forever."""
+    global _lock, _lookup_thread
+    _lock = threading.RLock()
+    _lookup_thread = None
+    backends = list(_backends.values())
+    _backends.clear()
+    for backend in backends:
+        forget_pool = getattr(backend, "forget_after_fork", None)  # the in-process executor
+        if forget_pool is not None:                                # holds nothing to close
+            forget_pool()
+    jobs = list(_running.values())
+    _running.clear()
+    if not jobs:
+        return
+    from ..transformation import Transformation
+
+    summary = (f"SeamlessError: it was started before os.fork() in the parent process "
+               f"(pid {os.getppid()}) and cannot finish in this forked child (pid "
+               f"{os.getpid()}); start it again in the child")
+    failure = Failure(summary, summary + "\n(the threads and pool workers of the parent do "
+                      "not exist in a forked child; the child's next transformation starts "
+                      "its own; on this handle: .clear_exception(), then .run())\n")
+    for job in jobs:
+        job.lock = threading.Lock()  # a thread of the parent may have held it
+        # Nested children of the parent's workers wait behind pool proxies: those belong to
+        # the parent, and nothing may be sent to its workers from here.
+        job.handles = [h for h in job.handles if isinstance(h, Transformation)]
+        job.finish(Outcome(None, failure, 0.0))
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
