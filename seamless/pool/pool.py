@@ -54,6 +54,7 @@ from .env import usable_cpu_count
 from .protocol import MAX_FDS, Channel, ProtocolError
 from .scheduling import MAX_START_FAILURES, Fail, Forget, Kill, Launch, Revoke, Scheduler, Send
 from .supervise import Child, describe_signal, raise_nofile_limit
+from .worker import EXIT_CHANNEL_LOST
 
 __all__ = ["Pool"]
 
@@ -62,6 +63,8 @@ _HELLO_TIMEOUT = 30.0
 _IDLE_TRIM_S = 2.0  # free-list segments unused this long are closed (worker-pool.md, 5)
 _SHUTDOWN_GRACE = 2.0
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_OUTBOX_OFFSET = 16  # the shared memfd: started word, held length, held frames (worker.py)
+_SHARED_SIZE = _OUTBOX_OFFSET + (256 << 10)
 
 
 class _Worker:
@@ -359,10 +362,11 @@ class Pool:
 
     def _launch(self, worker: _Worker):
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        # 8 shared bytes where the worker writes the request id of each body it starts (never
-        # reset): after a death, what had started fails and the rest is requeued.
+        # Shared with the worker: the request id of each body it starts (never reset), and
+        # the result frames it holds back (worker._Outbox): after a death, those results are
+        # delivered, what else had started fails and the rest is requeued.
         current_fd = os.memfd_create("seamless-current", os.MFD_CLOEXEC)
-        os.ftruncate(current_fd, 8)
+        os.ftruncate(current_fd, _SHARED_SIZE)
         env = dict(os.environ, SEAMLESS_WORKER_FD=str(child_end.fileno()),
                    SEAMLESS_WORKER_CURRENT_FD=str(current_fd),
                    SEAMLESS_WORKER_PPID=str(os.getpid()))
@@ -459,6 +463,7 @@ class Pool:
             self._drain_channel(worker)  # everything it sent is in the channel by now
             if worker.child is not child:
                 return  # a frame in it was malformed: that death was handled already
+            self._take_held_frames(worker)
         started_rid = int.from_bytes(os.pread(worker.current_fd, 8, 0), "little")
         child.read_stderr()
         for fd in (worker.channel.fileno(), child.pidfd, child.stderr_fd):
@@ -484,6 +489,25 @@ class Pool:
                 return
             if not frames or not self._handle_frames(worker, frames):
                 return
+
+    def _take_held_frames(self, worker: _Worker):
+        """Results a dead worker held back unsent (its outbox in the shared memfd): each body
+        ran once and finished, so its result is delivered, not lost.  Frames it had sent
+        already come twice; the second is ignored (no job is booked under that id)."""
+        held = int.from_bytes(os.pread(worker.current_fd, 8, 8), "little")
+        if not 0 < held <= _SHARED_SIZE - _OUTBOX_OFFSET:
+            return
+        data = os.pread(worker.current_fd, held, _OUTBOX_OFFSET)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        theirs.close()
+        try:
+            with Channel(ours) as reader:
+                frames = reader.feed(data)
+        except ProtocolError as exc:
+            _log.warning("seamless: the held results of dead worker %d were unreadable: %s",
+                         worker.index, exc)
+            return
+        self._handle_frames(worker, [f for f in frames if f.kind in ("result", "error")])
 
     def _note_broken(self):
         if self._scheduler.broken and self._broken is None:
@@ -534,6 +558,9 @@ class Pool:
             how, cause = "was stopped", "its running work was cancelled"
         else:
             code, sig, how, cause = child.explain_exit(worker.rss)
+            if code == EXIT_CHANNEL_LOST:
+                cause = ("the transformation closed or replaced the worker's channel to this "
+                         "process (its file descriptor), so the worker could not answer")
         when = ("while running it" if why == "crashed" else
                 "after this body had finished, before its result left the worker (the body "
                 "ran once; its result is lost)")

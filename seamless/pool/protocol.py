@@ -356,6 +356,25 @@ class Channel:
             self._out.extend(entries)
             self._flush_locked(wait)
 
+    def send_encoded(self, data) -> None:
+        """Send bytes that already are whole frames without descriptors (``encode_frame``
+        output, joined), waiting until they are all in the kernel."""
+        with self._send_lock:
+            if self._closed:
+                raise ValueError("cannot send on a closed channel")
+            self._out.append(_Out(memoryview(data), [], False))
+            self._flush_locked(True)
+
+    def feed(self, data) -> list:
+        """Frames from bytes that did not come through the socket (frames a dead worker held
+        back in shared memory); a frame cut short at the end is left out."""
+        self._rbuf += data
+        frames: list = []
+        self._parse(frames)
+        if self._error is not None:
+            raise self._error
+        return frames
+
     @property
     def wants_write(self) -> bool:
         """Whether bytes queued by ``send(..., wait=False)`` are waiting for ``flush()``."""

@@ -2,27 +2,34 @@
 
 Threads and ownership inside the worker:
 
-    reader thread ──frames──► submit/recycle/shutdown: the main thread's inbox (FIFO)
-                              revoke: answered at once (``revoked``, dropped or not)
-                              nested-reply: the nested child job it answers
-    main thread   ◄─inbox──── runs one body at a time; sends result / error
-    heartbeat thread          every 1 s while busy: RSS and the running request id; also sends
-                              results held back for more than ``_HOLD_S`` (see ``_hold``)
+    main thread     between bodies: reads the channel itself (submit/recycle/shutdown to the
+                    inbox, revokes answered at once), runs the next body, holds its result
+                    in the shared outbox; sends the outbox when the inbox runs dry or
+                    ``_BATCH`` results wait.  No hand-off between threads for a tiny task.
+    watcher thread  while a body runs longer than ``_ENGAGE_S`` (or waits for nested
+                    children): takes over the channel's read side (``read_lock``), sends the
+                    outbox, answers revokes, delivers nested replies, queues the rest, and
+                    sends a heartbeat (RSS, request id) every second; gives the channel back
+                    when the body ends.  Parked while the worker waits for work.
 
+- Result and error frames wait in ``_Outbox``, inside the memfd shared with the parent
+  (``SEAMLESS_WORKER_CURRENT_FD``): if the worker dies before sending them, the parent reads
+  them there, so a body that finished is never failed nor run again because a later one
+  crashed.  A segment result (it carries a descriptor) is sent at once, after what is held.
 - The channel (socketpair end inherited as ``SEAMLESS_WORKER_FD``) is owned by this process;
   EOF on it means the parent is gone: the worker exits.  Every frame leaves through
   ``Worker.send``, which first checks that the descriptor is still the channel (a body may
   close it, or close it and open something else under its number): if not, or if a send
   fails, the worker cannot answer any more and exits with ``EXIT_CHANNEL_LOST`` after one
   line on stderr.  The parent then sees a death and fails the body that had started.
-- The started word (8 shared bytes, ``SEAMLESS_WORKER_CURRENT_FD``): the request id of the last
-  submit this worker took from its inbox to run, written under the inbox lock as it is taken
-  and never reset.  The parent sends submits in increasing id order and the worker runs them
-  in that order, so after a death an id at or below the word had started (it fails, never
-  runs again) and one above it had not (it is requeued).
+- The started word (the first 8 shared bytes): the request id of the last submit this worker
+  took from its inbox to run, written as it is taken and never reset.  The parent sends
+  submits in increasing id order and the worker runs them in that order, so after a death an
+  id at or below the word had started (it fails, never runs again) and one above it had not
+  (it is requeued).
 - ``revoke``: a submit still in the inbox is dropped (``revoked`` with ``{"dropped": true}``);
-  one the main thread already took is answered ``{"dropped": false}``.  Both under the inbox
-  lock, so exactly one of "dropped" and "started" holds.
+  one the main thread already took is answered ``{"dropped": false}``.  Only the holder of the
+  channel's read side touches the inbox, so exactly one of "dropped" and "started" holds.
 - Whatever cannot be delivered becomes that request's ``error``, and the worker goes on: a
   result that cannot be packed (no shared memory for its segment, e.g. a body lowered
   RLIMIT_FSIZE: SIGXFSZ is ignored, so the allocation fails with EFBIG) or whose frame cannot
@@ -63,6 +70,7 @@ import io
 import itertools
 import os
 import resource
+import select
 import signal
 import socket
 import sys
@@ -70,7 +78,7 @@ import threading
 import time
 
 from seamless.errors import SeamlessError
-from seamless.pool.protocol import Channel, ProtocolError
+from seamless.pool.protocol import Channel, ProtocolError, encode_frame
 
 __all__ = ["EXIT_CHANNEL_LOST", "main"]
 
@@ -82,7 +90,8 @@ _NESTED_BIT = 1 << 63
 # While more submits wait in the inbox, results are held back and sent together, at most this
 # many at a time: tiny tasks then cost one sendmsg per batch instead of one each.
 _BATCH = 32
-_HOLD_S = 0.001
+_ENGAGE_S = 0.001  # a body running longer than this gets the watcher thread on the channel
+_OUTBOX_OFFSET = 16  # the shared memfd: started word (8 bytes), outbox length (8), frames
 _IDLE_TRIM_S = 2.0  # free-list segments unused this long are closed (worker-pool.md, 5)
 _ALLOCATOR_MIN = 1 << 20  # numpy allocations from this size on are born in segments
 _ALLOCATOR_HEADROOM = 4096  # room for the canonical header in front of such an allocation
@@ -196,10 +205,26 @@ class Worker:
         self.run_here: dict = {}  # Job -> True once the parent declined it
         self.stdout = _Tee(sys.stdout)
         self.stderr = _Tee(sys.stderr)
-        self.current_word = memoryview(bytearray(8)).cast("Q")  # main() maps the shared one
         self.codebook: dict = {}  # code checksum -> FunctionCode, as the parent sent them
-        self.outbox: list = []  # result/error frames held back while more submits wait
-        self.outbox_cond = threading.Condition()  # guards outbox; wakes the heartbeat thread
+        self.current_word = memoryview(bytearray(8)).cast("Q")  # main() maps the shared one
+        self.outbox = _Outbox(memoryview(bytearray(_OUTBOX_OFFSET + 4096)))  # main() maps it
+        self.out_lock = threading.Lock()  # the outbox: the main thread fills, either sends
+        # The channel's read side belongs to the main thread between bodies and may pass to
+        # the watcher thread while a body runs (``body_starts``/``body_ended``).
+        self.read_lock = threading.Lock()
+        self.read_lock.acquire()
+        self.in_body = False
+        self.body_seq = 0
+        self.want_reader = 0  # threads waiting for nested replies: the watcher reads at once
+        self.watching = False
+        self.watcher_parked = False
+        self.idle = True  # the main thread waits for work: the watcher has nothing to watch
+        self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.channel_poll = select.poll()
+        self.channel_poll.register(self.channel_fd, select.POLLIN)
+        self.watch_poll = select.poll()
+        self.watch_poll.register(self.channel_fd, select.POLLIN)
+        self.watch_poll.register(self.wake_fd, select.POLLIN)
 
     # ------------------------------------------------------------ the channel
 
@@ -219,6 +244,18 @@ class Worker:
         except (OSError, ProtocolError) as exc:
             self.exit_channel_lost(f"a send to the parent failed ({type(exc).__name__}: {exc})")
 
+    def send_encoded(self, data):
+        """``send`` for frames already encoded (the outbox)."""
+        if self.forked:
+            self.send([])  # raises there
+        if _file_id(self.channel_fd) != self.channel_id:
+            self.exit_channel_lost(f"descriptor {self.channel_fd}, its channel to the parent, "
+                                   f"was closed or replaced by the running transformation")
+        try:
+            self.channel.send_encoded(data)
+        except (OSError, ProtocolError) as exc:
+            self.exit_channel_lost(f"a send to the parent failed ({type(exc).__name__}: {exc})")
+
     def exit_channel_lost(self, why: str):
         """Exit at once with ``EXIT_CHANNEL_LOST``: a worker that cannot answer must not go on
         (the parent sees the death and fails the body the started word names).  One line on
@@ -230,23 +267,30 @@ class Worker:
                 os.write(2, line.encode("utf-8", "backslashreplace"))
         os._exit(EXIT_CHANNEL_LOST)
 
-    # ------------------------------------------------------------ threads
+    # ------------------------------------------------------------ reading the channel
 
-    def read_frames(self):
-        """Reader thread: route every frame; EOF means the parent is gone (unless a body
-        closed the channel)."""
+    def route(self, frames):
+        """Route frames read by whichever thread holds the channel's read side: answers to
+        revokes and nested replies at once, the rest to the inbox in order."""
+        for frame in frames:
+            kind = frame.kind
+            if kind == "submit" or kind == "recycle" or kind == "shutdown":
+                self.inbox.append(frame)
+            elif kind == "revoke":
+                self._revoke(frame.id)
+            elif kind == "nested-reply":
+                self._nested_reply(frame)
+            else:
+                raise ProtocolError(f"unexpected {kind!r} frame from the parent")
+
+    def read_available(self, timeout: float) -> bool:
+        """Read and route every frame that arrives within ``timeout`` seconds (0: only those
+        already here); False when none came.  The caller holds ``read_lock``.  EOF means the
+        parent is gone, unless a body closed the channel."""
         try:
-            while True:
-                frame = self.channel.receive_blocking()
-                if frame.kind == "nested-reply":
-                    self._nested_reply(frame)
-                    continue
-                if frame.kind == "revoke":
-                    self._revoke(frame.id)
-                    continue
-                with self.cond:
-                    self.inbox.append(frame)
-                    self.cond.notify_all()
+            if timeout and not self.channel_poll.poll(timeout * 1000):
+                return False
+            frames = self.channel.receive()
         except (EOFError, OSError):
             if _file_id(self.channel_fd) != self.channel_id:
                 self.exit_channel_lost(f"descriptor {self.channel_fd}, its channel to the "
@@ -257,73 +301,125 @@ class Worker:
             os.write(2, f"seamless worker {os.getpid()}: bad frame from the parent: {exc}\n"
                      .encode())
             os._exit(70)
+        self.route(frames)
+        return bool(frames)
 
     def _revoke(self, rid: int):
-        """Drop submit ``rid`` if it still waits in the inbox; answer either way.  Under
-        ``cond``, as the main thread takes frames (and marks them started): so ``dropped``
-        is true exactly when that body will never run."""
-        with self.cond:
-            staged = next((f for f in self.inbox if f.kind == "submit" and f.id == rid), None)
-            if staged is not None:
-                self.inbox.remove(staged)
+        """Drop submit ``rid`` if it still waits in the inbox; answer either way.  Only the
+        holder of ``read_lock`` touches the inbox, and the main thread takes a submit from it
+        (marking it started) while holding that lock: so ``dropped`` is true exactly when that
+        body will never run."""
+        staged = next((f for f in self.inbox if f.kind == "submit" and f.id == rid), None)
         if staged is not None:
+            self.inbox.remove(staged)
             for fd in staged.fds:
                 os.close(fd)
         self.send([("revoked", rid, {"dropped": staged is not None}, [], [])])
 
-    def heartbeat(self):
-        """Every second while busy: a heartbeat (whose send also notices a channel the body
-        closed).  Also sends results held back longer than ``_HOLD_S``, so a tiny task's
-        result never waits for a long task that follows it, and every second drops free-list
-        segments unused for ``_IDLE_TRIM_S``."""
+    # ------------------------------------------------------------ the watcher thread
+
+    def watch(self):
+        """Watcher thread: while a body runs longer than ``_ENGAGE_S`` (or waits for nested
+        children), it takes the channel's read side from the main thread, sends what the
+        outbox holds, answers revokes, delivers nested replies, queues what else arrives,
+        and sends a heartbeat every second.  While bodies run it looks once per
+        ``_ENGAGE_S``; while the worker waits for work it sleeps until the next body."""
+        while True:
+            with self.cond:
+                while self.idle and not self.want_reader:
+                    self.watcher_parked = True
+                    self.cond.wait()
+                self.watcher_parked = False
+            seq, was_in_body = self.body_seq, self.in_body
+            if not self.want_reader:
+                time.sleep(_ENGAGE_S)
+                if not (was_in_body and self.in_body and self.body_seq == seq):
+                    continue  # tiny bodies: the main thread keeps the channel
+            if not self.read_lock.acquire(blocking=False):
+                continue  # no body runs: the main thread has the channel
+            try:
+                self.watching = True
+                if self.in_body:
+                    self._watch_body()
+            finally:
+                self.watching = False
+                with contextlib.suppress(BlockingIOError):
+                    os.eventfd_read(self.wake_fd)
+                self.read_lock.release()
+
+    def _watch_body(self):
+        """The running body's side of the channel (``read_lock`` held) until it ends."""
         from seamless._ipc import shm_array
 
-        next_beat = time.monotonic() + 1.0
-        while True:
-            with self.outbox_cond:
-                timeout = next_beat - time.monotonic()
-                if self.outbox:
-                    timeout = min(timeout, _HOLD_S)
-                if timeout > 0:
-                    self.outbox_cond.wait(timeout)
-            if self.outbox:
-                self._flush()
-            if time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + 1.0
+        self.flush()
+        next_beat = time.monotonic()
+        while self.in_body:
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + 1.0
                 with contextlib.suppress(OSError):  # a body may have closed a list entry
                     shm_array.trim_idle(_IDLE_TRIM_S)
                 current = self.current
-                if current is not None:
+                if current is not None:  # the send also notices a channel the body closed
                     self.send([("heartbeat", current, {"rss": _rss_bytes()}, [], [])])
+            ready = dict(self.watch_poll.poll(max(0.0, next_beat - time.monotonic()) * 1000))
+            if self.channel_fd in ready:
+                self.read_available(0)
+
+    def body_starts(self, rid: int):
+        """The main thread hands the channel's read side over for the body of ``rid``."""
+        self.current = rid
+        self.body_seq += 1
+        self.in_body = True
+        self.read_lock.release()
+        if self.watcher_parked:  # only after the worker was idle: once per burst of work
+            with self.cond:
+                self.cond.notify_all()
+
+    def body_ended(self):
+        """The main thread takes the channel's read side back (the watcher lets go at once).
+        A body that closed or replaced the channel fails: the worker exits before its result
+        is even held."""
+        self.in_body = False
+        self.current = None
+        if _file_id(self.channel_fd) != self.channel_id:
+            self.exit_channel_lost(f"descriptor {self.channel_fd}, its channel to the parent, "
+                                   f"was closed or replaced by the running transformation")
+        if self.watching:
+            os.eventfd_write(self.wake_fd, 1)
+        self.read_lock.acquire()
 
     # ------------------------------------------------------------ main loop
 
     def serve(self):
-        while True:
-            with self.cond:
-                frame = self._take_locked() if self.inbox else None
-            if frame is None:  # nothing more to do now: send what was held back, then wait
-                self._flush()
-                with self.cond:
-                    while not self.inbox:
-                        self.cond.wait()
-                    frame = self._take_locked()
-            if frame.kind == "shutdown":
-                self._flush()
-                return
-            if frame.kind == "recycle":
-                self._recycle(frame)
-                continue
-            if frame.kind == "submit":
-                self._run_submit(frame)
+        """The main thread: between bodies it reads the channel itself (no hand-off between
+        threads for tiny tasks); results wait in the outbox until the inbox runs dry,
+        ``_BATCH`` of them wait, or a body runs long (the watcher sends them)."""
+        from seamless._ipc import shm_array
 
-    def _take_locked(self):
-        """The next inbox frame (``cond`` held).  A submit is marked started in the shared
-        word as it is taken, never reset: a revoke either still finds it or sees it started."""
-        frame = self.inbox.popleft()
-        if frame.kind == "submit":
-            self.current_word[0] = frame.id
-        return frame
+        inbox = self.inbox
+        while True:
+            if not inbox:
+                if self.read_available(0):
+                    continue
+                self.flush()
+                self.idle = True  # the watcher parks until the next body starts
+                got = self.read_available(1.0)
+                self.idle = False
+                if not got:
+                    with contextlib.suppress(OSError):  # a body may have closed a list entry
+                        shm_array.trim_idle(_IDLE_TRIM_S)
+                continue
+            frame = inbox.popleft()
+            kind = frame.kind
+            if kind == "submit":
+                self.current_word[0] = frame.id  # started, as far as the parent can tell
+                self._run_submit(frame)
+            elif kind == "recycle":
+                self._recycle(frame)
+            elif kind == "shutdown":
+                self.flush()
+                return
 
     def _recycle(self, frame):
         """Result segments the parent dropped go to this worker's free list, where the numpy
@@ -335,33 +431,37 @@ class Worker:
         if frame.header.get("trim"):
             shm_array.trim()
 
-    def _hold(self, frame):
-        """Queue a result/error frame: sent with the next batch, when the inbox runs dry, when
-        ``_BATCH`` frames wait, or by the heartbeat thread after ``_HOLD_S``."""
-        with self.outbox_cond:
-            self.outbox.append(frame)
-            if len(self.outbox) == 1:
-                self.outbox_cond.notify()
-            full = len(self.outbox) >= _BATCH
-        if full:
-            self._flush()
+    def _hold(self, kind: str, rid: int, header: dict, inline: list):
+        """Queue a result/error frame in the shared outbox (a dead worker's held frames are
+        read by the parent, so a finished body's result is never lost); sent when the inbox
+        runs dry, when ``_BATCH`` wait, or by the watcher once a body runs long.  A frame too
+        large for the outbox goes at once, after those before it."""
+        chunks = encode_frame(kind, rid, header, inline, 0)
+        with self.out_lock:
+            held = self.outbox.add(chunks)
+            if held and self.outbox.count < _BATCH:
+                return
+        self.flush()
+        if not held and not self.outbox.add(chunks):
+            self.send_encoded(b"".join(chunks))
 
-    def _flush(self):
-        """Send the held-back frames in one ``sendmsg`` (in order: the lock is held)."""
-        with self.outbox_cond:
-            frames, self.outbox = self.outbox, []
-            if frames:
-                self.send(frames)
+    def flush(self):
+        """Send the held-back frames in one ``sendmsg``, then empty the outbox."""
+        with self.out_lock:
+            held = self.outbox.held()
+            if held is not None:
+                self.send_encoded(held)
+                self.outbox.clear()
 
     def _run_submit(self, frame):
         from seamless._ipc import shm_array
         from seamless.execution.runner import failure_from_exception, run
         from seamless.pool import wire
 
-        self.current = frame.id
         self.stdout.take()
         self.stderr.take()
         copied_before = shm_array.bytes_copied()
+        self.body_starts(frame.id)
         try:
             _checksum, work = wire.unpack_work(frame, self.codebook)
             outcome = run(work, defer_checksum=True)
@@ -372,7 +472,7 @@ class Worker:
                 raise
         if self.forked:
             self.leave_forked_child(failure)
-        self.current = None
+        self.body_ended()
         _flush_output()
         if failure is None:
             failure = self._send_result(frame.id, work, outcome,
@@ -380,7 +480,7 @@ class Worker:
         if failure is not None:
             text = failure.text + _output_sections(self.stdout.take(), self.stderr.take())
             header = wire.pack_failure(wire.fitting_failure(failure._replace(text=text)))
-            self._hold(("error", frame.id, header, [], []))
+            self._hold("error", frame.id, header, [])
         self._restore_file_size_limit()
 
     def _send_result(self, rid: int, work, outcome, copied: int):
@@ -400,9 +500,13 @@ class Worker:
             for seg in keep:
                 seg.close()
             return wire.undeliverable(work.name, problem)
-        self._hold(("result", rid, header, inline, fds))
-        if fds:  # the parent may be waiting for this array; send it before hashing
-            self._flush()
+        if fds or result.checksum is None:
+            # A segment travels at once (after what is held: order is kept), and the parent
+            # may be waiting for this array: send it before hashing.
+            self.flush()
+            self.send([("result", rid, header, inline, fds)])
+        else:
+            self._hold("result", rid, header, inline)
         for seg in keep:
             seg.close()
         if result.checksum is None:
@@ -434,7 +538,7 @@ class Worker:
         other threads, which do not exist in the child, may have held."""
         self.forked = True
         self.cond = threading.Condition()
-        self.outbox_cond = threading.Condition()
+        self.out_lock = threading.Lock()
         self.stdout.lock = threading.Lock()
         self.stderr.lock = threading.Lock()
 
@@ -496,8 +600,6 @@ class Worker:
 
         Sleeps on ``cond``, woken by the handle's completion callback or by a ``run-here``
         reply: no polling."""
-        from seamless.execution import dispatch
-
         finished = []
 
         def on_finished(_handle):
@@ -506,6 +608,18 @@ class Worker:
                 self.cond.notify_all()
 
         handle._add_done_callback(on_finished)
+        with self.cond:  # nested replies must be read now, not after _ENGAGE_S
+            self.want_reader += 1
+            self.cond.notify_all()
+        try:
+            self._wait_for(finished)
+        finally:
+            with self.cond:
+                self.want_reader -= 1
+
+    def _wait_for(self, finished: list):
+        from seamless.execution import dispatch
+
         while True:
             with self.cond:
                 ready = [job for job in self.run_here if job.state == "queued"]
@@ -577,13 +691,51 @@ def _apply_init(header: dict):
         os.environ.setdefault(name, value)
 
 
-def _shared_current_word(fd: int) -> memoryview:
-    """The 8 shared bytes the parent reads after a crash: which body was running."""
+class _Outbox:
+    """Result and error frames held back, in memory the parent can read after a death.
+
+    Layout of the shared memfd (``SEAMLESS_WORKER_CURRENT_FD``, made by the parent): bytes 0-7
+    the started word, 8-15 the number of frame bytes held, then the frames as sent.  The
+    length is written after the bytes it covers, so a worker killed mid-write leaves only
+    whole frames counted; frames sent but not yet cleared reach the parent twice, and it
+    ignores the second copy (an id it no longer books)."""
+
+    def __init__(self, mem: memoryview):
+        self.length = mem[8:_OUTBOX_OFFSET].cast("Q")
+        self.buf = mem[_OUTBOX_OFFSET:]
+        self.used = 0
+        self.count = 0
+
+    def add(self, chunks: list) -> bool:
+        """Append one encoded frame; False when it does not fit."""
+        n = sum(len(c) for c in chunks)
+        if self.used + n > len(self.buf):
+            return False
+        for chunk in chunks:
+            end = self.used + len(chunk)
+            self.buf[self.used:end] = chunk
+            self.used = end
+        self.length[0] = self.used
+        self.count += 1
+        return True
+
+    def held(self):
+        return self.buf[:self.used] if self.used else None
+
+    def clear(self):
+        self.length[0] = 0
+        self.used = 0
+        self.count = 0
+
+
+def _map_shared(fd: int):
+    """The started word and the outbox, in the memfd the parent reads after a death."""
     import mmap
 
-    mapping = mmap.mmap(fd, 8)
+    mapping = mmap.mmap(fd, os.fstat(fd).st_size)
     os.close(fd)
-    return memoryview(mapping).cast("Q")
+    mem = memoryview(mapping)
+    return mem[:8].cast("Q"), _Outbox(mem)
 
 
 def main():
@@ -604,7 +756,8 @@ def main():
     # Registered before dispatch is imported, so it runs first in a forked child: dispatch's
     # hook fails the in-flight nested jobs there, whose callbacks take the new ``cond``.
     os.register_at_fork(after_in_child=worker.after_fork_in_child)
-    worker.current_word = _shared_current_word(int(os.environ["SEAMLESS_WORKER_CURRENT_FD"]))
+    worker.current_word, worker.outbox = _map_shared(
+        int(os.environ["SEAMLESS_WORKER_CURRENT_FD"]))
     sys.stdout, sys.stderr = worker.stdout, worker.stderr
 
     import seamless
@@ -617,10 +770,8 @@ def main():
     # result such as ``a * 2`` travels without a copy (worker-pool.md, 5).
     seamless._ipc.shm_array.install_allocator(_ALLOCATOR_MIN, _ALLOCATOR_HEADROOM)
     dispatch.become_worker(_ParentBackend(worker), worker.wait_for, init.header["index"])
-    threading.Thread(target=worker.read_frames, name="seamless-worker-reader",
-                     daemon=True).start()
-    threading.Thread(target=worker.heartbeat, name="seamless-worker-heartbeat",
-                     daemon=True).start()
+    sock.setblocking(False)  # the main thread reads what is there, and polls when idle
+    threading.Thread(target=worker.watch, name="seamless-worker-watcher", daemon=True).start()
     hello = {"pid": os.getpid(), "python": sys.version.split()[0],
              "seamless": seamless.__version__, "ipc": seamless._ipc.backends()}
     worker.send([("hello", 0, hello, [], [])])
