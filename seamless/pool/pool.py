@@ -173,6 +173,10 @@ class Pool:
         self._returns_open = False
         self._returns.clear()  # the descriptors in it are closed below with everything else
         self._shm_array.unregister_trim_hook(self._trim_workers)
+        for worker in self._workers:
+            # Results whose checksum the parent's worker still owed: this child hashes them
+            # itself, or its handles (and whatever takes them as input) would wait forever.
+            self._settle_pending_checksums(worker)
         fds = [self._wake]
         for worker in self._workers:
             if worker.child is not None:

@@ -127,7 +127,14 @@ class _Tee(io.TextIOBase):
     def isatty(self):
         return self._stream.isatty()
 
+    @property
+    def written(self) -> bool:
+        """Whether anything was written since the last ``take``."""
+        return self._size > 0
+
     def take(self) -> str:
+        if not self._tail:
+            return ""
         with self.lock:
             text = "".join(self._tail)[-_TAIL:]
             self._tail.clear()
@@ -436,7 +443,10 @@ class Worker:
         read by the parent, so a finished body's result is never lost); sent when the inbox
         runs dry, when ``_BATCH`` wait, or by the watcher once a body runs long.  A frame too
         large for the outbox goes at once, after those before it."""
-        chunks = encode_frame(kind, rid, header, inline, 0)
+        self._hold_encoded(encode_frame(kind, rid, header, inline, 0))
+
+    def _hold_encoded(self, chunks: list):
+        """``_hold`` for a frame already encoded."""
         with self.out_lock:
             held = self.outbox.add(chunks)
             if held and self.outbox.count < _BATCH:
@@ -473,7 +483,8 @@ class Worker:
         if self.forked:
             self.leave_forked_child(failure)
         self.body_ended()
-        _flush_output()
+        if self.stdout.written or self.stderr.written:
+            _flush_output()  # what the body printed appears before its result is reported
         if failure is None:
             failure = self._send_result(frame.id, work, outcome,
                                         shm_array.bytes_copied() - copied_before)
@@ -495,18 +506,19 @@ class Worker:
                 result, outcome.duration, wire.input_buffers(work), copied=copied)
         except Exception as exc:  # whatever stops it (no segment for it: SharedMemoryError)
             return wire.undeliverable(work.name, exc)
-        problem = wire.frame_error("result", rid, header, inline, fds)
-        if problem is not None:
+        try:
+            chunks = encode_frame("result", rid, header, inline, len(fds))
+        except (TypeError, ValueError) as exc:  # above the frame limit, or not encodable
             for seg in keep:
                 seg.close()
-            return wire.undeliverable(work.name, problem)
+            return wire.undeliverable(work.name, exc)
         if fds or result.checksum is None:
             # A segment travels at once (after what is held: order is kept), and the parent
             # may be waiting for this array: send it before hashing.
             self.flush()
             self.send([("result", rid, header, inline, fds)])
         else:
-            self._hold("result", rid, header, inline)
+            self._hold_encoded(chunks)
         for seg in keep:
             seg.close()
         if result.checksum is None:
