@@ -39,6 +39,7 @@ cdef class Slab:
     cdef uint32_t nfree
     cdef unsigned char *in_use
     cdef int efd            # the lazily created eventfd, -1 if none
+    cdef Py_ssize_t nwaiters  # threads of this process in FUTEX_WAIT on a word (GIL held)
     cdef bint closed
 
     cdef uint32_t _slot(self, object slot) except? 0xFFFFFFFF

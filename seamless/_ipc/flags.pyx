@@ -144,7 +144,12 @@ cdef class Slab:
         return <uint32_t>i
 
     cdef int _wake(self, uint32_t slot) except -1:
-        """Wake every waiter on the word (its state or generation changed)."""
+        """Wake every waiter on the word (its state or generation changed).  A private slab
+        nobody waits on skips the system call: a waiter counts itself (with the GIL, which
+        the waker holds too) before FUTEX_WAIT, and FUTEX_WAIT returns at once when the word
+        changed after the waiter read it, so no wake-up is lost."""
+        if not self.shared and self.nwaiters == 0:
+            return 0
         cdef int rc = seamless_futex_wake_all(&self.words[slot], self.shared)
         if rc:
             raise OSError(rc, f"FUTEX_WAKE on flag slot {slot} failed: {os.strerror(rc)}")
@@ -278,8 +283,10 @@ cdef class Slab:
                     break
                 if pause > _SLICE_NS:
                     pause = _SLICE_NS
+            self.nwaiters += 1
             with nogil:
                 rc = seamless_futex_wait(p, word, pause, shared)
+            self.nwaiters -= 1
             if rc and rc != EAGAIN and rc != ETIMEDOUT and rc != EINTR:
                 raise OSError(rc, f"FUTEX_WAIT on flag slot {slot} failed: {os.strerror(rc)}")
             PyErr_CheckSignals()

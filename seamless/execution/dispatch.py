@@ -313,6 +313,8 @@ def _record(checksum, outcome: Outcome):
 
 def _is_segment(buffer) -> bool:
     """Whether ``buffer`` is shared memory (only possible once ``seamless._ipc`` is loaded)."""
+    if type(buffer) is bytes:  # every inline result: never a segment
+        return False
     ipc = sys.modules.get("seamless._ipc")
     shm_array = None if ipc is None else vars(ipc).get("shm_array")  # not loaded: no segments
     return shm_array is not None and shm_array.segment_of(buffer) is not None

@@ -91,6 +91,7 @@ COVER_S = 0.002
 #: body's start only through the result before it, which a busy parent may read late.
 STUCK_MIN_S = 0.02
 MAX_STAGED = 64
+TOP_UP = 16
 MAX_START_FAILURES = 3
 
 
@@ -290,9 +291,10 @@ class Scheduler:
         if self.queue:
             limit = 1 + self.depth
             stuck = self.stuck_after()
-            # A busy worker is topped up only once half its stage has drained: then many
-            # submits leave in one send, instead of one send per finished job.
-            low = limit // 2
+            # A busy worker is topped up once TOP_UP jobs (or half its stage) drained: many
+            # submits leave in one send, and the worker never runs dry while the parent
+            # reads its results (it sends them every worker._BATCH, below TOP_UP).
+            low = max(limit // 2, limit - TOP_UP)
             workers = [w for w in self.workers if w.ready and not w.killing
                        and len(w.assigned) <= low]
             while self.queue and workers:

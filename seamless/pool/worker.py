@@ -89,8 +89,9 @@ _TAIL = 64 * 1024
 _NESTED_BIT = 1 << 63
 # While more submits wait in the inbox, results are held back and sent together, at most this
 # many at a time: tiny tasks then cost one sendmsg per batch instead of one each.
-_BATCH = 32
+_BATCH = 8
 _ENGAGE_S = 0.001  # a body running longer than this gets the watcher thread on the channel
+_IDLE_LOOK_S = 0.01  # how often the watcher looks at a worker that waits for work
 _OUTBOX_OFFSET = 16  # the shared memfd: started word (8 bytes), outbox length (8), frames
 _IDLE_TRIM_S = 2.0  # free-list segments unused this long are closed (worker-pool.md, 5)
 _ALLOCATOR_MIN = 1 << 20  # numpy allocations from this size on are born in segments
@@ -330,13 +331,24 @@ class Worker:
         children), it takes the channel's read side from the main thread, sends what the
         outbox holds, answers revokes, delivers nested replies, queues what else arrives,
         and sends a heartbeat every second.  While bodies run it looks once per
-        ``_ENGAGE_S``; while the worker waits for work it sleeps until the next body."""
+        ``_ENGAGE_S``, while the worker waits for work once per ``_IDLE_LOOK_S``, and after a
+        second without work it sleeps until the next body wakes it."""
+        quiet = 0  # looks in a row that found the worker waiting for work
         while True:
-            with self.cond:
-                while self.idle and not self.want_reader:
-                    self.watcher_parked = True
-                    self.cond.wait()
-                self.watcher_parked = False
+            if self.idle and not self.want_reader:
+                # Waiting for work: look every _IDLE_LOOK_S (a wake-up from the main thread
+                # at each burst of work cost more than these looks); after a second of
+                # nothing, sleep until the next body.
+                quiet += 1
+                with self.cond:
+                    if quiet * _IDLE_LOOK_S < 1.0:
+                        self.cond.wait(_IDLE_LOOK_S)
+                    else:
+                        self.watcher_parked = True
+                        while self.watcher_parked and not self.want_reader:
+                            self.cond.wait()
+                continue
+            quiet = 0
             seq, was_in_body = self.body_seq, self.in_body
             if not self.want_reader:
                 time.sleep(_ENGAGE_S)
@@ -380,6 +392,7 @@ class Worker:
         self.in_body = True
         self.read_lock.release()
         if self.watcher_parked:  # only after the worker was idle: once per burst of work
+            self.watcher_parked = False
             with self.cond:
                 self.cond.notify_all()
 
