@@ -164,7 +164,7 @@ class Scheduler:
         if self.broken:
             return self._fail_broken([job] if job.claim() else [])
         if nested:
-            self.queue.appendleft(job)
+            self._insert(job)  # after the nested children queued before it
         else:
             self.queue.append(job)
         return self._schedule(now)
@@ -366,12 +366,17 @@ class Scheduler:
                 self._order.pop(job, None)
                 actions.append(Forget(job))
                 continue
-            key = self._order[job]
-            i = 0
-            while i < len(self.queue) and self._order.get(self.queue[i], key) < key:
-                i += 1
-            self.queue.insert(i, job)
+            self._insert(job)
         return actions
+
+    def _insert(self, job):
+        """Put ``job`` at its place in the queue (nested children first, then by sequence);
+        the jobs that go there are few and near the front."""
+        key = self._order[job]
+        i = 0
+        while i < len(self.queue) and self._order.get(self.queue[i], key) < key:
+            i += 1
+        self.queue.insert(i, job)
 
     def _fail_broken(self, jobs: list) -> list:
         actions = []

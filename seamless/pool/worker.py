@@ -4,8 +4,9 @@ Threads and ownership inside the worker:
 
     main thread     between bodies: reads the channel itself (submit/recycle/shutdown to the
                     inbox, revokes answered at once), runs the next body, holds its result
-                    in the shared outbox; sends the outbox when the inbox runs dry or
-                    ``_BATCH`` results wait.  No hand-off between threads for a tiny task.
+                    in the shared outbox (tiny bodies only); sends the outbox when the inbox
+                    runs dry, ``_BATCH`` results wait, or a body was not tiny.  No hand-off
+                    between threads for a tiny task.
     watcher thread  while a body runs longer than ``_ENGAGE_S`` (or waits for nested
                     children): takes over the channel's read side (``read_lock``), sends the
                     outbox, answers revokes, delivers nested replies, queues the rest, and
@@ -90,7 +91,8 @@ _NESTED_BIT = 1 << 63
 # While more submits wait in the inbox, results are held back and sent together, at most this
 # many at a time: tiny tasks then cost one sendmsg per batch instead of one each.
 _BATCH = 8
-_ENGAGE_S = 0.001  # a body running longer than this gets the watcher thread on the channel
+_ENGAGE_S = 0.002  # a body running longer than this gets the watcher thread on the channel
+_HOLD_MAX_BODY_S = 0.0002  # only the results of bodies shorter than this are held back
 _IDLE_LOOK_S = 0.01  # how often the watcher looks at a worker that waits for work
 _OUTBOX_OFFSET = 16  # the shared memfd: started word (8 bytes), outbox length (8), frames
 _IDLE_TRIM_S = 2.0  # free-list segments unused this long are closed (worker-pool.md, 5)
@@ -505,6 +507,7 @@ class Worker:
             text = failure.text + _output_sections(self.stdout.take(), self.stderr.take())
             header = wire.pack_failure(wire.fitting_failure(failure._replace(text=text)))
             self._hold("error", frame.id, header, [])
+            self.flush()
         self._restore_file_size_limit()
 
     def _send_result(self, rid: int, work, outcome, copied: int):
@@ -532,6 +535,8 @@ class Worker:
             self.send([("result", rid, header, inline, fds)])
         else:
             self._hold_encoded(chunks)
+            if outcome.duration > _HOLD_MAX_BODY_S:
+                self.flush()  # one more message is nothing next to such a body
         for seg in keep:
             seg.close()
         if result.checksum is None:
