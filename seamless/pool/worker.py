@@ -239,8 +239,16 @@ class Worker:
     # ------------------------------------------------------------ the channel
 
     def send(self, frames: list):
-        """Every frame leaves through here: never from a forked child, never on a descriptor
-        that is no longer the channel, and a failed send ends the worker."""
+        """Every frame leaves through here (or ``send_encoded``): never from a forked child,
+        never on a descriptor that is no longer the channel, and a failed send ends the
+        worker."""
+        self._deliver(self.channel.send, frames)
+
+    def send_encoded(self, data):
+        """``send`` for frames already encoded (the outbox)."""
+        self._deliver(self.channel.send_encoded, data)
+
+    def _deliver(self, send, what):
         if self.forked:
             raise SeamlessError(
                 "this process was forked by a transformation body running in a pool worker; "
@@ -250,19 +258,7 @@ class Worker:
             self.exit_channel_lost(f"descriptor {self.channel_fd}, its channel to the parent, "
                                    f"was closed or replaced by the running transformation")
         try:
-            self.channel.send(frames)
-        except (OSError, ProtocolError) as exc:
-            self.exit_channel_lost(f"a send to the parent failed ({type(exc).__name__}: {exc})")
-
-    def send_encoded(self, data):
-        """``send`` for frames already encoded (the outbox)."""
-        if self.forked:
-            self.send([])  # raises there
-        if _file_id(self.channel_fd) != self.channel_id:
-            self.exit_channel_lost(f"descriptor {self.channel_fd}, its channel to the parent, "
-                                   f"was closed or replaced by the running transformation")
-        try:
-            self.channel.send_encoded(data)
+            send(what)
         except (OSError, ProtocolError) as exc:
             self.exit_channel_lost(f"a send to the parent failed ({type(exc).__name__}: {exc})")
 

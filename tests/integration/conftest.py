@@ -11,22 +11,12 @@ import pytest
 
 import seamless
 import seamless._ipc as ipc
+from procs import live_processes
 
 
 def children_of(pid: int) -> list:
-    """Live (non-zombie) child processes of ``pid``, read from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry))
-    return found
+    """Live child processes of ``pid``."""
+    return live_processes(1, pid)
 
 
 def open_fds() -> set:

@@ -17,6 +17,7 @@ import sys
 import textwrap
 
 import pytest
+from procs import live_processes
 
 from seamless.pool.worker import EXIT_CHANNEL_LOST
 
@@ -61,19 +62,8 @@ def ones(n):
 
 
 def _group_members(pgid: int) -> list:
-    """Live processes of process group ``pgid`` (read from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(entry))
-    return found
+    """Live processes of process group ``pgid``."""
+    return live_processes(2, pgid)
 
 
 def scenario(tmp_path, script: str, *args, timeout: float = 60) -> tuple:
