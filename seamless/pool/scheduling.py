@@ -99,7 +99,7 @@ class _Books:
     """What the scheduler knows of one worker."""
 
     __slots__ = ("index", "ready", "alive", "assigned", "revoking", "head_since", "killing",
-                 "start_failed")
+                 "known_started")
 
     def __init__(self, index: int):
         self.index = index
@@ -109,6 +109,13 @@ class _Books:
         self.revoking: set = set()
         self.head_since = 0.0  # when assigned[0] became the running one
         self.killing = False
+        self.known_started = 0  # the worker said this rid (and all before) had started
+
+    def revocable(self) -> list:
+        """Staged rids that may still be revoked: not the running one, not being revoked,
+        not known to have started."""
+        return [rid for rid, _ in itertools.islice(self.assigned, 1, None)
+                if rid not in self.revoking and rid > self.known_started]
 
     @property
     def load(self) -> int:
@@ -154,7 +161,7 @@ class Scheduler:
         """When ``tick`` must be called next (None: no body has staged work behind it)."""
         stuck = self.stuck_after()
         times = [w.head_since + stuck for w in self.workers
-                 if len(w.assigned) > 1 and len(w.revoking) < len(w.assigned) - 1]
+                 if len(w.assigned) > 1 and w.revocable()]
         return min(times) if times else None
 
     # ------------------------------------------------------------ events
@@ -172,6 +179,7 @@ class Scheduler:
     def worker_launched(self, index: int):
         books = self.workers[index]
         books.alive, books.ready, books.killing = True, False, False
+        books.known_started = 0
 
     def worker_ready(self, index: int, now: float) -> list:
         self.workers[index].ready = True
@@ -194,6 +202,7 @@ class Scheduler:
         books = self.workers[index]
         books.revoking.discard(rid)
         if not dropped:
+            books.known_started = max(books.known_started, rid)
             # It started after all.  An unwanted one is killed once it is the running one
             # (the result of the one before it may still be on its way).
             if books.assigned and books.assigned[0][0] == rid \
@@ -247,8 +256,8 @@ class Scheduler:
         self._abandoned.add(job)
         if books.assigned and books.assigned[0][0] == rid:
             return self._kill(books)
-        if rid in books.revoking:
-            return []
+        if rid in books.revoking or rid <= books.known_started:
+            return []  # killed when it becomes the running one (_kill_unwanted_head)
         books.revoking.add(rid)
         return [Revoke(index, [rid])]
 
@@ -319,8 +328,7 @@ class Scheduler:
         return [Send(index, items) for index, items in sends.items()]
 
     def _revoke_staged(self, books: _Books) -> list:
-        rids = [rid for rid, _ in itertools.islice(books.assigned, 1, None)
-                if rid not in books.revoking]
+        rids = books.revocable()
         if not rids:
             return []
         books.revoking.update(rids)
