@@ -266,7 +266,7 @@ class Scheduler:
         stuck = self.stuck_after()
         actions = []
         for books in self.workers:
-            if len(books.assigned) > 1 and now - books.head_since > stuck:
+            if len(books.assigned) > 1 and now >= books.head_since + stuck:
                 actions.extend(self._revoke_staged(books))
         return actions
 
@@ -309,7 +309,7 @@ class Scheduler:
             while self.queue and workers:
                 best = None
                 for w in workers:
-                    cap = 1 if w.assigned and now - w.head_since > stuck else limit
+                    cap = 1 if w.assigned and now >= w.head_since + stuck else limit
                     if len(w.assigned) < cap and (best is None or len(w.assigned)
                                                   < len(best.assigned)):
                         best = w
