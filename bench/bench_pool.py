@@ -74,10 +74,11 @@ N_TINY = 10_000
 
 @pytest.mark.benchmark(group="pool")
 @pytest.mark.xfail(
-    reason="P1 measured 2.5-2.9x of multiprocessing.Pool.apply_async on the 2-core target "
-           "(59 us vs 20-24 us per task; bound 1.0x): the parent's I/O thread (scheduling, "
-           "frame send and receive, completion) and the workers (about 35 us of CPU per task "
-           "over both) are the limit; the caller's thread needs about 13 us; see "
+    reason="P1 measured 2.4-2.8x of multiprocessing.Pool.apply_async on a quiet 2-core "
+           "target (53 us vs 19-23 us per task; bound 1.0x; 0.6x ProcessPoolExecutor, 0.65x "
+           "loky): the parent spends about 40 us of CPU per task (your thread 13, the pool's "
+           "I/O thread 25-30: scheduling, frames, completion) and the workers about 16 us "
+           "each, where Pool's parent needs about 16-29 us and its workers 3-4; see "
            "docs/worker-pool.md, How fast",
     strict=False)
 def test_p1_tiny_tasks(benchmark, time_reference, time_subject, record_ratio):
