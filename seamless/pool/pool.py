@@ -319,7 +319,7 @@ class Pool:
 
                     dispatch.forget(action.job)
                 elif type(action) is Kill:
-                    self._kill(self._workers[action.worker], on_purpose=True)
+                    self._kill_unwanted(self._workers[action.worker])
                 elif type(action) is Launch:
                     self._launch(self._workers[action.worker])
             for index, items in sends.items():
@@ -444,6 +444,17 @@ class Pool:
         for worker in self._workers:
             if worker.child and not worker.ready and now - worker.started_at > _HELLO_TIMEOUT:
                 self._kill(worker, start_timeout=True)
+
+    def _kill_unwanted(self, worker: _Worker):
+        """Stop the body nobody wants any more, unless the worker's shared word shows it
+        finished and a later body already started (that one must not fail for it)."""
+        running = self._scheduler.running_rid(worker.index)
+        started = int.from_bytes(os.pread(worker.current_fd, 8, 0), "little") \
+            if worker.child is not None else 0
+        if running is not None and started > running:
+            self._actions += self._scheduler.kill_declined(worker.index, time.monotonic())
+            return
+        self._kill(worker, on_purpose=True)
 
     def _kill(self, worker: _Worker, protocol_error=None, start_timeout=False,
               on_purpose=False):

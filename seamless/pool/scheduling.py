@@ -99,7 +99,7 @@ class _Books:
     """What the scheduler knows of one worker."""
 
     __slots__ = ("index", "ready", "alive", "assigned", "revoking", "head_since", "killing",
-                 "known_started")
+                 "known_started", "spared")
 
     def __init__(self, index: int):
         self.index = index
@@ -110,6 +110,7 @@ class _Books:
         self.head_since = 0.0  # when assigned[0] became the running one
         self.killing = False
         self.known_started = 0  # the worker said this rid (and all before) had started
+        self.spared = 0  # a kill of this rid was declined: it had finished (kill_declined)
 
     def revocable(self) -> list:
         """Staged rids that may still be revoked: not the running one, not being revoked,
@@ -261,6 +262,15 @@ class Scheduler:
         books.revoking.add(rid)
         return [Revoke(index, [rid])]
 
+    def kill_declined(self, index: int, now: float) -> list:
+        """The pool did not kill worker ``index``: its shared word showed that the unwanted
+        running job had already finished there and a later one had started (a kill would
+        fail that one).  The finished job's result is on its way; the worker goes on."""
+        books = self.workers[index]
+        books.killing = False
+        books.spared = books.assigned[0][0] if books.assigned else 0
+        return self._schedule(now)
+
     def tick(self, now: float) -> list:
         """Revoke what waits staged behind a body that turned out to be long."""
         stuck = self.stuck_after()
@@ -291,6 +301,11 @@ class Scheduler:
 
     def booked(self, index: int) -> list:
         return list(self.workers[index].assigned)
+
+    def running_rid(self, index: int):
+        """The request id of the job booked as running on worker ``index`` (None: idle)."""
+        assigned = self.workers[index].assigned
+        return assigned[0][0] if assigned else None
 
     # ------------------------------------------------------------ internals
 
@@ -343,7 +358,8 @@ class Scheduler:
     def _kill_unwanted_head(self, books: _Books) -> list:
         """The running job is one nobody wants (and no revoke of it is pending): kill it."""
         if books.assigned and books.assigned[0][1] in self._abandoned \
-                and books.assigned[0][0] not in books.revoking:
+                and books.assigned[0][0] not in books.revoking \
+                and books.assigned[0][0] != books.spared:
             return self._kill(books)
         return []
 

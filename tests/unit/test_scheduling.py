@@ -291,9 +291,11 @@ class World:
                 assert rid in rids or self.rid_job[rid] in self.ends, \
                     f"worker {books.index} holds rid {rid} of {self.rid_job[rid]}, unbooked"
             assert books.ready == fake.ready
-            # 7. a running job nobody wants costs its worker (unless a revoke answer is due).
+            # 7. a running job nobody wants costs its worker (unless a revoke answer is due,
+            # or the pool declined the kill because that job had finished: kill_declined).
             if books.assigned and books.assigned[0][1] in self.abandoned \
-                    and books.assigned[0][0] not in books.revoking:
+                    and books.assigned[0][0] not in books.revoking \
+                    and books.assigned[0][0] != books.spared:
                 assert books.killing, f"worker {books.index} runs abandoned {books.assigned[0]}"
             # 4. an idle worker means nothing claimable waits.
             if books.ready and not books.killing and not books.assigned:
@@ -738,3 +740,27 @@ def test_a_cancelled_job_that_had_started_is_killed_once_it_runs():
     assert world.ends[a] == "value" and world.log[-1] == Kill(0)
     world.die(0)
     assert world.ends[b] == "fail-crashed"
+
+
+def test_a_declined_kill_keeps_the_worker_and_the_later_body():
+    """Cancelling the running job kills its worker, but the pool declines when the worker's
+    shared word shows that job finished (result held) and the next body started: the next
+    body must not fail for it.  The worker stays in service and both results count."""
+    world = World(1)
+    world.ready(0)
+    tiny_mean(world)
+    a, b = world.submit(), world.submit()
+    world.start(0)
+    world.finish(0, 1e-5, deliver=False)  # a's result waits in the worker's outbox
+    world.start(0)  # b runs
+    world.abandon(a)
+    assert world.log[-1] == Kill(0)
+    assert world.sched.running_rid(0) < world.workers[0].started_word
+    world.workers[0].doomed = False  # the pool did not send the kill
+    world.apply(world.sched.kill_declined(0, world.now))
+    assert not world.sched.workers[0].killing
+    world.deliver(0)
+    world.finish(0, 1e-5)
+    assert (world.ends[a], world.ends[b]) == ("value", "value")
+    c = world.submit()
+    assert [job for _, job in world.sched.booked(0)] == [c], "the worker takes new work"
