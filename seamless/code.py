@@ -1,6 +1,6 @@
 """Code identity: what a function may be, its code text, and the namespace its body runs in.
 
-(spec: python-api.md, sections 1-2.)  A transformer captures its function's source once, at
+(docs/transformations.md.)  A transformer captures its function's source once, at
 creation: the ``def`` line to the end, decorators dropped, dedented, one final newline.  The
 code checksum is the SHA-256 of that text.  The body runs by compiling the text (with the user's
 file name and line numbers, so tracebacks point at their file) and executing it in a fresh

@@ -1,6 +1,6 @@
 """Settings: where they come from, which value is in force, and how mistakes are reported.
 
-Spec: config.md (sources, keys, errors), errors.md (message rules).
+Documented in docs/configuration.md (sources, keys, errors).
 
 Data flow
 ---------
@@ -35,7 +35,7 @@ Internal interface for other modules (not part of the public API):
 - ``get_setting(key)``: the ``Setting(value, source)`` of one key (e.g. to tell a default
   ``nparallel``, which under ``remote`` means "the cluster's thread count", from a chosen one).
 - ``generation()``: an ``int`` bumped by every change (init, set_*, re-read, reset).
-- ``command_cache_dir()``: the commands' cache directory (cli.md, section 1.6).
+- ``command_cache_dir()``: the commands' cache directory (docs/cli.md).
 - ``_set_python(key, value)``: set (``None``: clear) a Python-call setting at rank 1, as
   ``init()`` does for one key; ``spawn(N)`` uses it to make ``N`` the ``workers`` in force.
   The caller checks its own argument first, with its own message.
@@ -69,7 +69,7 @@ PROJECT_FILE = "seamless.yaml"
 PROFILE_FILE = "seamless.profile.yaml"
 
 KEYS = ("cache", "execution", "memory_cache", "nparallel", "scheduler", "workers")
-# The default nparallel is this many items per worker at most (parallel.md, section 3):
+# The default nparallel is this many items per worker at most (docs/parallel.md):
 # ``parallel()`` pulls fewer while the items it holds have large inputs, never fewer than
 # ``workers``; ``get_nparallel()`` reports this upper bound.
 NPARALLEL_DEPTH = 8
@@ -315,7 +315,7 @@ def _set_python(key: str, value) -> None:
 
 
 def command_cache_dir() -> str:
-    """The persistent cache directory of the commands (cli.md, section 1.6); not created here.
+    """The persistent cache directory of the commands (docs/cli.md); not created here.
 
     ``SEAMLESS_CACHE`` (relative to the cwd), else ``cache:`` of ``seamless.profile.yaml`` /
     ``seamless.yaml`` in the cwd when such a file exists (``inherit_from_parent`` applies; ``false``

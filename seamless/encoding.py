@@ -1,4 +1,4 @@
-"""Canonical bytes of values and their checksums (spec: identity-and-cache.md, section 1).
+"""Canonical bytes of values and their checksums (docs/transformations.md, "Identity").
 
 Data flow and ownership:
 
@@ -12,7 +12,7 @@ Data flow and ownership:
 - ``decode`` returns views of the buffer; arrays are read-only and keep the buffer alive through
   their ``base``. Arrays that ``decode`` returned are remembered (weakly) with their checksum,
   so passing such a result on to the next transformation costs O(1): no copy, no hash
-  (identity-and-cache.md, 1.4). Any other array, even a read-only one, is hashed from content.
+  (docs/transformations.md). Any other array, even a read-only one, is hashed from content.
 
 numpy is imported only when an array is met: ``import seamless.encoding`` stays light.
 """
@@ -72,7 +72,7 @@ def unsupported_type_message(what: str, value, fix: str) -> str:
 
 
 class PendingChecksum:
-    """A result checksum that a pool worker is still computing (worker-pool.md, section 5,
+    """A result checksum that a pool worker is still computing (docs/worker-pool.md,
     "Deferred result checksum"): the value is usable at once; whoever needs the checksum
     waits for it (``wait()``) or is called back (``add_callback``)."""
 
@@ -402,7 +402,7 @@ def use_segments(threshold) -> None:
     """Build buffers of ``threshold`` bytes or more in shared-memory segments (None: never).
 
     Set while a worker pool is active and inside pool workers, so a large argument or result
-    is copied and hashed once, straight into the memory that travels (worker-pool.md, 5).
+    is copied and hashed once, straight into the memory that travels (docs/worker-pool.md).
     """
     global _segment_threshold
     _segment_threshold = threshold
@@ -442,7 +442,7 @@ class _SegmentBuffer:
 class ClaimedBuffer:
     """A worker's result whose canonical bytes are already in a segment: the numpy allocator
     gave the array segment memory, and ``shm_array.claim`` wrote the canonical prefix in front
-    of its data (worker-pool.md, 5: results born in segments, no copy).
+    of its data (docs/worker-pool.md, "What travels how": results born in segments, no copy).
 
     ``segment`` (owning a duplicate descriptor) is what travels; ``array`` and ``prefix`` are
     what the worker hashes once the result is sent.

@@ -1,4 +1,4 @@
-"""Every exception and warning of seamless (spec: errors.md).
+"""Every exception and warning of seamless (docs/transformations.md, "Failures").
 
 Why the stdlib bases: existing ``except ValueError`` / ``except RuntimeError`` code keeps
 catching our errors.  Every class pickles with its attributes intact, because the queue and the
@@ -50,7 +50,7 @@ class RemoteTraceback(Exception):
 
 
 class TransformationError(SeamlessError, RuntimeError):
-    """A transformation failed; ``.traceback`` holds its failure text (errors.md, section 3)."""
+    """A transformation failed; ``.traceback`` holds its failure text (docs/transformations.md)."""
 
     def __init__(self, message: str, *, checksum=None, traceback=None, name=None, index=None):
         super().__init__(message)

@@ -1,4 +1,4 @@
-"""Batches: ``parallel()``, ``parallel_async()`` and ``TransformationList`` (spec: parallel.md).
+"""Batches: ``parallel()``, ``parallel_async()`` and ``TransformationList`` (docs/parallel.md).
 
 Data flow of one batch (``_Batch``):
 
@@ -41,7 +41,7 @@ _log = logging.getLogger("seamless.batch")
 
 _DONE, _FAILED, _CANCELLED = "done", "failed", "cancelled"
 # With the default nparallel, the inputs of the items held may take at most this share of the
-# memory_cache setting, once ``workers`` items are held (parallel.md, section 3).
+# memory_cache setting, once ``workers`` items are held (docs/parallel.md).
 _BYTES_SHARE = 4
 
 

@@ -1,4 +1,4 @@
-"""The ``Transformation`` handle (python-api.md, sections 3-6).
+"""The ``Transformation`` handle (docs/transformations.md).
 
 A handle is built by calling a delayed transformer.  It owns the canonical encodings of its
 arguments (snapshots taken at build time), knows its transformation checksum (or computes it
@@ -40,7 +40,7 @@ _NO_VALUE = object()
 
 
 def description_checksum(code_checksum: str, arguments: dict, statics: str) -> Checksum:
-    """SHA-256 of the canonical description (identity-and-cache.md, section 2).
+    """SHA-256 of the canonical description (docs/transformations.md, "Identity").
 
     ``arguments``: name -> (kind, checksum); ``statics``: the canonical text of the
     ``"encoding"``..``"result"`` members, fixed per transformer state.  Built as text because

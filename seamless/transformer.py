@@ -1,6 +1,6 @@
 """Public API: ``direct``, ``delayed`` and the transformer objects they make.
 
-(python-api.md, section 1.)  A transformer wraps a plain ``def`` function: it captures the
+(docs/transformations.md.)  A transformer wraps a plain ``def`` function: it captures the
 code text once, and each call binds the arguments, encodes them (a snapshot), and builds a
 ``Transformation`` handle.  ``delayed`` transformers return the handle; ``direct`` ones run it.
 
@@ -247,7 +247,7 @@ def spawn(N=None) -> None:
     """Start the worker pool of ``N`` processes (default: the ``workers`` setting).
 
     Returns at once: the workers start in the background and are reused for every later
-    transformation (worker-pool.md, section 1).
+    transformation (docs/worker-pool.md, "Turning it on").
     """
     from . import config
     from .errors import ConfigurationError

@@ -54,7 +54,7 @@ _ENV = "SEAMLESS_PUREPYTHON"
 
 
 def _purepython_requested(environ=os.environ) -> bool:
-    """Read SEAMLESS_PUREPYTHON; a bad value is a configuration error (config.md, section 4)."""
+    """Read SEAMLESS_PUREPYTHON; a bad value is a configuration error (docs/configuration.md)."""
     raw = environ.get(_ENV, "")
     value = raw.strip().lower()
     if value in _ON:
@@ -122,7 +122,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# Private hook of the benchmark gate's self-test (performance.md, section 4): when True, every
+# Private hook of the benchmark gate's self-test (bench/conftest.py): when True, every
 # input sent to a worker is copied once more into a new segment, and counted, so the
 # structural check on bytes_copied() must fail.  Not a setting; set only by bench/conftest.py.
 _inject_extra_copy = False

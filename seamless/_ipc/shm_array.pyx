@@ -10,7 +10,7 @@ Segments
     recycling make the file larger; results born by the numpy allocator have a header in
     front, so ``offset`` > 0).  Values of 1 MiB and more travel between the parent and the
     workers in segments: the creator fills one, the descriptor crosses the channel as
-    ``SCM_RIGHTS`` data, the receiver maps it read-only (worker-pool.md, sections 5, 6).
+    ``SCM_RIGHTS`` data, the receiver maps it read-only (docs/worker-pool.md, "What travels how").
 
 Ownership
 - **Descriptor.** ``Segment.create`` makes a memfd or takes one from the free list;

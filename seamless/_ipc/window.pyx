@@ -4,7 +4,7 @@
 A ``Window(capacity)`` hands out sequence numbers 0, 1, 2, ... (``reserve()``), at most
 ``capacity`` held at once, and releases them strictly in order (``next_ready()``,
 ``try_next()``): item N is released only when its own word is terminal and N is the head, so
-by induction every earlier item was finished and released first.  Spec: parallel.md, section 5.
+by induction every earlier item was finished and released first.  See docs/parallel.md.
 
 Data flow and ownership:
 

@@ -1,4 +1,4 @@
-"""The caches of this process, as module-level singletons (identity-and-cache.md, 3-4).
+"""The caches of this process, as module-level singletons (docs/caching.md).
 
 - ``memory_results``: a ``ResultMap`` (transformation checksum -> (kind, result checksum)).
 - ``memory_buffers``: a ``BufferCache`` whose byte bound follows ``seamless.config``'s

@@ -1,4 +1,4 @@
-"""Content-addressed buffer files of the persistent cache (identity-and-cache.md, 4.2-4.4).
+"""Content-addressed buffer files of the persistent cache (docs/caching.md, "The persistent cache").
 
 Layout: ``<dir>/buffers/<first two hex>/<checksum>`` holds exactly the canonical bytes whose
 SHA-256 is ``<checksum>``. A write in progress is ``<same dir>/.tmp-<checksum>-<pid>-<random>``.

@@ -1,4 +1,4 @@
-"""The SQLite database of a persistent cache: ``<dir>/seamless.db`` (identity-and-cache.md, 4.2).
+"""The SQLite database of a persistent cache: ``<dir>/seamless.db`` (docs/caching.md).
 
 Connections: one per thread, kept in a ``threading.local``. Why not one shared connection behind
 a lock: a reader (a lookup on an executor thread) would then wait behind the writer thread while

@@ -1,4 +1,4 @@
-"""The per-process in-memory caches (spec: identity-and-cache.md, section 3).
+"""The per-process in-memory caches (docs/caching.md).
 
 Two least-recently-used maps, each an ``OrderedDict`` guarded by one lock:
 

@@ -1,4 +1,4 @@
-"""The persistent cache: a directory shared by processes on one host (identity-and-cache.md, 4).
+"""The persistent cache: a directory shared by processes on one host (docs/caching.md).
 
 ``PersistentCache(directory)`` pairs the SQLite database (``database.py``) with the buffer files
 (``buffers.py``). Data flow:
@@ -181,7 +181,7 @@ def _os_detail(e: OSError) -> str:
 
 
 class PersistentCache:
-    """One cache directory: ``seamless.db`` plus ``buffers/`` (identity-and-cache.md, 4.2)."""
+    """One cache directory: ``seamless.db`` plus ``buffers/`` (docs/caching.md)."""
 
     def __init__(self, directory):
         directory = os.path.abspath(os.path.expanduser(os.fspath(directory)))
@@ -553,7 +553,7 @@ class PersistentCache:
         self._touching = set()
         self._db.after_fork_in_child()
 
-    # -- primitives for `seamless-cache` (identity-and-cache.md, 4.7) ---------------------------
+    # -- primitives for `seamless-cache` (docs/caching.md) ---------------------------------------
 
     def stats(self) -> dict:
         """Counts of results and buffers, total buffer bytes, oldest and newest ``last_used``."""

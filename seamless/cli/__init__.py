@@ -1,6 +1,6 @@
 """The command-line tools: ``seamless-run`` (``run.py``) and ``seamless-cache`` (``cache_cmd.py``).
 
 Light package: the cache-hit path of ``seamless-run`` imports only the standard library, this
-package and ``seamless.cache.persistent`` (cli.md, 1.8). Never import numpy, ``seamless._ipc``,
+package and ``seamless.cache.persistent`` (docs/cli.md). Never import numpy, ``seamless._ipc``,
 ``seamless.transformer`` or YAML at module level here.
 """

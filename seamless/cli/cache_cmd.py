@@ -1,4 +1,4 @@
-"""``seamless-cache``: inspect and maintain the persistent cache (cli.md, section 9).
+"""``seamless-cache``: inspect and maintain the persistent cache (docs/cli.md).
 
 ``seamless-cache [--cache DIR] stats | verify | clear [-y] | gc --max-size SIZE``
 
@@ -10,7 +10,7 @@ Data flow and ownership:
 - The files under ``buffers/`` and the rows of ``seamless.db`` belong to the cache directory,
   shared with every other process that uses it. This command removes or registers them only
   through the ``PersistentCache`` primitives (``stats``, ``verify``, ``clear``, ``gc``), which
-  are safe while other processes use the directory (identity-and-cache.md, 4.7).
+  are safe while other processes use the directory (docs/caching.md, "The persistent cache").
 - It creates no file, temp file, thread or process of its own. It reads stdin only for the
   ``clear`` question on a terminal. Results go to stdout; messages, including the
   ``CacheWarning``s the primitives raise (captured, never shown as Python warnings), go to
@@ -50,7 +50,7 @@ _SIZE_HELP = ("bytes (12345) or a number with K, M, G or T, powers of 1024 "
 def parse_size(text: str) -> int:
     """Bytes meant by ``text`` (``500M``, ``1.5G``, ``10GiB``, ``12345``); ``ValueError`` if
     it is not a size. Units are powers of 1024 whether written ``G``, ``GB`` or ``GiB``
-    (cli.md, 9); the arithmetic is exact integers, so ``1.5G`` is 1610612736."""
+    (docs/cli.md); the arithmetic is exact integers, so ``1.5G`` is 1610612736."""
     m = _SIZE.fullmatch(text.strip())
     if m is None:
         raise ValueError(text)

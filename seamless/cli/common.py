@@ -1,7 +1,7 @@
 """What every command shares: messages, exit codes, and finding and opening the cache.
 
 Messages go to stderr, prefixed by the command's name (``seamless-run: error: ...``), and name
-the thing at fault and the fix (cli.md, preamble). An expected failure is raised as
+the thing at fault and the fix (docs/cli.md). An expected failure is raised as
 ``CommandError`` (exit 1 unless told otherwise) and printed by ``run_main``: never a traceback.
 """
 
@@ -75,7 +75,7 @@ class warnings_as_messages:
 
 
 def cache_directory(explicit=None) -> str:
-    """The commands' cache directory (cli.md, 1.6), without creating it.
+    """The commands' cache directory (docs/cli.md), without creating it.
 
     ``explicit`` (``seamless-cache --cache``), else ``SEAMLESS_CACHE``; YAML is parsed (by
     ``seamless.config``) only when a project or profile file exists in the cwd, so a plain hit
@@ -98,7 +98,7 @@ def cache_directory(explicit=None) -> str:
 
 def open_cache(directory: str):
     """The ``PersistentCache`` of ``directory``; an unusable one is a ``CommandError`` (exit 1)
-    naming the directory and ``SEAMLESS_CACHE`` (errors.md: ``CacheError``)."""
+    naming the directory and ``SEAMLESS_CACHE`` (docs/caching.md: ``CacheError``)."""
     from seamless.cache.persistent import PersistentCache
     from seamless.errors import CacheError
 
@@ -154,7 +154,7 @@ def exit_now(code: int) -> None:
     By the time a command returns, everything it owns is closed or removed by its ``finally``
     blocks: cache connections, sidecars, the sandbox; nothing is queued. Finalization would
     only tear down the loaded modules, about 4 ms: a sixth of a ``seamless-run`` cache hit
-    (performance.md, C1).
+    (docs/cli.md, "Start-up").
     """
     try:
         for stream in (sys.stdout, sys.stderr):

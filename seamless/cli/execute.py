@@ -1,4 +1,4 @@
-"""Running a command once: the sandbox, the process and its signals (cli.md, 1.4, 1.5, 1.7).
+"""Running a command once: the sandbox, the process and its signals (docs/cli.md).
 
 Ownership. ``Run`` owns one private (0700) directory under ``$TMPDIR``:
 ``<private>/stdout`` (the spooled stdout) and, in sandbox mode, ``<private>/work/`` (the copies of

@@ -1,4 +1,4 @@
-"""``.FUTURE`` sidecars: ``X.FUTURE`` exists while ``X`` is being computed (cli.md, section 2).
+"""``.FUTURE`` sidecars: ``X.FUTURE`` exists while ``X`` is being computed (docs/cli.md).
 
 Data flow:
 
@@ -291,7 +291,7 @@ class Heartbeat:
 
 
 class StaleFuture(Exception):
-    """A sidecar whose writer is gone: its target may be incomplete. ``str()`` is cli.md's
+    """A sidecar whose writer is gone: its target may be incomplete. ``str()`` is docs/cli.md's
     message; the reader exits 1 with it and neither waits nor deletes the sidecar."""
 
     def __init__(self, target: str, pid=None, host=None, age=None):

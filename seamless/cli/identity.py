@@ -1,5 +1,5 @@
 """The identity of a shell command: the checksum of its bash description
-(identity-and-cache.md, 2.1; cli.md, 1.3).
+(docs/transformations.md, "Identity"; docs/cli.md).
 
 ``describe()`` hashes every input by content (a file: its bytes and executable bit; a directory:
 the index of its whole tree, links by their target text, empty directories included) and builds

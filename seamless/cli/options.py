@@ -1,7 +1,7 @@
-"""The command line of ``seamless-run`` (cli.md, 1.1): ``RunOptions(argv)``.
+"""The command line of ``seamless-run`` (docs/cli.md): ``RunOptions(argv)``.
 
 argparse defines the options and is the judge of every unusual command line. A cache hit must
-start in little more than a bare interpreter's time (performance.md, C1), and building the
+start in little more than a bare interpreter's time (docs/cli.md, "Start-up"), and building the
 parser costs 2-3 ms, so the usual shapes (known options spelled out in full, then the command)
 are read by ``scan``, which gives up (``None``) on anything else: ``-h``, ``--version``,
 abbreviations, bundled flags, a value that looks like an option, unknown options. argparse

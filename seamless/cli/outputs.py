@@ -1,4 +1,4 @@
-"""Writing results where the user sees them: stdout and the output files (cli.md, 1.5).
+"""Writing results where the user sees them: stdout and the output files (docs/cli.md).
 
 Every output appears by ``rename`` only: a temp file in the target's own directory is written,
 ``fsync``ed and renamed onto the target, so a reader sees the old file or the new one, never half

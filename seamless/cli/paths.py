@@ -1,4 +1,4 @@
-"""How shell transformations write paths into canonical JSON (identity-and-cache.md, 2.1).
+"""How shell transformations write paths into canonical JSON (docs/transformations.md, "Identity").
 
 Paths arrive as ``str`` with surrogate escapes for non-UTF-8 bytes (``os.fsdecode``). A path that
 is valid UTF-8 is a JSON string; one that is not is ``{"hex": ...}`` as a value, and ``"\\0"`` +

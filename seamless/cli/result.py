@@ -1,4 +1,4 @@
-"""The result value of a shell transformation: a canonical ``tree`` (identity-and-cache.md, 1.3
+"""The result value of a shell transformation: a canonical ``tree`` (docs/transformations.md
 and 2.1) ``{"exit": 0, "outputs": {path: bytes | {sub path: bytes}}, "stdout": bytes}``.
 
 Why a codec of its own: ``seamless.encoding`` needs numpy, which the command line never imports.

@@ -1,4 +1,4 @@
-"""``seamless-run``: a bash command as a cached transformation (cli.md, sections 1 and 2).
+"""``seamless-run``: a bash command as a cached transformation (docs/cli.md).
 
 Flow of one invocation, and who owns what:
 
@@ -189,7 +189,7 @@ class _Sidecars:
 
 def _wait_for_producers(opts: _Options, split, sidecars: _Sidecars, guard) -> str:
     """Wait for the inputs being produced elsewhere; returns the command text with every
-    ``X.FUTURE`` word rewritten to ``X`` (cli.md, 1.2 item 2)."""
+    ``X.FUTURE`` word rewritten to ``X`` (docs/cli.md)."""
     future_words = []
     targets = []
     candidates = [w for w in (*split.words, *split.inputs, *split.appends) if not w.opaque]

@@ -1,4 +1,4 @@
-"""Split a bash command text into words and redirections without running bash (cli.md, 1.2).
+"""Split a bash command text into words and redirections without running bash (docs/cli.md).
 
 ``seamless-run`` must know, before it runs ``/bin/bash -c TEXT``, which words of the command may
 name input files and which files its redirections write. This module answers with a bounded
@@ -13,7 +13,7 @@ touched. ``split_command`` -> ``_Scanner.scan`` (tokens with raw offsets; heredo
 -> ``_classify`` (a ``Split``). ``join_words`` quotes the other way (``split_command`` of its
 result gives back the same words); ``strip_future_suffixes`` splices the text by the offsets the
 scanner recorded. Imports: nothing but ``__future__``, so the module costs next to nothing on the
-cache-hit path (cli.md, 1.8).
+cache-hit path (docs/cli.md).
 
 The grammar:
 
@@ -163,7 +163,7 @@ def join_words(argv: list[str]) -> str:
 
 def strip_future_suffixes(text: str, words: list[Word]) -> str:
     """``text`` with the trailing ``.FUTURE`` of each word removed, so that each word ``X.FUTURE``
-    becomes ``X`` (cli.md 1.2, item 2). Spliced by raw offsets, right to left, so the rest of the
+    becomes ``X`` (docs/cli.md). Spliced by raw offsets, right to left, so the rest of the
     text stays byte for byte."""
     for word in sorted(words, key=lambda w: w.start, reverse=True):
         text = text[:word.start] + _without_suffix(text, word) + text[word.end:]

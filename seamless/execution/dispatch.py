@@ -1,6 +1,6 @@
 """From a started handle to a finished one: dependencies, caches, latch-on, the backend.
 
-Lookup order (identity-and-cache.md, 4.6):
+Lookup order (docs/caching.md, "The persistent cache"):
 
     handle.start()
       └─ dependencies unfinished? start them; continue when the last one finishes

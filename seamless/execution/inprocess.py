@@ -1,8 +1,8 @@
 """The in-process executor: ``execution: process``, and ``.local`` transformers in every mode.
 
-A process-wide FIFO of jobs served by up to ``workers`` daemon threads (config.md), started
-lazily.  The threads are daemons: interpreter exit does not wait for unfinished in-process work
-(python-api.md, section 5).
+A process-wide FIFO of jobs served by up to ``workers`` daemon threads (docs/configuration.md),
+started lazily.  The threads are daemons: interpreter exit does not wait for unfinished in-process work
+(docs/transformations.md).
 
 Nesting never deadlocks: a body that waits for a job still in the queue takes it out and runs it
 on its own thread (``run_here``), so a full executor whose threads all wait on children keeps
@@ -70,7 +70,7 @@ class InProcessExecutor:
 
     def abandon(self, job):
         """A running job nobody wants: threads cannot be interrupted, so the body runs to its
-        end and its result is still cached (python-api.md, section 4)."""
+        end and its result is still cached (docs/transformations.md)."""
         return None
 
     def resize(self, nthreads: int):

@@ -1,6 +1,6 @@
 """A job: one execution of a transformation checksum, shared by the handles that want it.
 
-Latch-on (python-api.md, section 8) is this object: while a checksum runs, later handles with
+Latch-on (docs/transformations.md) is this object: while a checksum runs, later handles with
 the same checksum attach to its job instead of starting a second execution.  The job owns the
 ``Work`` (argument buffers included) until it finishes; then the ``Outcome`` is handed to every
 attached handle and the job is forgotten by the dispatcher.

@@ -2,7 +2,7 @@
 
 Used by the in-process executor now and by pool workers later: the input is a ``Work`` (code,
 argument buffers, globals, modules), the output an ``Outcome`` holding either the result's
-canonical encoding or the failure *text* (errors.md, section 3): a failure never travels as an
+canonical encoding or the failure *text* (docs/transformations.md): a failure never travels as an
 exception object, so a handle never keeps frames and their locals alive.
 """
 

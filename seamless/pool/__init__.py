@@ -1,1 +1,1 @@
-"""The local worker pool (worker-pool.md)."""
+"""The local worker pool (docs/worker-pool.md)."""

@@ -1,4 +1,4 @@
-"""What the machine allows this process to use: CPUs and memory (worker-pool.md, section 1).
+"""What the machine allows this process to use: CPUs and memory (docs/worker-pool.md).
 
 Data flow: read-only.  Each call reads the affinity mask and a few small files under the cgroup
 mount (``/sys/fs/cgroup``) and ``/proc``; nothing is cached, so a changed limit is seen by the next

@@ -1,6 +1,6 @@
 """The lazy, reused, self-healing pool of worker processes (``spawn()``, ``execution: spawn``).
 
-Data flow (worker-pool.md, sections 2-9):
+Data flow (docs/worker-pool.md):
 
     caller threads                      I/O thread "seamless-pool-io"            worker k
     ──────────────                      ─────────────────────────────            ────────
@@ -60,7 +60,7 @@ __all__ = ["Pool"]
 
 _log = logging.getLogger("seamless")
 _HELLO_TIMEOUT = 30.0
-_IDLE_TRIM_S = 2.0  # free-list segments unused this long are closed (worker-pool.md, 5)
+_IDLE_TRIM_S = 2.0  # free-list segments unused this long are closed (docs/worker-pool.md)
 _SHUTDOWN_GRACE = 2.0
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _OUTBOX_OFFSET = 16  # the shared memfd: started word, held length, held frames (worker.py)

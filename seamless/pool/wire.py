@@ -52,7 +52,7 @@ def _shm_array():
 
 
 def _extra_copy_injected() -> bool:
-    """The benchmark gate's self-test hook (performance.md, 4): one more copy of every input."""
+    """The benchmark gate's self-test hook (bench/conftest.py): one more copy of every input."""
     import sys
 
     ipc = sys.modules.get("seamless._ipc")

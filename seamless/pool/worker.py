@@ -95,7 +95,7 @@ _ENGAGE_S = 0.002  # a body running longer than this gets the watcher thread on 
 _HOLD_MAX_BODY_S = 0.0002  # only the results of bodies shorter than this are held back
 _IDLE_LOOK_S = 0.01  # how often the watcher looks at a worker that waits for work
 _OUTBOX_OFFSET = 16  # the shared memfd: started word (8 bytes), outbox length (8), frames
-_IDLE_TRIM_S = 2.0  # free-list segments unused this long are closed (worker-pool.md, 5)
+_IDLE_TRIM_S = 2.0  # free-list segments unused this long are closed (docs/worker-pool.md)
 _ALLOCATOR_MIN = 1 << 20  # numpy allocations from this size on are born in segments
 _ALLOCATOR_HEADROOM = 4096  # room for the canonical header in front of such an allocation
 
@@ -793,7 +793,7 @@ def main():
 
     config._set_python("cache", False)  # the parent owns the persistent cache
     # Bodies run in this thread: their large numpy allocations are born in segments, so a
-    # result such as ``a * 2`` travels without a copy (worker-pool.md, 5).
+    # result such as ``a * 2`` travels without a copy (docs/worker-pool.md, "What travels how").
     seamless._ipc.shm_array.install_allocator(_ALLOCATOR_MIN, _ALLOCATOR_HEADROOM)
     dispatch.become_worker(_ParentBackend(worker), worker.wait_for, init.header["index"])
     sock.setblocking(False)  # the main thread reads what is there, and polls when idle

@@ -17,7 +17,7 @@ Segments
     larger (size classes, recycling; ``offset`` > 0 for results born by the numpy allocator,
     which have a header in front).  Values of 1 MiB and more travel between the parent and the
     workers in segments: the creator fills one, the descriptor crosses the channel as
-    ``SCM_RIGHTS`` data and the receiver maps it read-only (worker-pool.md, sections 5, 6).
+    ``SCM_RIGHTS`` data and the receiver maps it read-only (docs/worker-pool.md).
 
 Ownership
 - **Descriptor.** ``Segment.create`` makes one (or takes one from the free list);
@@ -50,8 +50,8 @@ Allocation takes a free-list entry when one fits, else checks the size against `
 and the cgroup's headroom (v2 ``memory.max - memory.current``, v1 ``memory.limit_in_bytes -
 memory.usage_in_bytes``, in the process's cgroup and each ancestor) minus a safety margin, then
 ``memfd_create`` + ``ftruncate`` to the size class + ``posix_fallocate`` of the size; too little
-memory or a failing call is a ``SharedMemoryError`` naming the size (errors.md), and nothing is
-left open.
+memory or a failing call is a ``SharedMemoryError`` naming the size (docs/worker-pool.md), and
+nothing is left open.
 
 The numpy data-memory handler exists only in the compiled core: here ``install_allocator``
 returns False, ``allocator_installed()`` is False and ``claim()`` returns None.

@@ -5,7 +5,7 @@ A ``Window(capacity)`` hands out sequence numbers 0, 1, 2, ... (``reserve()``), 
 ``try_next()``): item N is released only when its own word is terminal and N is the head, so
 by induction every earlier item was finished and released first.  Same API, semantics and
 error texts as the compiled module; one ``threading.Condition`` stands in for its atomics and
-futex.  Spec: parallel.md, section 5.
+futex.  See docs/parallel.md.
 
 Data flow and ownership:
 
