@@ -51,10 +51,9 @@ from ..encoding import PendingChecksum
 from ..execution.runner import Failure, Outcome
 from . import wire
 from .env import usable_cpu_count
-from .protocol import MAX_FDS, Channel, ProtocolError
+from .protocol import EXIT_CHANNEL_LOST, MAX_FDS, OUTBOX_OFFSET, Channel, ProtocolError
 from .scheduling import MAX_START_FAILURES, Fail, Forget, Kill, Launch, Revoke, Scheduler, Send
 from .supervise import Child, describe_signal, raise_nofile_limit
-from .worker import EXIT_CHANNEL_LOST
 
 __all__ = ["Pool"]
 
@@ -63,8 +62,7 @@ _HELLO_TIMEOUT = 30.0
 _IDLE_TRIM_S = 2.0  # free-list segments unused this long are closed (docs/worker-pool.md)
 _SHUTDOWN_GRACE = 2.0
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-_OUTBOX_OFFSET = 16  # the shared memfd: started word, held length, held frames (worker.py)
-_SHARED_SIZE = _OUTBOX_OFFSET + (256 << 10)
+_SHARED_SIZE = OUTBOX_OFFSET + (256 << 10)  # the memfd shared with a worker
 
 
 class _Worker:
@@ -510,9 +508,9 @@ class Pool:
         ran once and finished, so its result is delivered, not lost.  Frames it had sent
         already come twice; the second is ignored (no job is booked under that id)."""
         held = int.from_bytes(os.pread(worker.current_fd, 8, 8), "little")
-        if not 0 < held <= _SHARED_SIZE - _OUTBOX_OFFSET:
+        if not 0 < held <= _SHARED_SIZE - OUTBOX_OFFSET:
             return
-        data = os.pread(worker.current_fd, held, _OUTBOX_OFFSET)
+        data = os.pread(worker.current_fd, held, OUTBOX_OFFSET)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         theirs.close()
         try:

@@ -80,6 +80,12 @@ __all__ = ["KINDS", "MAX_FRAME", "MAX_FDS", "PREFIX_SIZE", "Frame", "ProtocolErr
 
 MAX_FRAME = 64 << 20        # largest value of the length field
 MAX_FDS = 253               # descriptors per frame and per sendmsg call (SCM_MAX_FD)
+# The memfd a parent shares with each worker: bytes 0-7 the request id of the last body the
+# worker started, 8-15 how many bytes of frames it holds back, then those frames (worker.py).
+OUTBOX_OFFSET = 16
+#: Exit code of a worker that can no longer answer its parent (a body closed or replaced its
+#: channel, or a send failed): the body it had started is the one that fails.
+EXIT_CHANNEL_LOST = 74  # EX_IOERR
 PREFIX_SIZE = 20            # fixed part: length, kind, nfds, reserved, id, hlen
 _AFTER_LENGTH = PREFIX_SIZE - 4
 
@@ -146,7 +152,7 @@ def _flat(buf, index: int) -> memoryview:
 def _table_problem(header: dict, nfds: int, lengths: list) -> str | None:
     """Check the buffer table; append the inline lengths to ``lengths``; return a fault or None."""
     buffers = header.get("buffers", ())
-    if type(buffers) is not list and not isinstance(buffers, (list, tuple)):
+    if not isinstance(buffers, (list, tuple)):
         return f"header field 'buffers' must be a list, got {type(buffers).__name__}"
     for entry in buffers:
         # The common entry, checked with exact types: [str | None, int, "inline" | fd index].

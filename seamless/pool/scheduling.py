@@ -98,13 +98,12 @@ MAX_START_FAILURES = 3
 class _Books:
     """What the scheduler knows of one worker."""
 
-    __slots__ = ("index", "ready", "alive", "assigned", "revoking", "head_since", "killing",
+    __slots__ = ("index", "ready", "assigned", "revoking", "head_since", "killing",
                  "known_started", "spared")
 
     def __init__(self, index: int):
         self.index = index
         self.ready = False
-        self.alive = False
         self.assigned: collections.deque = collections.deque()  # (rid, job); [0] runs
         self.revoking: set = set()
         self.head_since = 0.0  # when assigned[0] became the running one
@@ -119,10 +118,6 @@ class _Books:
                 if rid not in self.revoking and rid > self.known_started]
 
     @property
-    def load(self) -> int:
-        return len(self.assigned)
-
-    @property
     def idle(self) -> bool:
         return self.ready and not self.assigned and not self.killing
 
@@ -131,7 +126,6 @@ class Scheduler:
     """The scheduling state of a pool of ``n`` workers (numbered 0..n-1)."""
 
     def __init__(self, n: int):
-        self.n = n
         self.workers = [_Books(i) for i in range(n)]
         self.queue: collections.deque = collections.deque()  # jobs, in _order
         self._order: dict = {}  # job -> (0 nested | 1 top-level, sequence number)
@@ -179,7 +173,7 @@ class Scheduler:
 
     def worker_launched(self, index: int):
         books = self.workers[index]
-        books.alive, books.ready, books.killing = True, False, False
+        books.ready, books.killing = False, False
         books.known_started = 0
 
     def worker_ready(self, index: int, now: float) -> list:
@@ -222,14 +216,13 @@ class Scheduler:
         was_ready = books.ready
         books.assigned.clear()
         books.revoking.clear()
-        books.ready = books.alive = books.killing = False
+        books.ready = books.killing = False
         actions = []
         never_started = []
         for rid, job in held:
             self._where.pop(job, None)
             if rid <= started_rid:
-                self._abandoned.discard(job)
-                self._order.pop(job, None)
+                self._forget_job(job)
                 actions.append(Fail(job, "crashed" if rid == started_rid else "lost", index,
                                     rid))
             else:

@@ -22,10 +22,10 @@ The frame format itself is ``protocol``; this module maps seamless's objects ont
   parent drops it, ``on_release(fd)`` gets its descriptor (the pool sends it back to the
   worker that made it: the ``recycle`` frame).
 - ``pack_result`` / ``unpack_result``, ``pack_failure`` / ``unpack_failure`` likewise.
-- What a worker cannot deliver becomes the request's failure: ``frame_error`` says why a frame
-  could not be sent (checked before it is queued), ``undeliverable`` turns that or a failed
-  ``pack_result`` into a failure, and ``fitting_failure`` cuts a failure text whose ``error``
-  frame would exceed the 64 MiB frame limit to its first and last 64 KiB.
+- What a worker cannot deliver becomes the request's failure: ``undeliverable`` turns a failed
+  ``pack_result`` or an unencodable result frame into a failure, and ``fitting_failure`` cuts a
+  failure text whose ``error`` frame would exceed the 64 MiB frame limit (``frame_error``) to
+  its first and last 64 KiB.
 
 Ownership: descriptors received with a frame belong to the receiver; ``Segment.from_fd`` takes
 them over.  No pickle anywhere: JSON headers, canonical bytes, failure text.

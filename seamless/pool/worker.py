@@ -79,13 +79,11 @@ import threading
 import time
 
 from seamless.errors import SeamlessError
-from seamless.pool.protocol import Channel, ProtocolError, encode_frame
+from seamless.pool.protocol import (EXIT_CHANNEL_LOST, OUTBOX_OFFSET, Channel, ProtocolError,
+                                    encode_frame)
 
 __all__ = ["EXIT_CHANNEL_LOST", "main"]
 
-#: Exit code of a worker that can no longer answer its parent (its channel was closed or
-#: replaced by a body, or a send failed): the body it had started is the one that fails.
-EXIT_CHANNEL_LOST = 74  # EX_IOERR
 _TAIL = 64 * 1024
 _NESTED_BIT = 1 << 63
 # While more submits wait in the inbox, results are held back and sent together, at most this
@@ -94,7 +92,6 @@ _BATCH = 8
 _ENGAGE_S = 0.002  # a body running longer than this gets the watcher thread on the channel
 _HOLD_MAX_BODY_S = 0.0002  # only the results of bodies shorter than this are held back
 _IDLE_LOOK_S = 0.01  # how often the watcher looks at a worker that waits for work
-_OUTBOX_OFFSET = 16  # the shared memfd: started word (8 bytes), outbox length (8), frames
 _IDLE_TRIM_S = 2.0  # free-list segments unused this long are closed (docs/worker-pool.md)
 _ALLOCATOR_MIN = 1 << 20  # numpy allocations from this size on are born in segments
 _ALLOCATOR_HEADROOM = 4096  # room for the canonical header in front of such an allocation
@@ -217,7 +214,7 @@ class Worker:
         self.stderr = _Tee(sys.stderr)
         self.codebook: dict = {}  # code checksum -> FunctionCode, as the parent sent them
         self.current_word = memoryview(bytearray(8)).cast("Q")  # main() maps the shared one
-        self.outbox = _Outbox(memoryview(bytearray(_OUTBOX_OFFSET + 4096)))  # main() maps it
+        self.outbox = _Outbox(memoryview(bytearray(OUTBOX_OFFSET + 4096)))  # main() maps it
         self.out_lock = threading.Lock()  # the outbox: the main thread fills, either sends
         # The channel's read side belongs to the main thread between bodies and may pass to
         # the watcher thread while a body runs (``body_starts``/``body_ended``).
@@ -449,15 +446,11 @@ class Worker:
         if frame.header.get("trim"):
             shm_array.trim()
 
-    def _hold(self, kind: str, rid: int, header: dict, inline: list):
-        """Queue a result/error frame in the shared outbox (a dead worker's held frames are
-        read by the parent, so a finished body's result is never lost); sent when the inbox
-        runs dry, when ``_BATCH`` wait, or by the watcher once a body runs long.  A frame too
-        large for the outbox goes at once, after those before it."""
-        self._hold_encoded(encode_frame(kind, rid, header, inline, 0))
-
     def _hold_encoded(self, chunks: list):
-        """``_hold`` for a frame already encoded."""
+        """Queue an encoded result frame in the shared outbox (a dead worker's held frames
+        are read by the parent, so a finished body's result is never lost); sent when the
+        inbox runs dry, when ``_BATCH`` wait, or by the watcher once a body runs long.  A
+        frame too large for the outbox goes at once, after those before it."""
         with self.out_lock:
             held = self.outbox.add(chunks)
             if held and self.outbox.count < _BATCH:
@@ -502,8 +495,8 @@ class Worker:
         if failure is not None:
             text = failure.text + _output_sections(self.stdout.take(), self.stderr.take())
             header = wire.pack_failure(wire.fitting_failure(failure._replace(text=text)))
-            self._hold("error", frame.id, header, [])
-            self.flush()
+            self.flush()  # the results before it first: order is kept
+            self.send([("error", frame.id, header, [], [])])
         self._restore_file_size_limit()
 
     def _send_result(self, rid: int, work, outcome, copied: int):
@@ -727,8 +720,8 @@ class _Outbox:
     ignores the second copy (an id it no longer books)."""
 
     def __init__(self, mem: memoryview):
-        self.length = mem[8:_OUTBOX_OFFSET].cast("Q")
-        self.buf = mem[_OUTBOX_OFFSET:]
+        self.length = mem[8:OUTBOX_OFFSET].cast("Q")
+        self.buf = mem[OUTBOX_OFFSET:]
         self.used = 0
         self.count = 0
 
