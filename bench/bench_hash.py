@@ -1,10 +1,19 @@
 """Hashing benchmarks (group "hash"): H1 and the fused copy-and-hash (performance.md, section 3).
 
-Both gate on a ratio to one ``hashlib.sha256`` pass over the same 400 MB of
+H1 gates on a ratio to one ``hashlib.sha256`` pass over the same 400 MB of
 float64, timed first in the same process: hashing is the floor of moving a new
-input, so the chunked checksum must cost no more than one hash (H1), and the
-fused copy into fresh memory must hide the copy behind the hash (the copy runs
-on a helper thread of the compiled core).  Statistic: minimum.
+input, so the chunked checksum must cost no more than one hash.
+
+The fused copy into fresh memory runs the copy on a helper thread of the
+compiled core while the calling thread hashes, so on two cores its floor is the
+slower of the two passes done alone: one hash, or one ``np.copyto`` into fresh
+``np.empty_like`` memory (first-touch faults included).  On most machines the
+hash is the slower one and the gate reads "the copy is hidden behind the hash".
+On a virtual machine whose host backs guest memory lazily (memory the guest
+freed a few seconds ago is handed back to the host and faulted in again on
+first touch), filling 400 MB of fresh memory can take longer than hashing it;
+then the copy is the floor, and the fused call must hide the hash behind it.
+Both passes are measured in the same run and recorded.  Statistic: minimum.
 """
 
 from __future__ import annotations
@@ -52,17 +61,25 @@ def test_h1_checksum(benchmark, array400, digest400, time_reference, time_subjec
 @pytest.mark.benchmark(group="hash")
 def test_fused_copy_and_hash(benchmark, array400, digest400, time_reference, time_subject,
                              record_ratio):
-    """copy_and_hash of 400 MB into a fresh numpy.empty destination vs the hash alone."""
+    """copy_and_hash of 400 MB into a fresh numpy.empty destination vs the slower of the
+    hash alone and the copy into fresh memory alone."""
     def copy_and_hash():
         dst = np.empty_like(array400)  # fresh memory every round: first-touch faults count
         hasher = hashlib.sha256()
         shm_array.copy_and_hash(array400, dst, hasher)
         return hasher.hexdigest()
 
-    reference_s = time_reference(lambda: _reference(array400), rounds=ROUNDS)
+    def copy_alone():
+        dst = np.empty_like(array400)
+        np.copyto(dst, array400)
+
+    hash_s = time_reference(lambda: _reference(array400), rounds=ROUNDS)
+    copy_s = time_reference(copy_alone, rounds=ROUNDS)
     subject_s, digest = time_subject(copy_and_hash, rounds=ROUNDS)
     assert digest == digest400
     dst = np.empty_like(array400)
     shm_array.copy_and_hash(array400, dst, hashlib.sha256())
     assert np.array_equal(dst, array400)
-    record_ratio(benchmark, reference_s, subject_s, bound_now=1.1, goal=1.02)
+    benchmark.extra_info.update(hash_alone_s=hash_s, fresh_copy_alone_s=copy_s,
+                                ratio_to_hash=subject_s / hash_s)
+    record_ratio(benchmark, max(hash_s, copy_s), subject_s, bound_now=1.1, goal=1.02)
