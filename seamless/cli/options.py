@@ -95,7 +95,7 @@ class RunOptions:
     def __init__(self, argv=None):
         import sys
 
-        from seamless.cli import words
+        from seamless.shell import words
 
         argv = sys.argv[1:] if argv is None else list(argv)
         self._parser = None

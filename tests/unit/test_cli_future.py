@@ -18,7 +18,7 @@ import time
 import pytest
 from fdcheck import fd_links, no_new_descriptors
 
-from seamless.cli.future import (
+from seamless.shell.future import (
     HEARTBEAT_S,
     POLL_S,
     STALE_AFTER_S,
@@ -131,7 +131,7 @@ def test_create_in_a_read_only_directory_raises_oserror(work):
     locked = work / "locked"
     locked.mkdir()
     probe = ("import errno, os\n"
-             "from seamless.cli.future import Sidecar\n"
+             "from seamless.shell.future import Sidecar\n"
              "try:\n"
              "    Sidecar.create('locked/out.txt')\n"
              "except OSError as e:\n"
@@ -524,7 +524,7 @@ def test_the_module_stays_light(tmp_path):
     probe = ("import sys\n"
              "import seamless.cli\n"
              "before = set(sys.modules)\n"
-             "from seamless.cli.future import Sidecar\n"
+             "from seamless.shell.future import Sidecar\n"
              "Sidecar.create('out.txt').remove()\n"
              "print(' '.join(sorted(set(sys.modules) - before)))\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False,

@@ -1,4 +1,4 @@
-"""The shell result codec (seamless/cli/result.py) and the bash identity (cli/identity.py)
+"""The shell result codec (seamless/shell/result.py) and the bash identity (shell/identity.py)
 produce exactly the canonical bytes of identity-and-cache.md, checked against
 ``seamless.encoding`` (the numpy-side implementation) and by hand."""
 
@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from seamless.cli import identity, result
-from seamless.cli.paths import from_json_key, json_key, json_value
+from seamless.shell import identity, result
+from seamless.shell.paths import from_json_key, json_key, json_value
 from seamless.encoding import canonical_json, encode
 
 NON_UTF8 = os.fsdecode(b"caf\xe9.txt")

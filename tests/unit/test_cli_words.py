@@ -1,4 +1,4 @@
-"""The bounded word grammar of seamless-run (cli.md, 1.2): ``seamless.cli.words``.
+"""The bounded word grammar of seamless-run (cli.md, 1.2): ``seamless.shell.words``.
 
 Pure-function tests, plus a few cross-checks that run ``/bin/bash -c "printf '%s\\0' ..."`` in
 an empty ``tmp_path`` to prove that the words we find are the words bash itself passes on.
@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-import seamless.cli.words as words_module
-from seamless.cli.words import (
+import seamless.shell.words as words_module
+from seamless.shell.words import (
     CommandSyntaxError, Split, Word, join_words, split_command, strip_future_suffixes,
 )
 

@@ -17,7 +17,7 @@ import contextlib
 import errno
 import os
 
-from seamless.cli.paths import display
+from seamless.shell.paths import display
 
 __all__ = ["OutputError", "write_stdout", "copy_to_stdout", "write_file", "write_dir",
            "same_content"]

@@ -18,7 +18,7 @@ import json
 import os
 import struct
 
-from seamless.cli.paths import from_json_key, json_key
+from seamless.shell.paths import from_json_key, json_key
 
 __all__ = ["Leaf", "ResultBytes", "ShellResult", "RESULT_KIND"]
 

@@ -25,7 +25,7 @@ import stat
 import subprocess
 import tempfile
 
-from seamless.cli.paths import display
+from seamless.shell.paths import display
 
 __all__ = ["Run", "GRACE_S", "spool_size"]
 

@@ -14,7 +14,7 @@ import os
 import stat
 
 from seamless.checksum import SMALL_HASH, sha256_hex
-from seamless.cli.paths import json_key, json_value
+from seamless.shell.paths import json_key, json_value
 
 __all__ = ["InputError", "file_digest", "input_entry", "describe", "transformation_checksum"]
 
