@@ -50,7 +50,7 @@ from seamless.shell.outputs import (
 )
 from seamless.shell.paths import display
 
-__all__ = ["run_job", "stdout_target", "PROG"]
+__all__ = ["run_job", "plan_submission", "SubmitPlan", "stdout_target", "PROG"]
 
 PROG = "seamless-run"
 
@@ -196,9 +196,9 @@ class _Sidecars:
         self.owned = []
 
 
-def _wait_for_producers(job: ShellJob, split, sidecars: _Sidecars, guard) -> str:
-    """Wait for the inputs being produced elsewhere; returns the command text with every
-    ``X.FUTURE`` word rewritten to ``X`` (docs/cli.md)."""
+def _producers(job: ShellJob, split, sidecars: _Sidecars):
+    """``(targets, future_words)``: the inputs being produced elsewhere (a ``X.FUTURE`` word, or
+    a word or ``-i`` path with someone else's sidecar), and the ``X.FUTURE`` words."""
     future_words = []
     targets = []
     candidates = [w for w in (*split.words, *split.inputs, *split.appends) if not w.opaque]
@@ -210,17 +210,30 @@ def _wait_for_producers(job: ShellJob, split, sidecars: _Sidecars, guard) -> str
             targets.append(word.text)
     targets.extend(p for p in job.inputs
                    if not sidecars.owns(p) and os.path.lexists(future.sidecar_path(p)))
-    for target in dict.fromkeys(targets):
-        guard.install()
+    targets = list(dict.fromkeys(targets))
+    for target in targets:
         if sidecars.owns(target):
             _usage_error(f"{display(target)}.FUTURE names an output of this same command")
+    return targets, future_words
+
+
+def _without_future_suffixes(job: ShellJob, future_words) -> str:
+    if not future_words:
+        return job.command
+    return words.strip_future_suffixes(job.command, future_words)
+
+
+def _wait_for_producers(job: ShellJob, split, sidecars: _Sidecars, guard) -> str:
+    """Wait for the inputs being produced elsewhere; returns the command text with every
+    ``X.FUTURE`` word rewritten to ``X`` (docs/cli.md)."""
+    targets, future_words = _producers(job, split, sidecars)
+    for target in targets:
+        guard.install()
         try:
             future.wait_for(target, on_wait=lambda message: _info(job, display(message)))
         except future.StaleFuture as e:
             raise CommandError(display(str(e))) from None
-    if not future_words:
-        return job.command
-    return words.strip_future_suffixes(job.command, future_words)
+    return _without_future_suffixes(job, future_words)
 
 
 def _expand(word) -> list:
@@ -426,8 +439,12 @@ def _run_once(job: ShellJob, text: str, inputs: dict, outputs: list, cache, tf: 
         run.close()
 
 
-def run_job(job: ShellJob) -> int:
-    """Run ``job`` here (cwd and environment of this process); its exit status."""
+def run_job(job: ShellJob, on_identity=None) -> int:
+    """Run ``job`` here (cwd and environment of this process); its exit status.
+
+    ``on_identity(checksum, hit)``, when given, is called once the transformation checksum is
+    known and the cache looked up (the queue's job runner reports both to the server).
+    """
     try:
         split = words.split_command(job.command)
     except words.CommandSyntaxError as e:
@@ -457,7 +474,10 @@ def run_job(job: ShellJob) -> int:
             info(PROG, "not tracked: " + " ".join(display(w) for w in untracked))
         cache = open_cache(cache_directory())
         try:
-            if job.use_cache and _deliver_hit(cache, tf, outputs, job):
+            hit = job.use_cache and _deliver_hit(cache, tf, outputs, job)
+            if on_identity is not None:
+                on_identity(tf, hit)
+            if hit:
                 if job.verbose:
                     info(PROG, f"cache hit {tf}")
                 return 0
@@ -477,3 +497,72 @@ def run_job(job: ShellJob) -> int:
     finally:
         guard.ignore()
         sidecars.close()
+
+
+class SubmitPlan:
+    """What ``seamless-run --qsubmit`` learns about a job before handing it to the queue.
+
+    - ``targets``: the files the job will write (``stdout_path`` first when set, then the
+      outputs), relative as given; the submitter creates their sidecars for the server.
+    - ``candidates``: absolute paths of every word that may be an input (``X.FUTURE`` words as
+      ``X``, glob matches, ``-i`` paths), existing or not: the server holds the job while one of
+      them is an output of its own unfinished jobs.
+    - ``pending``: the inputs being produced elsewhere right now (sidecars of others).
+    - ``transformation``: the checksum, or ``None`` while inputs are pending.
+    - ``hit``: the cache had the result, and stdout and outputs were written.
+    """
+
+    __slots__ = ("targets", "candidates", "pending", "transformation", "hit")
+
+    def __init__(self, targets, candidates, pending, transformation, hit):
+        self.targets = targets
+        self.candidates = candidates
+        self.pending = pending
+        self.transformation = transformation
+        self.hit = hit
+
+
+def _candidate_paths(job: ShellJob, split, future_words) -> list:
+    found = []
+    for word in (*split.words, *split.inputs, *split.appends):
+        if word.opaque:
+            continue
+        text = word.text
+        if word in future_words:
+            text = text[:-len(".FUTURE")]
+        found.extend(_expand(word) if text == word.text else [text])
+    found.extend(job.inputs)
+    return list(dict.fromkeys(os.path.abspath(p) for p in found))
+
+
+def plan_submission(job: ShellJob) -> SubmitPlan:
+    """Inspect ``job`` for the queue without waiting for anything; on a cache hit (no input
+    pending, ``job.use_cache``), deliver it here as a plain run would."""
+    try:
+        split = words.split_command(job.command)
+    except words.CommandSyntaxError as e:
+        _usage_error(str(e))
+    outputs = _outputs(split, job)
+    targets = ([job.stdout_path] if job.stdout_path is not None else []) + outputs
+    sidecars = _Sidecars(ShellJob(job.command, held_futures=targets))
+    producers, future_words = _producers(job, split, sidecars)
+    pending = [t for t in producers if os.path.lexists(future.sidecar_path(t))]
+    candidates = _candidate_paths(job, split, future_words)
+    if pending:
+        return SubmitPlan(targets, candidates, pending, None, False)
+    text = _without_future_suffixes(job, future_words)
+    if text != job.command:
+        split = words.split_command(text)
+    try:
+        inputs, _untracked = _inputs(job, split, outputs)
+        tf = _identify(job, text, inputs, outputs)
+        hit = False
+        if job.use_cache:
+            cache = open_cache(cache_directory())
+            try:
+                hit = _deliver_hit(cache, tf, outputs, job)
+            finally:
+                cache.close()
+    except OutputError as e:
+        raise CommandError(str(e)) from None
+    return SubmitPlan(targets, candidates, [], tf, hit)
