@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from hashlib import sha256
 
 from . import completion
@@ -246,24 +247,49 @@ class Transformation:
                 return None
             return self._slab, self._slot, self._generation
 
-    def _wait(self):
-        """Block until finished (called after start()), in the completion word's futex."""
+    def _wait(self, timeout=None) -> bool:
+        """Block until finished (called after start()), in the completion word's futex;
+        False if ``timeout`` seconds passed first.  With a timeout, a body waiting on a
+        child does not run the child on its own thread (that could outlast the timeout)."""
         if self._status in _FINISHED:
-            return
-        dispatch.help_run(self)
+            return True
+        deadline = None
+        if timeout is None:
+            dispatch.help_run(self)
+        else:
+            deadline = time.monotonic() + timeout
         try:
             hook = dispatch.wait_hook
-            if hook is not None:
+            if hook is not None and deadline is None:
                 hook(self)  # in a pool worker: may run declined children here
-            else:
-                word = self._word()
-                while word is not None:
-                    slab, slot, generation = word
+                return True
+            word = self._word()
+            while word is not None:
+                slab, slot, generation = word
+                if deadline is None:
                     slab.wait(slot, generation)
-                    word = self._word()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    slab.wait(slot, generation, remaining)
+                word = self._word()
         except KeyboardInterrupt:
             self.cancel()
             raise
+        return True
+
+    def _start_and_wait(self, timeout, method: str):
+        """``.run()``/``.compute()``: check ``timeout``, start, wait (TimeoutError)."""
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+                timeout, (int, float)) or not timeout >= 0):
+            raise ValueError(f"timeout must be None or a number of seconds >= 0, got "
+                             f"{timeout!r} (use tf.{method}(timeout=2.5))")
+        self.start()
+        if not self._wait(timeout):
+            raise TimeoutError(f"{self._label()} did not finish within {timeout:g} s; it goes "
+                               f"on running (call .{method}() again to wait longer, or "
+                               f".cancel() to stop it)")
 
     def _public_checksum(self) -> Checksum | None:
         checksum = self._checksum
@@ -306,16 +332,18 @@ class Transformation:
         dispatch.start(self)
         return self
 
-    def run(self):
-        """Start if needed, block until finished, return the value (or raise)."""
-        self.start()
-        self._wait()
+    def run(self, timeout=None):
+        """Start if needed, block until finished, return the value (or raise).
+
+        ``timeout`` (seconds): raise ``TimeoutError`` if it is not finished by then; the
+        work goes on, and a later ``.run()`` waits for the same execution."""
+        self._start_and_wait(timeout, "run")
         return self.value
 
-    def compute(self) -> Checksum | None:
-        """Start if needed, block, return the result checksum; None on failure or cancel."""
-        self.start()
-        self._wait()
+    def compute(self, timeout=None) -> Checksum | None:
+        """Start if needed, block, return the result checksum; None on failure or cancel.
+        ``timeout`` as for ``.run()``."""
+        self._start_and_wait(timeout, "compute")
         return self.result_checksum
 
     def task(self) -> "asyncio.Task":
@@ -327,7 +355,14 @@ class Transformation:
                 "tf.task() needs a running event loop; in synchronous code use tf.run()"
             ) from None
         self.start()
-        return loop.create_task(self._value_when_finished())
+        task = loop.create_task(self._value_when_finished())
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task):
+        """Cancelling the task cancels the handle (asyncio's convention)."""
+        if task.cancelled():
+            self.cancel()
 
     async def _value_when_finished(self):
         """Await the completion word through its slab's eventfd in the running loop."""

@@ -11,6 +11,7 @@ modules, the fast binding plan) is computed once and recomputed only when ``.arg
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import types
@@ -24,6 +25,7 @@ __all__ = ["direct", "delayed", "Transformation", "Transformer", "spawn", "has_s
            "parallel", "parallel_async", "TransformationList"]
 
 _P = inspect.Parameter
+_ENTRY_ATTRS = ("args", "globals", "modules")
 _KIND_CODE = {_P.POSITIONAL_ONLY: 0, _P.POSITIONAL_OR_KEYWORD: 1, _P.VAR_POSITIONAL: 2,
               _P.KEYWORD_ONLY: 3, _P.VAR_KEYWORD: 4}
 
@@ -102,9 +104,9 @@ class Transformer:
         self._args_store = args
         self._globals_store = globals_
         self._modules_store = modules
-        self.args = _Entries(self, args, self._check_arg)
-        self.globals = _Entries(self, globals_, self._check_global)
-        self.modules = _Entries(self, modules, self._check_module)
+        object.__setattr__(self, "args", _Entries(self, args, self._check_arg))
+        object.__setattr__(self, "globals", _Entries(self, globals_, self._check_global))
+        object.__setattr__(self, "modules", _Entries(self, modules, self._check_module))
         functools.update_wrapper(self, self._func)
         self._params = tuple((p.name, _KIND_CODE[p.kind])
                              for p in self._signature.parameters.values())
@@ -116,6 +118,24 @@ class Transformer:
         self._changed()
 
     # ------------------------------------------------------------ options
+
+    def __setattr__(self, name, value):
+        """Only ``.local`` is assigned; a name nobody reads (``f.meta``, a typo) is refused
+        instead of silently ignored.  Private and dunder names are the machinery's."""
+        if name == "local" or name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        label = self._func.__name__
+        if name in _ENTRY_ATTRS:
+            raise AttributeError(f"{label}.{name} cannot be replaced; set its entries: "
+                                 f"{label}.{name}.x = value, {label}.{name}['x'] = value, "
+                                 f"del {label}.{name}.x")
+        close = difflib.get_close_matches(name, ("local",) + _ENTRY_ATTRS, n=1)
+        fix = (f"did you mean {label}.{close[0]}?" if close else
+               f"to make a value visible in the body: {label}.globals.{name} = value")
+        raise AttributeError(
+            f"{self._kind} transformer {label} has no attribute {name!r} to set; it accepts "
+            f"{label}.local = True/False and entries of .args, .globals and .modules ({fix})")
 
     def _check_arg(self, name, value):
         params = self._signature.parameters
