@@ -17,8 +17,8 @@ __all__ = ["RunOptions", "build_parser", "scan", "PROG"]
 
 PROG = "seamless-run"
 
-_FLAGS = {"--no-sandbox": "no_sandbox", "--no-cache": "no_cache", "-v": "verbose",
-          "--verbose": "verbose", "-q": "quiet", "--quiet": "quiet"}
+_FLAGS = {"--no-sandbox": "no_sandbox", "--no-cache": "no_cache", "--qsubmit": "qsubmit",
+          "-v": "verbose", "--verbose": "verbose", "-q": "quiet", "--quiet": "quiet"}
 _VALUED = {"-i": "input", "--input": "input", "-c": "capture", "--capture": "capture",
            "--var": "var"}
 
@@ -47,6 +47,9 @@ def build_parser():
                         "identity; outputs are written in place)")
     p.add_argument("--no-cache", action="store_true",
                    help="run even on a cache hit, then replace the cache entry")
+    p.add_argument("--qsubmit", action="store_true",
+                   help="send the job to the seamless-queue server of this directory and "
+                        "return at once (a cache hit completes here)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="report hit or miss, the checksum, the inputs and untracked words")
     p.add_argument("-q", "--quiet", action="store_true", help="no informational lines")
@@ -57,7 +60,7 @@ def build_parser():
 
 def _defaults() -> dict:
     return {"input": [], "capture": [], "var": [], "no_sandbox": False, "no_cache": False,
-            "verbose": False, "quiet": False}
+            "qsubmit": False, "verbose": False, "quiet": False}
 
 
 def scan(argv: list) -> dict | None:
@@ -112,6 +115,7 @@ class RunOptions:
             self.usage_error("the command is empty")
         self.sandbox = not args["no_sandbox"]
         self.use_cache = not args["no_cache"]
+        self.qsubmit = args["qsubmit"]
         self.verbose = args["verbose"] and not args["quiet"]
         self.quiet = args["quiet"]
         self.explicit_inputs = args["input"]

@@ -3,29 +3,109 @@
 This module only reads the command line: ``RunOptions`` become a ``ShellJob``, which
 ``seamless.shell.pipeline.run_job`` runs in this process (the same pipeline the queue server's
 job runner uses). The pipeline's docstring has the flow of one job and who owns what.
+
+With ``--qsubmit`` the job goes to the queue server instead (``seamless.queue.client.submit_job``,
+whose docstring has that flow): this process only plans it, creates its sidecars for the server
+and exits. The queue modules (``socket``, ``json``) are imported only then, so a plain cache hit
+stays as light as before.
 """
 
 from __future__ import annotations
 
-from seamless.cli.common import exit_now, run_main
+from seamless.cli.common import CommandError, exit_now, info, run_main, warn
 from seamless.cli.options import PROG, RunOptions
 
 __all__ = ["main", "entry", "job_of"]
 
 
-def job_of(opts: RunOptions):
+def job_of(opts: RunOptions, stdout_path=None):
     """The ``ShellJob`` an invocation describes."""
     from seamless.shell.job import ShellJob
 
     return ShellJob(opts.text, inputs=opts.explicit_inputs, captures=opts.captures,
                     vars=opts.vars, sandbox=opts.sandbox, use_cache=opts.use_cache,
-                    verbose=opts.verbose, quiet=opts.quiet)
+                    stdout_path=stdout_path, verbose=opts.verbose, quiet=opts.quiet)
+
+
+class _Interrupted(BaseException):
+    """SIGTERM or SIGHUP while submitting: unwinds like Ctrl-C, so sidecars are removed."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, _frame):
+    raise _Interrupted(signum)
+
+
+def _appending(fd: int) -> bool:
+    """True when ``fd`` was opened with ``O_APPEND`` (``>> file``)."""
+    import os
+
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("flags:"):
+                    return bool(int(line.split()[1], 8) & os.O_APPEND)
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
+
+
+def _stdout_path():
+    """The absolute path of the regular file fd 1 points to, else None. A file opened for
+    appending is refused: the job replaces its stdout file atomically, which would drop what
+    the file held."""
+    import os
+
+    from seamless.shell.pipeline import stdout_target
+
+    path = stdout_target()
+    if path is None:
+        return None
+    if _appending(1):
+        raise CommandError(f"--qsubmit: stdout is {path}, opened for appending (>>); a queued "
+                           "job replaces its stdout file atomically, which would drop its "
+                           "content; redirect with > instead, or append inside the command "
+                           "('cmd >> file')", 2)
+    return os.path.abspath(path)
+
+
+def _qsubmit(opts: RunOptions) -> int:
+    """``--qsubmit``: plan the job here, then record a hit or hand the job to the server."""
+    import signal
+
+    from seamless.errors import QueueError
+    from seamless.queue import client
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_signal)
+    try:
+        submitted = client.submit_job(job_of(opts, _stdout_path()))
+    except client.Refused as e:
+        raise CommandError(str(e), e.code) from None
+    except QueueError as e:
+        raise CommandError(str(e)) from None
+    except _Interrupted as e:
+        return 128 + e.signum
+    for text in submitted.warnings:
+        warn(PROG, text)
+    if submitted.hit:
+        if opts.verbose:
+            info(PROG, f"cache hit {submitted.transformation}; recorded as job {submitted.job}")
+    elif not opts.quiet:
+        info(PROG, f"queued job {submitted.job}")
+    return 0
 
 
 def main(argv=None) -> int:
+    opts = RunOptions(argv)
+    if opts.qsubmit:
+        return _qsubmit(opts)
     from seamless.shell.pipeline import run_job
 
-    return run_job(job_of(RunOptions(argv)))
+    return run_job(job_of(opts))
 
 
 def entry() -> None:
