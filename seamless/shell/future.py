@@ -22,12 +22,14 @@ Files offer no compare-and-delete: a takeover landing between ``remove``'s check
 window: it refreshes the very file it checked, through its descriptor.
 
 Light module: standard library only, no ``socket`` (its import costs milliseconds on the
-seamless-run cache-hit path; ``os.uname().nodename`` is what ``socket.gethostname()`` returns).
+seamless-run cache-hit path; ``os.uname().nodename`` is what ``socket.gethostname()`` returns)
+and no ``json`` (with ``re`` and ``enum`` behind it, about 7 ms): records are written and read by
+``_dumps`` / ``_loads``, which handle the flat one-line form written here and hand anything else
+(escaped strings, nested values, exponents) to ``json``, imported only then.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
@@ -81,6 +83,98 @@ def _started() -> float:
         return now
 
 
+_PLAIN = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+
+
+def _dumps(record: dict) -> str:
+    """``json.dumps(record)`` (default separators, ASCII), written by hand for the values a
+    record holds (None, bool, int, finite float, plain ASCII str); other values go to ``json``."""
+    parts = []
+    for key, value in record.items():
+        if value is None:
+            text = "null"
+        elif value is True or value is False:
+            text = "true" if value else "false"
+        elif type(value) is int:
+            text = repr(value)
+        elif type(value) is float and math.isfinite(value):
+            text = repr(value)
+        elif type(value) is str and _PLAIN.issuperset(value):
+            text = f'"{value}"'
+        else:
+            text = None
+        if text is None or type(key) is not str or not _PLAIN.issuperset(key):
+            import json
+
+            return json.dumps(record)
+        parts.append(f'"{key}": {text}')
+    return "{" + ", ".join(parts) + "}"
+
+
+_CONSTANTS = {"null": None, "true": True, "false": False}
+_DIGITS = frozenset("0123456789")
+
+
+def _scalar(token: str):
+    """The value of a JSON literal, integer or plain decimal (``-?D+(.D+)?``); raises
+    ``ValueError`` for anything else (the caller then asks ``json``)."""
+    if token in _CONSTANTS:
+        return _CONSTANTS[token]
+    digits = token[1:] if token.startswith("-") else token
+    whole, dot, fraction = digits.partition(".")
+    if (not whole or not _DIGITS.issuperset(whole) or (len(whole) > 1 and whole[0] == "0")
+            or (dot and (not fraction or not _DIGITS.issuperset(fraction)))):
+        raise ValueError(token)
+    return float(token) if dot else int(token)
+
+
+def _loads_flat(text: str) -> dict:
+    """A one-line object of scalars without escapes, as ``_dumps`` writes it (any spacing);
+    raises ``ValueError`` for anything else."""
+    body = text.strip()
+    if not (body.startswith("{") and body.endswith("}")):
+        raise ValueError("not an object")
+    record = {}
+    rest = body[1:-1].strip()
+    while rest:
+        if not rest.startswith('"'):
+            raise ValueError("not a key")
+        end = rest.index('"', 1)
+        key = rest[1:end]
+        rest = rest[end + 1:].lstrip()
+        if not rest.startswith(":"):
+            raise ValueError("no colon")
+        rest = rest[1:].lstrip()
+        if rest.startswith('"'):
+            end = rest.index('"', 1)
+            value = rest[1:end]
+            rest = rest[end + 1:].lstrip()
+        else:
+            token, comma, after = rest.partition(",")
+            value = _scalar(token.rstrip())
+            rest = comma + after
+        if "\\" in key or (type(value) is str and "\\" in value):
+            raise ValueError("escapes")
+        record[key] = value
+        if rest.startswith(","):
+            rest = rest[1:].lstrip()
+            if not rest:
+                raise ValueError("trailing comma")
+        elif rest:
+            raise ValueError("no comma")
+    return record
+
+
+def _loads(data: bytes):
+    """``json.loads(data)``; without importing ``json`` for the records ``_dumps`` writes."""
+    try:
+        return _loads_flat(data.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        import json
+
+        return json.loads(data)
+
+
 def _write_record(path: str, record: dict) -> None:
     """Write ``record`` as one JSON line to ``path`` by temp file + rename in its directory.
 
@@ -89,7 +183,7 @@ def _write_record(path: str, record: dict) -> None:
     """
     temp = os.path.join(os.path.dirname(path),
                         f".seamless-future-{os.getpid()}-{os.urandom(6).hex()}.tmp")
-    data = (json.dumps(record) + "\n").encode("ascii")
+    data = (_dumps(record) + "\n").encode("ascii")
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         with open(fd, "wb") as f:
@@ -106,7 +200,7 @@ def _write_record(path: str, record: dict) -> None:
 def _parse(data: bytes) -> dict:
     """The record in ``data``; ``{}`` when it is not one (another tool's sidecar, damage)."""
     try:
-        record = json.loads(data)
+        record = _loads(data)
     except (ValueError, RecursionError):  # bad JSON or bytes; absurd nesting
         return {}
     if not isinstance(record, dict):

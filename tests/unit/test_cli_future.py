@@ -533,3 +533,67 @@ def test_the_module_stays_light(tmp_path):
     heavy = {"socket", "subprocess", "tempfile", "shutil", "logging", "numpy", "yaml"}
     assert heavy.isdisjoint(out.stdout.split()), out.stdout
     assert os.listdir(tmp_path) == []
+
+
+# --- the record codec: json's bytes, without importing json --------------------------------------
+
+
+@pytest.mark.parametrize("record", [
+    {"pid": 1, "host": "node1", "started": 1718000000.1234567, "transformation": None,
+     "job": None},
+    {"pid": 2**31 - 1, "host": "a b-c.example", "started": 0.5, "transformation": "ab" * 32,
+     "job": 17},
+    {"pid": 5, "host": 'quote"and\\back', "started": 1e300, "transformation": None, "job": True},
+    {"pid": 5, "host": "caf\u00e9 \udce9 \x7f\t", "started": -0.0, "transformation": None,
+     "job": [1, {"nested": None}]},
+    {},
+])
+def test_records_are_what_json_writes_and_reads(record):
+    from seamless.shell import future
+
+    text = future._dumps(record)
+    assert text == json.dumps(record)
+    assert repr(future._loads(text.encode("ascii"))) == repr(record)
+    for separators in ((",", ":"), (" ,  ", " : ")):
+        other = json.dumps(record, separators=separators, ensure_ascii=False)
+        assert repr(future._loads(other.encode("utf-8", "surrogatepass"))) == repr(
+            json.loads(other.encode("utf-8", "surrogatepass")))
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"{", b'{"a":}', b'{"a":1,}', b'{"a":01}', b'{"a":1.}', b'{"a":.5}', b"[1",
+    b"not json", b'{"a":-}', b'{"a" 1}', b'{"a":1 "b":2}', b'{"a":"x}', b"\xff", b'{"a":1e5x}',
+])
+def test_the_record_reader_refuses_what_json_refuses(data):
+    from seamless.shell import future
+
+    with pytest.raises(ValueError):
+        json.loads(data)
+    with pytest.raises(ValueError):
+        future._loads(data)
+
+
+def test_a_record_written_by_json_with_escapes_is_read(work):
+    record = {"pid": os.getpid(), "host": HOST, "started": time.time(),
+              "transformation": "tf \"quoted\" \u00e9", "job": {"queue": 3}}
+    with open("out.txt.FUTURE", "w") as f:
+        f.write(json.dumps(record, indent=2))
+    assert check("out.txt") == record
+
+
+def test_sidecars_never_import_json(tmp_path):
+    probe = (
+        "import os, sys\n"
+        "from seamless.shell import future\n"
+        "s = future.Sidecar.create('out.txt', job=3)\n"
+        "s.set_transformation('ab' * 32)\n"
+        "assert future.check('out.txt') == s.record\n"
+        "s.remove()\n"
+        "print(sorted(m for m in ('json', 're', 'enum') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+                             os.path.dirname(os.path.abspath(__file__))))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
