@@ -10,7 +10,9 @@ in as ``now``) and carries out the *actions* they return, in order::
     exited(job, code, signal, cached, now)                      failed: remove its sidecars,
     foreign_gone(job, target, now)                              log it (a job that ran ends
     foreign_stale(job, message, now)                            through ``exited``, one that
-    finish(now)                                                 never ran through End only)
+    start_failed(job, reason, now)                              never ran through End only)
+    finish(now)
+    stop()                                        (nothing starts any more: the server stops)
                                                   Drained       finishing, and nothing is left
 
 States (docs/cli.md, "seamless-queue")::
@@ -159,6 +161,7 @@ class JobTable:
         self._running = 0
         self._unfinished = 0
         self._drained_told = False
+        self._stopped = False
         self._writes = {}  # absolute output path -> ids of unfinished jobs writing it
         self._writes_below = {}  # directory -> ids of unfinished jobs writing inside it
         self._keys = {}  # key -> id of the latest unfinished job with that key
@@ -252,6 +255,11 @@ class JobTable:
         self.accepting = False
         return self._drain_check()
 
+    def stop(self) -> None:
+        """The server is stopping on a signal: no job starts any more (they stay unfinished)."""
+        self.accepting = False
+        self._stopped = True
+
     # -- internals ----------------------------------------------------------------------
 
     def _producers_of(self, path: str):
@@ -291,7 +299,7 @@ class JobTable:
 
     def _dispatch(self, now: float) -> list:
         actions = []
-        while self._ready and self._running < self.workers:
+        while self._ready and self._running < self.workers and not self._stopped:
             job = self.jobs[heapq.heappop(self._ready)]
             job.state = RUNNING
             job.started = now
