@@ -575,7 +575,8 @@ class Server:
                 "captures": _text_list(message, "captures"), "vars": message.get("vars", {}),
                 "sandbox": message.get("sandbox", True), "use_cache": message.get("cache", True),
                 "stdout_path": message.get("stdout_path"), "held_futures": outputs,
-                "quiet": False})
+                # The job's stderr tail is for the command's own lines and real errors.
+                "quiet": True})
         except JobFormatError as e:
             raise ValueError(str(e)) from None
         self._refuse_own_future(job, cwd, outputs)
