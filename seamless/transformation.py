@@ -29,7 +29,7 @@ from . import completion
 from .checksum import Checksum, _trusted
 from .encoding import Encoded, PendingChecksum, decode, resolved
 from .errors import (RemoteTraceback, SeamlessError, TransformationCancelledError,
-                     TransformationError, WorkerCrashedError)
+                     TransformationError, WorkerCrashedError, error_class)
 from .execution import dispatch
 from .execution.runner import Failure, Outcome, Work
 
@@ -206,10 +206,14 @@ class Transformation:
             and dep._outcome.failure is not None else f"failed: {dep._failure_line}"
         text = dep.exception or ""
         dep_cs = dep._checksum or dep._provisional_checksum()
+        # A dependency's exception class is the dependent's too (as in Dask).
+        dep_type = dep._outcome.failure.exception_type \
+            if dep._outcome is not None and dep._outcome.failure is not None else None
         with self._lock:
             if not self._finish(completion.FAILED):
                 return
-            self._outcome = Outcome(None, Failure(f"dependency {name!r} {how}", text), 0.0)
+            self._outcome = Outcome(None, Failure(f"dependency {name!r} {how}", text,
+                                                  exception_type=dep_type), 0.0)
             self._failure_line = (f"{self._label()} failed: its dependency {name!r} "
                                   f"(transformation {dep.name}, {dep_cs[:12]}) {how}")
             self._status = FAILED
@@ -296,25 +300,27 @@ class Transformation:
         return None if checksum is None else _trusted(checksum)
 
     def _error(self) -> TransformationError:
+        """The exception for a failed or cancelled handle.  The failure text is shown once:
+        as the ``__cause__`` (``RemoteTraceback``, displayed first), or in the message when
+        the cause is the machinery's own error."""
+        checksum = self._public_checksum()
         if self._status == CANCELLED:
-            err = TransformationCancelledError(self._failure_line,
-                                               checksum=self._public_checksum(),
-                                               traceback=self._failure_line, name=self.name)
-            return err
+            return TransformationCancelledError(self._failure_line, checksum=checksum,
+                                                traceback=self._failure_line, name=self.name)
         failure = self._outcome.failure
         text = failure.text
         if failure.crash is not None:
             crash = failure.crash
-            err = WorkerCrashedError(f"{self._failure_line}\n{text}",
-                                     checksum=self._public_checksum(),
-                                     traceback=text, name=self.name, exitcode=crash["exitcode"],
+            cause = crash["cause"]
+            err = WorkerCrashedError(f"{self._failure_line}\n{text}" if cause else
+                                     self._failure_line, checksum=checksum, traceback=text,
+                                     name=self.name, exitcode=crash["exitcode"],
                                      signal=crash["signal"], pid=crash["pid"])
-            err.__cause__ = SeamlessError(crash["cause"]) if crash["cause"] else \
-                RemoteTraceback(text)
+            err.__cause__ = SeamlessError(cause) if cause else RemoteTraceback(text)
             return err
-        err = TransformationError(f"{self._failure_line}\n{text}",
-                                  checksum=self._public_checksum(),
-                                  traceback=text, name=self.name)
+        err = error_class(failure.exception_type)(
+            self._failure_line, checksum=checksum, traceback=text, name=self.name,
+            exception_type=failure.exception_type)
         err.__cause__ = RemoteTraceback(text)
         return err
 

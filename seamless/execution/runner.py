@@ -42,11 +42,14 @@ class Failure(NamedTuple):
 
     ``crash`` is set when the process running the body died (pool workers): a dict with
     ``exitcode``, ``signal``, ``pid`` and ``cause`` (the machinery's own error text, or None).
+    ``exception_type``: the qualified name of the class the body raised (None when no
+    exception of the body is behind it); the caller raises that class too if it can.
     """
 
     summary: str
     text: str
     crash: dict | None = None
+    exception_type: str | None = None
 
 
 class Outcome(NamedTuple):
@@ -103,7 +106,8 @@ def run(work: Work, defer_checksum: bool = False) -> Outcome:
                          defer=defer_checksum, claim=defer_checksum and sole_owner)
     except (TypeError, ValueError) as exc:
         line = f"{type(exc).__name__}: {exc}"
-        return Outcome(None, Failure(line, line + "\n"), duration)
+        return Outcome(None, Failure(line, line + "\n", exception_type=type(exc).__name__),
+                       duration)
     return Outcome(encoded, None, duration)
 
 
@@ -124,4 +128,14 @@ def failure_from_exception(exc: BaseException) -> Failure:
                                       compact=True)
     text = "".join(te.format())
     summary = "".join(te.format_exception_only()).strip().splitlines()[-1]
-    return Failure(summary, text)
+    return Failure(summary, text, exception_type=_exception_type(exc))
+
+
+def _exception_type(exc: BaseException) -> str:
+    """The qualified class name; for a child's error re-raised by a body, the class the child
+    raised, so ``except KeyError:`` still catches it two levels up."""
+    from ..errors import TransformationError, qualified_name
+
+    if isinstance(exc, TransformationError) and getattr(exc, "exception_type", None):
+        return exc.exception_type
+    return qualified_name(type(exc))

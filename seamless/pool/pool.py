@@ -633,7 +633,8 @@ class Pool:
                                                 time.monotonic())
         self._actions += actions
         if job is not None:
-            self._finish(job, Outcome(None, wire.unpack_failure(frame), 0.0))
+            failure = wire.unpack_failure(frame)._replace(exception_type=frame.header.get("type"))
+            self._finish(job, Outcome(None, failure, 0.0))
 
     def _frame_revoked(self, worker, frame):
         """The worker's answer to a revoke: dropped unstarted (requeued), or already started."""
@@ -731,6 +732,7 @@ class _NestedProxy:
             header["reply"] = "result"
         else:
             header, inline, fds, keep = wire.pack_failure(outcome.failure), [], [], []
+            header["type"] = outcome.failure.exception_type
             header["reply"] = "error"
         self.worker.send([("nested-reply", self.rid, header, inline, fds)])  # a dead one needs none
         for seg in keep:

@@ -495,6 +495,7 @@ class Worker:
         if failure is not None:
             text = failure.text + _output_sections(self.stdout.take(), self.stderr.take())
             header = wire.pack_failure(wire.fitting_failure(failure._replace(text=text)))
+            header["type"] = failure.exception_type  # the class the parent re-raises
             self.flush()  # the results before it first: order is kept
             self.send([("error", frame.id, header, [], [])])
         self._restore_file_size_limit()
@@ -510,13 +511,13 @@ class Worker:
             header, inline, fds, keep = wire.pack_result(
                 result, outcome.duration, wire.input_buffers(work), copied=copied)
         except Exception as exc:  # whatever stops it (no segment for it: SharedMemoryError)
-            return wire.undeliverable(work.name, exc)
+            return _undeliverable(work.name, exc)
         try:
             chunks = encode_frame("result", rid, header, inline, len(fds))
         except (TypeError, ValueError) as exc:  # above the frame limit, or not encodable
             for seg in keep:
                 seg.close()
-            return wire.undeliverable(work.name, exc)
+            return _undeliverable(work.name, exc)
         if fds or result.checksum is None:
             # A segment travels at once (after what is held: order is kept), and the parent
             # may be waiting for this array: send it before hashing.
@@ -610,7 +611,8 @@ class Worker:
             result, duration = wire.unpack_result(frame, job.work)
             outcome = Outcome(result, None, duration)
         else:
-            outcome = Outcome(None, wire.unpack_failure(frame), 0.0)
+            outcome = Outcome(None, wire.unpack_failure(frame)._replace(
+                exception_type=frame.header.get("type")), 0.0)
         if job.claim():
             dispatch.complete(job, outcome)
 
@@ -687,6 +689,14 @@ class _ParentBackend:
 
     def close(self) -> list:
         return []
+
+
+def _undeliverable(name: str, exc: BaseException):
+    """``wire.undeliverable``, naming the exception's class so the parent can raise it too."""
+    from seamless.errors import qualified_name
+    from seamless.pool import wire
+
+    return wire.undeliverable(name, exc)._replace(exception_type=qualified_name(type(exc)))
 
 
 def _output_sections(out: str, err: str) -> str:

@@ -36,11 +36,14 @@ def runs(marker):
         return len(f.read().splitlines())
 
 def failure(call):
-    """The exception ``call()`` raised, as JSON fields (its type, message, exit code)."""
+    """The exception ``call()`` raised, as JSON fields (its type, its message followed by its
+    failure text, exit code)."""
     try:
         call()
     except Exception as exc:
-        return {"type": type(exc).__name__, "message": str(exc),
+        text = getattr(exc, "traceback", None)
+        message = str(exc) if not text or text in str(exc) else str(exc) + chr(10) + text
+        return {"type": type(exc).__name__, "message": message,
                 "exitcode": getattr(exc, "exitcode", None)}
     return None
 
@@ -172,7 +175,7 @@ def test_a_result_with_no_room_for_its_segment(tmp_path, kind):
                large=float(ones(500_000).run().sum()), same_worker=where(2).run()[0] == pid)
     ''', tmp_path / "marker", kind)
     error = data["error"]
-    assert error["type"] == "TransformationError", error
+    assert error["type"] == "TransformationError[SharedMemoryError]", error
     assert "SharedMemoryError" in error["message"]
     assert "RLIMIT_FSIZE" in error["message"]
     assert data["runs"] == 1
@@ -199,7 +202,7 @@ def test_an_exception_message_above_the_frame_limit(tmp_path):
     ''', tmp_path / "marker")
     error = data["error"]
     message = error["message"]
-    assert error["type"] == "TransformationError", error["type"]
+    assert error["type"] == "TransformationError[ValueError]", error["type"]
     assert "failed with ValueError: HEADxxx" in message and message.endswith("xxxTAIL\n")
     assert ("the exception message is 80.0 MB; it was cut to the first and last 64 KiB, as its "
             "error frame would exceed the 64 MiB frame limit") in message

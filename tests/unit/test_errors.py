@@ -54,3 +54,25 @@ def test_cache_error_message_replaces_errno_text():
                        "/d")
     assert str(err).startswith("cache directory /d is not writable")
     assert isinstance(err, OSError) and err.errno == 30
+
+
+def test_exception_type_defaults_to_the_error_class():
+    assert E.TransformationError("x").exception_type == "seamless.errors.TransformationError"
+    assert E.WorkerCrashedError("x").exception_type == "seamless.errors.WorkerCrashedError"
+
+
+@pytest.mark.parametrize("name, base", [("KeyError", KeyError), ("OSError", OSError),
+                                        ("json.decoder.JSONDecodeError", ValueError)])
+def test_error_class_mixes_in_an_importable_class(name, base):
+    cls = E.error_class(name)
+    assert issubclass(cls, E.TransformationError) and issubclass(cls, base)
+    assert E.error_class(name) is cls  # made once
+    err = cls("transformation f (3fa2c1d09b7e) failed with KeyError: 'k'", exception_type=name)
+    assert str(err) == "transformation f (3fa2c1d09b7e) failed with KeyError: 'k'"
+
+
+@pytest.mark.parametrize("name", [None, "SystemExit", "KeyboardInterrupt", "ExceptionGroup",
+                                  "no_such_module.Error", "__main__.f.<locals>.Oops",
+                                  "seamless.errors.WorkerCrashedError", "json.dumps"])
+def test_error_class_falls_back_to_transformation_error(name):
+    assert E.error_class(name) is E.TransformationError
