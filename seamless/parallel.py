@@ -16,6 +16,8 @@ Ownership
   drops each reference when the item is yielded: memory is O(nparallel).  A done-callback
   holds the window and a sequence number, never the batch; a late callback after the batch
   closed is a no-op (the window refuses stale or closed completions).
+- ``ordered=False`` swaps the window for ``_Arrivals`` (same calls, pure Python), which
+  releases items in the order they finish; the bound and everything else stay as they are.
 - Early exit (``break``, ``close()``, garbage collection, an exception in the loop body,
   Ctrl-C) cancels the handles this batch started that are not finished, then closes the
   window.  Handles the caller had started are waited for, never cancelled.
@@ -28,8 +30,11 @@ progress (a tqdm.auto bar), errors and a summary on; it observes every item as i
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import os
 import sys
+import threading
 import time
 
 from . import config
@@ -59,13 +64,11 @@ def _flag_state(window_module, status: str) -> int:
     return window_module.CANCELLED
 
 
-def _refuse_running_loop():
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    raise RuntimeError("parallel() cannot run inside a running event loop; use "
-                       "`async for tf in parallel_async(tfs)`")
+def _ordered(ordered) -> bool:
+    if not isinstance(ordered, bool):
+        raise TypeError(f"ordered must be True or False, got {ordered!r} (parallel(tfs, "
+                        f"ordered=False) yields the handles as they finish)")
+    return ordered
 
 
 def _nparallel(nparallel) -> tuple:
@@ -122,6 +125,82 @@ def _source(tfs):
     return iter(tfs), None
 
 
+class _Arrivals:
+    """``ordered=False``: the compiled ``Window``'s calls, releasing items as they finish.
+
+    A ``seq`` is the item's slot, reused only after its item was released, so the batch's
+    ``slots[seq % capacity]`` holds.  The owner thread reserves and releases; ``complete``
+    comes from any thread and wakes the owner (a condition, or the eventfd an event loop
+    watches).  A completion of a closed batch, or a second one of the same item, is ignored.
+    """
+
+    def __init__(self, capacity: int):
+        self._free = list(range(capacity - 1, -1, -1))
+        self._waiting: set = set()           # reserved, not finished
+        self._ready = collections.deque()    # (seq, state), in the order they finished
+        self._held = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._fd = None
+        self._closed = False
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def reserve(self) -> tuple:
+        with self._cond:
+            seq = self._free.pop()
+            self._waiting.add(seq)
+            self._held += 1
+        return seq, seq
+
+    def complete(self, seq: int, state: int) -> bool:
+        with self._cond:
+            if self._closed or seq not in self._waiting:
+                return False
+            self._waiting.discard(seq)
+            self._ready.append((seq, state))
+            self._cond.notify()
+            if self._fd is not None:
+                os.eventfd_write(self._fd, 1)
+        return True
+
+    def next_ready(self) -> tuple:
+        with self._cond:
+            while not self._ready:
+                self._cond.wait()  # a signal (Ctrl-C) interrupts the wait
+            return self._release()
+
+    def try_next(self):
+        with self._cond:
+            return self._release() if self._ready else None
+
+    def _release(self) -> tuple:
+        seq, state = self._ready.popleft()
+        self._free.append(seq)
+        self._held -= 1
+        return seq, state
+
+    def fileno(self) -> int:
+        with self._cond:
+            if self._fd is None:
+                self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            return self._fd
+
+    def drain(self) -> None:
+        try:
+            os.eventfd_read(self._fd)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
 class _Entry:
     """One held item: its handle, its input index, whether this batch started it, and the
     input bytes it counts against the default depth's budget."""
@@ -138,8 +217,9 @@ class _Entry:
 class _Batch:
     """The state of one iteration; driven by ``_iterate`` (sync) or ``_iterate_async``."""
 
-    def __init__(self, source, nparallel: int, observer, adaptive=None):
+    def __init__(self, source, nparallel: int, observer, adaptive=None, ordered=True):
         self.source = source
+        self.ordered = ordered
         self.observer = observer
         self.capacity = nparallel
         self.adaptive = adaptive  # None, or (workers, byte budget): see _nparallel
@@ -182,7 +262,8 @@ class _Batch:
     def _hold(self, index: int, handle: Transformation) -> None:
         window_module = _window_module()
         if self.window is None:
-            self.window = window_module.Window(self.capacity)
+            self.window = window_module.Window(self.capacity) if self.ordered \
+                else _Arrivals(self.capacity)
         started_here = handle.status == "pending"
         if started_here:
             handle.start()
@@ -271,27 +352,29 @@ async def _iterate_async(batch: _Batch):
         batch.close()
 
 
-def parallel(tfs, nparallel=None):
+def parallel(tfs, nparallel=None, ordered=True):
     """Run ``tfs`` at most ``nparallel`` at a time; yield each handle in input order as soon as
-    it and every earlier one are finished.
+    it and every earlier one are finished, or with ``ordered=False`` as soon as it finishes.
 
     ``tfs``: a list, tuple, ``TransformationList`` or any iterable (pulled lazily) of handles.
     A failed item is yielded in its place (``.exception`` set); breaking out cancels what this
-    call started.  Raises at the call: ``RuntimeError`` inside a running event loop (use
-    ``parallel_async``), ``TypeError``/``ValueError`` for a bad ``nparallel`` or a non-handle
-    item of a sequence.
+    call started.  Inside a running event loop (Jupyter) it blocks the loop like ``.run()``
+    does, which is safe: the batch never needs that loop.  Raises at the call:
+    ``TypeError``/``ValueError`` for a bad ``nparallel`` or ``ordered``, or a non-handle item
+    of a sequence.
     """
-    _refuse_running_loop()
+    ordered = _ordered(ordered)
     n, adaptive = _nparallel(nparallel)
     source, observer = _source(tfs)
-    return _iterate(_Batch(source, n, observer, adaptive))
+    return _iterate(_Batch(source, n, observer, adaptive, ordered))
 
 
-def parallel_async(tfs, nparallel=None):
+def parallel_async(tfs, nparallel=None, ordered=True):
     """``parallel()`` for ``async for``: the same rules, and it never blocks the event loop."""
+    ordered = _ordered(ordered)
     n, adaptive = _nparallel(nparallel)
     source, observer = _source(tfs)
-    return _iterate_async(_Batch(source, n, observer, adaptive))
+    return _iterate_async(_Batch(source, n, observer, adaptive, ordered))
 
 
 class TransformationList:

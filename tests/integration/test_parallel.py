@@ -177,12 +177,11 @@ def test_bad_nparallel_types(bad):
         parallel([inc(1)], nparallel=bad)
 
 
-def test_parallel_inside_a_running_event_loop_raises_at_once():
+def test_parallel_inside_a_running_event_loop_works():
     async def main():
-        with pytest.raises(RuntimeError, match=r"use `async for tf in parallel_async\(tfs\)`"):
-            parallel([inc(1)])
+        return [tf.value for tf in parallel([inc(i) for i in range(5)])]
 
-    asyncio.run(main())
+    assert asyncio.run(main()) == [1, 2, 3, 4, 5]
 
 
 # --- early exit -------------------------------------------------------------------------------
