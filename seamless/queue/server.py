@@ -17,10 +17,10 @@ Who owns what, and who frees it:
 - **Jobs**: ``jobs.JobTable`` decides; this module carries out its actions. A started job is a
   runner process (``seamless.shell.runner``) in the job's cwd and environment, in its own
   process group, with a parent-death signal; its pidfd is in the selector, so an exit is seen
-  at once, without polling. The private job directory (``mkdtemp``) holds ``job-N.json`` (the
-  ``ShellJob``, removed when the runner ends), ``job-N.json.outcome`` (hit or miss, written by
-  the runner, read and removed here) and ``job-N.stderr`` (the runner's stderr, kept until the
-  server exits); ``_cleanup`` removes the directory.
+  at once, without polling. The private job directory (``mkdtemp``) holds ``job-N.job`` (the
+  ``ShellJob`` in ``marshal`` form, removed when the runner ends), ``job-N.job.outcome`` (hit or
+  miss, written by the runner, read and removed here) and ``job-N.stderr`` (the runner's
+  stderr, kept until the server exits); ``_cleanup`` removes the directory.
 - **Sidecars**: the submitter creates the ``.FUTURE`` sidecars of a job's targets with this
   server's pid and host; ``_adopt`` rewrites each with the job number, the heartbeat timer keeps
   them fresh every ``future.HEARTBEAT_S``, and they are removed when the job ends (its outputs
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import marshal
 import os
 import selectors
 import signal
@@ -693,11 +694,11 @@ class Server:
         # reads its inputs as they are now (it depends only on jobs submitted before it).
         held.update(p for p in job.inputs if future.sidecar_path(p) in self.owned)
         wire_job = dict(wire_job, held_futures=sorted(held))
-        jobfile = os.path.join(self.jobdir, f"job-{job.id}.json")
+        jobfile = os.path.join(self.jobdir, f"job-{job.id}.job")
         stderr_path = os.path.join(self.jobdir, f"job-{job.id}.stderr")
         try:
-            with open(jobfile, "w") as f:
-                f.write(json.dumps(wire_job))
+            with open(jobfile, "wb") as f:
+                f.write(marshal.dumps(wire_job))
             with open(stderr_path, "wb") as log:
                 proc = subprocess.Popen(
                     [*self._runner, jobfile], cwd=cwd, env=env, stdin=subprocess.DEVNULL,

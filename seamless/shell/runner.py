@@ -2,7 +2,8 @@
 
 Data flow and ownership:
 
-- The server writes ``JOBFILE`` (one JSON object: ``ShellJob.to_wire()``) in its private job
+- The server writes ``JOBFILE`` (``ShellJob.to_wire()`` in ``marshal`` form: built in, so
+  reading it imports nothing; the server wrote it, in its private directory) in its private job
   directory and starts this process in the job's working directory and environment, in a process
   group of its own, stdin and stdout ``/dev/null`` (a job's stdout is a result: it goes to
   ``job.stdout_path`` or only to the cache), stderr a per-job log file the server keeps. The
@@ -23,7 +24,7 @@ interpreter start (docs/cli.md, "Start-up").
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import sys
 
@@ -67,9 +68,9 @@ def _load(jobfile: str):
 
     try:
         with open(jobfile, "rb") as f:
-            data = json.loads(f.read())
+            data = marshal.loads(f.read())
         return ShellJob.from_wire(data)
-    except (OSError, ValueError, JobFormatError) as e:
+    except (OSError, ValueError, EOFError, TypeError, JobFormatError) as e:
         raise CommandError(f"cannot read the queued job from {jobfile} ({e})") from None
 
 
