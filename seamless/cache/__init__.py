@@ -16,26 +16,48 @@ Naming: ``seamless.cache.persistent`` as an attribute is the function ``persiste
 of the same name is reached with ``from seamless.cache.persistent import PersistentCache`` or
 ``importlib.import_module("seamless.cache.persistent")``.
 
-Light module: it imports the standard library (``sqlite3`` included) and ``seamless.errors``,
-``seamless.checksum``; ``seamless.config`` only on first use, never numpy or ``seamless._ipc``.
+Light package: importing it loads the memory caches only. ``PersistentCache`` (and with it
+``sqlite3``, about 11 ms) loads on first use: ``persistent()``, or the ``PersistentCache``
+attribute (PEP 562). So the command line's cache-hit path can import ``result_index`` and
+``buffers`` from here without the database. Importing the module ``seamless.cache.persistent``
+would normally rebind the package attribute ``persistent`` to that module; ``_Package`` keeps the
+function under that name. Never numpy or ``seamless._ipc``; ``seamless.config`` on first use.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 
-from seamless.cache import persistent as _persistent_module
 from seamless.cache.memory import BufferCache, ResultMap
-from seamless.cache.persistent import PersistentCache, warn_cache
-from seamless.cache.persistent import _log
-from seamless.errors import CacheError, ConfigurationError
 
 __all__ = [
     "memory_results", "memory_buffers", "persistent", "flush",
     "ResultMap", "BufferCache", "PersistentCache",
 ]
+
+
+class _Package(type(sys)):
+    """This package's module type: binding the submodule ``persistent`` (the import system does
+    so when it is first imported) leaves the function ``persistent()`` in place."""
+
+    def __setattr__(self, name, value):
+        if name == "persistent" and isinstance(value, type(sys)):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name):
+    if name == "PersistentCache":
+        from seamless.cache.persistent import PersistentCache
+
+        return PersistentCache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _config():
@@ -72,11 +94,15 @@ class _ConfiguredBufferCache(BufferCache):
         generation = config.generation()
         if generation == self._generation:
             return
+        from seamless.errors import ConfigurationError
+
         try:
             bound = config.get("memory_cache")
         except ConfigurationError as e:
             # The call that reads the configuration for the transformation raises this error
             # to the user; here the current bound stays.
+            from seamless.cache.persistent import _log
+
             _log.debug("memory cache bound unchanged (%s)", e)
         else:
             self.set_max_bytes(bound)
@@ -100,7 +126,7 @@ memory_results = ResultMap()
 memory_buffers = _ConfiguredBufferCache()
 
 _lock = threading.Lock()
-_caches: dict[str, PersistentCache] = {}
+_caches: dict = {}  # directory -> PersistentCache
 _failed: set[str] = set()
 _last = (None, None)  # (config generation, what persistent() returned for it)
 
@@ -117,6 +143,9 @@ def persistent():
     error = None
     cache = None
     if directory is not None:
+        from seamless.cache.persistent import PersistentCache, warn_cache
+        from seamless.errors import CacheError
+
         with _lock:
             cache = _caches.get(directory)
             if cache is None and directory not in _failed:
@@ -139,7 +168,10 @@ def persistent():
 
 def flush() -> None:
     """Wait until every open persistent cache of this process has written its queued results."""
-    for cache in list(_persistent_module._instances):
+    module = sys.modules.get("seamless.cache.persistent")
+    if module is None:  # never loaded: no cache was opened
+        return
+    for cache in list(module._instances):
         cache.flush()
 
 
@@ -160,5 +192,7 @@ def _reset_for_tests() -> None:
     memory_results.clear()
     memory_buffers.clear()
     memory_buffers._generation = None
-    with _persistent_module._reported_lock:
-        _persistent_module._reported.clear()
+    module = sys.modules.get("seamless.cache.persistent")
+    if module is not None:
+        with module._reported_lock:
+            module._reported.clear()

@@ -28,14 +28,14 @@ import errno
 import io
 import mmap
 import os
-import re
 import threading
 
 from seamless.checksum import new_sha256
 
-__all__ = ["BufferStore", "BufferCorrupt", "BufferMissing", "check_checksum", "makedirs_0700"]
+__all__ = ["BufferStore", "BufferCorrupt", "BufferMissing", "check_checksum", "is_checksum",
+           "makedirs_0700"]
 
-_CHECKSUM = re.compile(r"[0-9a-f]{64}")
+_HEX = frozenset("0123456789abcdef")
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # os.write of more than this may be partial on Linux anyway; writing in 1 GiB slices keeps
 # every call well-defined.
@@ -48,9 +48,15 @@ _READ_CHUNK = 8 << 20
 _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)
 
 
+def is_checksum(value) -> bool:
+    """True for a str of 64 lowercase hex characters (no ``re``: the cache-hit path of
+    seamless-run reads buffers through this module, and ``re`` costs milliseconds to import)."""
+    return isinstance(value, str) and len(value) == 64 and _HEX.issuperset(value)
+
+
 def check_checksum(name: str, value) -> str:
     """Return ``value`` if it is 64 lowercase hex characters, else raise (it becomes a path)."""
-    if not isinstance(value, str) or _CHECKSUM.fullmatch(value) is None:
+    if not is_checksum(value):
         raise ValueError(
             f"{name} must be a checksum (64 lowercase hex characters), got {value!r}"
         )
@@ -198,6 +204,23 @@ def _write_pieces(fd: int, pieces, hasher=None) -> int:
     return total
 
 
+def iter_tree(root: str):
+    """Yield ``(subdir name, subdir path, file name)`` for everything one level below the
+    subdirectories of ``root`` (the ``<first two hex>/<name>`` layout), sorted."""
+    try:
+        subdirs = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return
+    for sub in subdirs:
+        subdir = os.path.join(root, sub)
+        try:
+            names = sorted(os.listdir(subdir))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            yield sub, subdir, name
+
+
 class BufferStore:
     """The ``buffers/`` tree of one cache directory."""
 
@@ -329,24 +352,12 @@ class BufferStore:
         return True
 
     def _entries(self):
-        """Yield ``(subdir name, subdir path, file name)`` for everything below the root."""
-        try:
-            subdirs = sorted(os.listdir(self.root))
-        except FileNotFoundError:
-            return
-        for sub in subdirs:
-            subdir = os.path.join(self.root, sub)
-            try:
-                names = sorted(os.listdir(subdir))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for name in names:
-                yield sub, subdir, name
+        return iter_tree(self.root)
 
     def iter_files(self):
         """Yield ``(checksum, path)`` for every file named like a buffer (for verify/gc)."""
         for sub, subdir, name in self._entries():
-            if _CHECKSUM.fullmatch(name) and name[:2] == sub:
+            if is_checksum(name) and name[:2] == sub:
                 yield name, os.path.join(subdir, name)
 
     def iter_temp_files(self):

@@ -25,6 +25,7 @@ import threading
 import time
 import weakref
 
+from seamless.cache.result_index import TOUCH_INTERVAL
 from seamless.errors import CacheError
 
 __all__ = ["Database", "SCHEMA", "ENCODING", "BUSY_TIMEOUT_MS", "TOUCH_INTERVAL"]
@@ -32,7 +33,6 @@ __all__ = ["Database", "SCHEMA", "ENCODING", "BUSY_TIMEOUT_MS", "TOUCH_INTERVAL"
 SCHEMA = 1
 ENCODING = 1
 BUSY_TIMEOUT_MS = 30000
-TOUCH_INTERVAL = 3600.0  # buffers.last_used is updated at most this often (seconds)
 
 _CREATE = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -1,7 +1,9 @@
 """The persistent cache: a directory shared by processes on one host (docs/caching.md).
 
 ``PersistentCache(directory)`` pairs the SQLite database (``database.py``) with the buffer files
-(``buffers.py``). Data flow:
+(``buffers.py``) and the result index (``result_index.py``: one small file per result, which the
+command line's cache hits read instead of the database; every row change here updates it).
+Data flow:
 
 - **Lookup and read** run on the caller's thread, on that thread's own SQLite connection.
   ``lookup`` is a hit only when the ``results`` row exists and the buffer file exists with the
@@ -48,6 +50,7 @@ from seamless.cache.buffers import (
     BufferCorrupt, BufferMissing, BufferStore, check_checksum, makedirs_0700,
 )
 from seamless.cache.database import TOUCH_INTERVAL, Database
+from seamless.cache.result_index import ResultIndex
 from seamless.checksum import Checksum
 from seamless.errors import CacheError, CacheWarning
 
@@ -190,6 +193,7 @@ class PersistentCache:
             makedirs_0700(directory)
             self._store = BufferStore(directory)
             self._store.ensure_root()
+            self._index = ResultIndex(directory)
         except (FileExistsError, NotADirectoryError) as e:
             blocker = f": {e.filename}" if e.filename and e.filename != directory else ""
             raise CacheError(
@@ -265,6 +269,9 @@ class PersistentCache:
                 f"failed verification (size {st.st_size}, expected {size})", st))
             return None
         self._maybe_touch(result, last_used)
+        entry = self._index.read(tf_cs)
+        if entry is None or not entry.fresh() or not entry.same(result, size, kind):
+            self._write_index(tf_cs, result, size, kind)
         return kind, Checksum(result)
 
     def read_buffer(self, cs):
@@ -308,19 +315,47 @@ class PersistentCache:
         else:
             _log.debug(message)
 
+    def _write_index(self, tf_cs: str, result: str, size: int, kind: str) -> None:
+        """Write the index entry of a row; a failure only costs the command line its fast
+        hit (it then reads the database), so it is logged, not warned."""
+        try:
+            self._index.write(tf_cs, result, size, kind)
+        except OSError as e:
+            _log.debug("could not write the result index entry of %s in %s: %s", tf_cs,
+                       self.directory, e)
+
+    def _remove_index(self, tf_checksums) -> None:
+        try:
+            self._index.remove(tf_checksums)
+        except OSError as e:
+            # A stale entry names a result computed for its transformation, verified on
+            # every read; the next verify, clear or gc removes it.
+            _log.debug("could not remove result index entries in %s: %s", self.directory, e)
+
+    @staticmethod
+    def _delete_result_rows(c, result_cs: str) -> list:
+        """Delete the rows of ``result_cs`` in transaction ``c``; their transformations."""
+        tfs = [tf for (tf,) in c.execute(
+            "SELECT transformation FROM results WHERE result = ?", (result_cs,))]
+        c.execute("DELETE FROM results WHERE result = ?", (result_cs,))
+        c.execute("DELETE FROM buffers WHERE checksum = ?", (result_cs,))
+        return tfs
+
     def _drop_rows(self, result_cs: str, only_if_missing: bool) -> None:
-        """Delete the buffers row of ``result_cs`` and the results rows that point to it."""
+        """Delete the buffers row of ``result_cs``, the results rows that point to it and their
+        index entries."""
         try:
             with self._db.transaction() as c:
                 # Re-checked inside the write lock: a concurrent writer may have just stored it.
                 if only_if_missing and os.path.exists(self._store.path(result_cs)):
                     return
-                c.execute("DELETE FROM results WHERE result = ?", (result_cs,))
-                c.execute("DELETE FROM buffers WHERE checksum = ?", (result_cs,))
+                tfs = self._delete_result_rows(c, result_cs)
         except sqlite3.Error as e:
             # The rows stay; the next reader sees the same miss and tries again.
             _log.debug("could not delete cache rows of %s in %s: %s", result_cs,
                        self.directory, e)
+            return
+        self._remove_index(tfs)
 
     def _drop_missing(self, result_cs: str) -> None:
         _log.debug("cache buffer %s… is missing from %s; its rows are dropped",
@@ -486,9 +521,13 @@ class PersistentCache:
                     f"{verb} INTO results (transformation, result, kind, created, duration) "
                     "VALUES (?, ?, ?, ?, ?)", (tf_cs, result_cs, kind, now, duration),
                 )
-            return True, None
+                # What the row says now (an older result stays unless ``replace``).
+                row = c.execute(_LOOKUP, (tf_cs,)).fetchone()
         except sqlite3.Error as e:
             return False, self._failure_message(e)
+        if row is not None and row[2] is not None:
+            self._write_index(tf_cs, row[1], row[2], row[0])
+        return True, None
 
     def _failure_message(self, e):
         """The warning text of a failed write (an ``OSError`` or ``sqlite3.Error``) the first
@@ -611,14 +650,33 @@ class PersistentCache:
             c.execute(
                 "DELETE FROM results WHERE result NOT IN (SELECT checksum FROM buffers)"
             )
+        self._verify_index()
         return report
 
+    def _verify_index(self) -> None:
+        """Make the index say what the rows say: entries without a row, or naming another
+        result, go; rows without an entry (stored before the index existed) get one."""
+        rows = {tf: (result, size, kind) for tf, result, size, kind in self._db.conn().execute(
+            "SELECT r.transformation, r.result, b.size, r.kind FROM results AS r "
+            "JOIN buffers AS b ON b.checksum = r.result")}
+        stray = []
+        for tf, _path in self._index.iter_files():
+            entry = self._index.read(tf)
+            if tf in rows and entry is not None and entry.same(*rows[tf]):
+                del rows[tf]
+            else:
+                stray.append(tf)
+        self._remove_index(stray)
+        for tf, (result, size, kind) in rows.items():
+            self._write_index(tf, result, size, kind)
+
     def clear(self) -> int:
-        """Delete every row and buffer file (temp files of writes in progress are left);
-        returns the number of buffer files removed."""
+        """Delete every row, index entry and buffer file (temp files of writes in progress are
+        left); returns the number of buffer files removed."""
         with self._db.transaction() as c:
             c.execute("DELETE FROM results")
             c.execute("DELETE FROM buffers")
+        self._remove_index([tf for tf, _path in self._index.iter_files()])
         removed = 0
         for _cs, path in self._store.iter_files():
             try:
@@ -629,8 +687,8 @@ class PersistentCache:
         return removed
 
     def gc(self, max_bytes: int) -> dict:
-        """Drop least recently used buffers (and their results rows) until the total is at most
-        ``max_bytes``; remove temp files older than one hour.
+        """Drop least recently used buffers (and their results rows and index entries) until the
+        total is at most ``max_bytes``; remove temp files older than one hour.
 
         Returns ``{"buffers": n, "bytes": freed, "temp_files": n}``.
         """
@@ -646,8 +704,8 @@ class PersistentCache:
             if total <= max_bytes:
                 break
             with self._db.transaction() as c:
-                c.execute("DELETE FROM results WHERE result = ?", (cs,))
-                c.execute("DELETE FROM buffers WHERE checksum = ?", (cs,))
+                tfs = self._delete_result_rows(c, cs)
+            self._remove_index(tfs)
             total -= size
             try:
                 os.unlink(self._store.path(cs))
@@ -657,7 +715,7 @@ class PersistentCache:
             freed += size
         temps = 0
         cutoff = time.time() - _TEMP_MAX_AGE
-        for path in self._store.iter_temp_files():
+        for path in (*self._store.iter_temp_files(), *self._index.iter_temp_files()):
             try:
                 if os.stat(path).st_mtime < cutoff:
                     os.unlink(path)
