@@ -8,7 +8,9 @@ the kernel has it, else two renames). The temp file or directory belongs to the 
 and is removed by it on any failure; the old target then stays intact.
 
 Sources are bytes-like (a cache hit: slices of the verified buffer) or files (a fresh run: the
-sandbox's files), both written the same way.
+sandbox's files), both written the same way. A file gets the permission bits the job gave it
+when they are known (``mode``: read from the sandbox's file on a run, from the result on a hit),
+as ``open`` would create it (the umask applies); otherwise an existing target keeps its bits.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 from seamless.shell.paths import display
 
 __all__ = ["OutputError", "write_stdout", "copy_to_stdout", "write_file", "write_dir",
-           "same_content"]
+           "same_content", "file_mode", "keep_mode"]
 
 _TEMP = ".seamless-tmp-"
 _CHUNK = 1 << 20
@@ -126,25 +128,61 @@ def same_content(target: str, data) -> bool:
         return False
 
 
-def _mode_for(target: str, source) -> int:
-    """Keep an existing target's permission bits, else a source file's, else 0o666 & ~umask."""
-    for candidate in (target, source if isinstance(source, str) else None):
-        if candidate is None:
-            continue
-        try:
-            return os.stat(candidate).st_mode & 0o7777
-        except OSError:
-            continue
-    return 0o666
+def file_mode(path: str) -> int:
+    """The permission bits (``0o777``) of the file at ``path``."""
+    return os.stat(path).st_mode & 0o777
 
 
-def write_file(target: str, source) -> None:
-    """Put ``source`` (bytes-like or a file path) at ``target`` atomically."""
+def _mode_for(target: str, mode) -> int:
+    """``mode`` (the job's bits) when known, else an existing target's bits, else 0o666."""
+    if mode is not None:
+        return mode
+    try:
+        return os.stat(target).st_mode & 0o7777
+    except OSError:
+        return 0o666
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` would, for every thread);
+    without ``/proc`` (or before Linux 4.7), changed and restored at once."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        return _swap_umask()
+    return _swap_umask()
+
+
+def _swap_umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def keep_mode(target: str, mode) -> None:
+    """Give a target left in place (same content) the job's bits ``mode``, umask applied."""
+    if mode is None:
+        return
+    wanted = mode & ~_umask()
+    try:
+        if os.stat(target).st_mode & 0o777 != wanted:
+            os.chmod(target, wanted)
+    except OSError as e:
+        raise OutputError(f"could not set the mode of {display(target)} ({_describe(e)}); "
+                          "check who owns it") from None
+
+
+def write_file(target: str, source, mode=None) -> None:
+    """Put ``source`` (bytes-like or a file path) at ``target`` atomically, with the permission
+    bits ``mode`` when given (else those of the target it replaces)."""
     directory = os.path.dirname(target) or "."
     temp = _temp_beside(target)
     try:
         os.makedirs(directory, exist_ok=True)
-        _write_temp(temp, source, _mode_for(target, source))
+        _write_temp(temp, source, _mode_for(target, mode))
         os.replace(temp, target)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -175,15 +213,16 @@ def _exchange(a: str, b: str) -> bool:
     raise OSError(code, os.strerror(code), b)
 
 
-def write_dir(target: str, files: dict) -> None:
-    """Put a directory output at ``target``: ``files`` maps sub paths to sources."""
+def write_dir(target: str, files: dict, modes=None) -> None:
+    """Put a directory output at ``target``: ``files`` maps sub paths to sources, ``modes``
+    (when known) sub paths to permission bits."""
     temp = _temp_beside(target)
     try:
         os.makedirs(temp, mode=0o777)
         for sub, source in files.items():
             path = os.path.join(temp, sub)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            _write_temp(path, source, _mode_for(path, source))
+            _write_temp(path, source, 0o666 if modes is None else modes.get(sub, 0o666))
         if os.path.isdir(target) and not os.path.islink(target):
             if not _exchange(temp, target):
                 old = _temp_beside(target)

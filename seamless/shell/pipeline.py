@@ -11,17 +11,22 @@ environment, and returns the exit status ``seamless-run`` reports. Flow, and who
    belong to whoever created them (the queue server): not created, refreshed nor removed here.
 3. Wait for the inputs that have a sidecar of someone else (or are named ``X.FUTURE``), then
    hash every input and build the transformation checksum (``identity.py``).
-4. Look it up in the persistent cache (``cli.common.open_cache``). A hit writes the cached
-   stdout (to fd 1, or atomically to ``job.stdout_path``) and the outputs (atomically,
-   ``outputs.py``) and returns 0 without running anything.
+4. Look it up: first in the cache's result index (``cache.result_index.read_result``: one small
+   file, then the verified buffer; no database), else in the persistent cache itself
+   (``cli.common.open_cache``, SQLite), which also reports and discards damaged entries. A hit
+   writes the cached stdout (to fd 1, or atomically to ``job.stdout_path``) and the outputs
+   (atomically, with the file modes the command gave them, ``outputs.py``) and returns 0
+   without running anything.
 5. A miss runs the command once (``execute.Run``, which owns the sandbox and the stdout spool
-   and removes them), delivers stdout and outputs the same way, then stores the result, streamed
-   from the spool and output files (``result.ResultBytes``). A failed command is never stored.
+   and removes them), delivers stdout and outputs the same way, then stores the result with the
+   outputs' modes, streamed from the spool and output files (``result.ResultBytes``). A failed
+   command is never stored.
 
 Expected failures raise ``CommandError`` (exit 1, or 2 for a bad job); SIGINT, SIGTERM and
 SIGHUP end the run with 128 + signal after the cleanup. The hit path imports only the standard
-library, this package, ``cli.common`` and the cache module: no numpy, no
-``seamless.transformer``, no YAML unless a YAML file is in the working directory.
+library, this package, ``cli.common`` and the cache's ``result_index`` and ``buffers``: no
+``sqlite3`` (the database opens on a miss), no numpy, no ``seamless.transformer``, no YAML
+unless a YAML file is in the working directory.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from seamless.shell import future, identity, words
 from seamless.shell.job import ShellJob
 from seamless.shell.outputs import (
     OutputError,
+    file_mode,
+    keep_mode,
     same_content,
     write_dir,
     write_file,
@@ -304,28 +311,48 @@ def _identify(job: ShellJob, text: str, inputs: dict, outputs: list) -> str:
     return checksum
 
 
+def _indexed_hit(directory: str, tf: str, outputs: list, job: ShellJob) -> bool:
+    """Serve a hit found through the result index (no database); ``False`` means "ask the
+    database", which also warns about and discards anything damaged."""
+    from seamless.cache.result_index import read_result
+
+    data = read_result(directory, tf)
+    if data is None:
+        return False
+    return _deliver_result(data, outputs, job, None)
+
+
 def _deliver_hit(cache, tf: str, outputs: list, job: ShellJob) -> bool:
     """Serve a cache hit: stdout to fd 1, outputs written atomically. ``False`` on a miss."""
-    from seamless.shell.result import ShellResult
-
     with warnings_as_messages(PROG):
         found = cache.lookup(tf)
         data = None if found is None else cache.read_buffer(found[1])
     if data is None:
         return False
+    return _deliver_result(data, outputs, job, f"cache entry {found[1]} for {tf}")
+
+
+def _deliver_result(data, outputs: list, job: ShellJob, entry) -> bool:
+    """Write a cached result's outputs and stdout; ``False`` when ``data`` is not the result of
+    this job (warned about as ``entry``, unless that is ``None``)."""
+    from seamless.shell.result import ShellResult
+
     try:
         result = ShellResult(data)
         if sorted(result.outputs) != sorted(outputs):
             raise ValueError("its outputs differ from the declared ones")
-    except (ValueError, KeyError) as e:
-        warn(PROG, f"cache entry {found[1]} for {tf} is not a valid shell result ({e}); "
-                   "running the command")
+    except ValueError as e:
+        if entry is not None:
+            warn(PROG, f"{entry} is not a valid shell result ({e}); running the command")
         return False
     for path, content in result.outputs.items():
+        mode = result.modes.get(path)
         if isinstance(content, dict):
-            write_dir(path, content)
+            write_dir(path, content, mode)
         elif not same_content(path, content):
-            write_file(path, content)
+            write_file(path, content, mode)
+        else:
+            keep_mode(path, mode)
     _deliver_stdout(job, result.stdout)
     return True
 
@@ -426,7 +453,10 @@ def _run_once(job: ShellJob, text: str, inputs: dict, outputs: list, cache, tf: 
         produced = _produced(run, outputs)
         if job.sandbox:  # without it, the command wrote them in place
             for output, source in produced.items():
-                (write_dir if isinstance(source, dict) else write_file)(output, source)
+                if isinstance(source, dict):
+                    write_dir(output, source, {sub: file_mode(f) for sub, f in source.items()})
+                else:
+                    write_file(output, source, file_mode(source))
         try:
             _deliver_stdout(job, run.stdout_path)
         finally:  # also when the reader of our stdout went away: the result is still good
@@ -437,6 +467,14 @@ def _run_once(job: ShellJob, text: str, inputs: dict, outputs: list, cache, tf: 
         return 0
     finally:
         run.close()
+
+
+def _hit(job: ShellJob, tf: str, on_identity) -> int:
+    if on_identity is not None:
+        on_identity(tf, True)
+    if job.verbose:
+        info(PROG, f"cache hit {tf}")
+    return 0
 
 
 def run_job(job: ShellJob, on_identity=None) -> int:
@@ -472,15 +510,15 @@ def run_job(job: ShellJob, on_identity=None) -> int:
         sidecars.set_transformation(tf)
         if job.verbose and untracked:
             info(PROG, "not tracked: " + " ".join(display(w) for w in untracked))
-        cache = open_cache(cache_directory())
+        directory = cache_directory()
+        if job.use_cache and _indexed_hit(directory, tf, outputs, job):
+            return _hit(job, tf, on_identity)
+        cache = open_cache(directory)
         try:
-            hit = job.use_cache and _deliver_hit(cache, tf, outputs, job)
+            if job.use_cache and _deliver_hit(cache, tf, outputs, job):
+                return _hit(job, tf, on_identity)
             if on_identity is not None:
-                on_identity(tf, hit)
-            if hit:
-                if job.verbose:
-                    info(PROG, f"cache hit {tf}")
-                return 0
+                on_identity(tf, False)
             if job.verbose:
                 info(PROG, f"cache {'miss' if job.use_cache else 'refresh (--no-cache)'} {tf}")
             for path in _untracked_writes(split):
@@ -558,11 +596,14 @@ def plan_submission(job: ShellJob) -> SubmitPlan:
         tf = _identify(job, text, inputs, outputs)
         hit = False
         if job.use_cache:
-            cache = open_cache(cache_directory())
-            try:
-                hit = _deliver_hit(cache, tf, outputs, job)
-            finally:
-                cache.close()
+            directory = cache_directory()
+            hit = _indexed_hit(directory, tf, outputs, job)
+            if not hit:
+                cache = open_cache(directory)
+                try:
+                    hit = _deliver_hit(cache, tf, outputs, job)
+                finally:
+                    cache.close()
     except OutputError as e:
         raise CommandError(str(e)) from None
     return SubmitPlan(targets, candidates, [], tf, hit)

@@ -504,3 +504,106 @@ def test_an_unwritable_stdout_is_a_clear_error(cli, data):
         proc = cli.run("seamless-run", "cat", "a.txt", stdout=full, check=1)
     assert proc.stderr.startswith(b"seamless-run: error: could not write the command's stdout "
                                   b"(No space left on device)")
+
+
+# -- output file modes (an executable script stays executable) and the database-free hit ------
+
+
+def _mode(path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+@pytest.mark.parametrize("sandbox", [[], ["--no-sandbox"]])
+def test_an_executable_output_stays_executable_on_a_miss_and_a_hit(cli, data, sandbox):
+    log, runs = _counter(cli)
+    cmd = (f"printf '#!/bin/sh\\necho made\\n' > run.sh; chmod 750 run.sh; "
+           f"printf 'plain\\n' > notes.txt; chmod 604 notes.txt; echo ran >> {log}")
+    args = ["-c", "run.sh", "-c", "notes.txt", *sandbox, cmd]
+    cli.run("seamless-run", *args, check=0)
+    assert (_mode(data / "run.sh"), _mode(data / "notes.txt")) == (0o750, 0o604)
+    os.unlink(data / "run.sh")
+    os.chmod(data / "notes.txt", 0o600)  # same content, other mode: the hit restores it
+    cli.run("seamless-run", *args, check=0)
+    assert runs() == 1
+    assert (_mode(data / "run.sh"), _mode(data / "notes.txt")) == (0o750, 0o604)
+    ran = subprocess.run([str(data / "run.sh")], capture_output=True, timeout=60)
+    assert ran.stdout == b"made\n"
+
+
+def test_a_sandboxed_miss_gives_the_job_mode_over_the_old_target_mode(cli, data):
+    (data / "tool.sh").write_bytes(b"old\n")
+    os.chmod(data / "tool.sh", 0o644)
+    cli.run("seamless-run", "-c", "tool.sh", "echo new > tool.sh; chmod 755 tool.sh", check=0)
+    assert (data / "tool.sh").read_bytes() == b"new\n"
+    assert _mode(data / "tool.sh") == 0o755
+
+
+def test_files_of_a_directory_output_keep_their_modes(cli, data):
+    log, runs = _counter(cli)
+    cmd = (f"mkdir -p out/bin; printf x > out/bin/tool; chmod 711 out/bin/tool; "
+           f"printf y > out/data; chmod 640 out/data; echo ran >> {log}")
+    cli.run("seamless-run", "-c", "out", cmd, check=0)
+    subprocess.run(["rm", "-rf", str(data / "out")], check=True, timeout=60)
+    cli.run("seamless-run", "-c", "out", cmd, check=0)
+    assert runs() == 1
+    assert (_mode(data / "out/bin/tool"), _mode(data / "out/data")) == (0o711, 0o640)
+
+
+def test_a_result_stored_before_modes_were_recorded_is_still_served(cli, data):
+    from seamless.cache.persistent import PersistentCache
+    from seamless.encoding import encode
+
+    log, runs = _counter(cli)
+    cmd = f"echo fresh > out.txt; echo ran >> {log}"
+    first = cli.run("seamless-run", "-v", "-c", "out.txt", cmd, check=0)
+    tf = first.stderr.split(b"cache miss ")[1][:64].decode()
+    old = encode({"exit": 0, "outputs": {"out.txt": b"from an old entry\n"}, "stdout": b"s\n"})
+    buffer = bytes(memoryview(old.buffer))
+    cache = PersistentCache(cli.cache)
+    try:
+        assert cache.write_now(tf, old.kind, hashlib.sha256(buffer).hexdigest(), buffer,
+                               replace=True)
+    finally:
+        cache.close()
+    os.unlink(data / "out.txt")
+    hit = cli.run("seamless-run", "-c", "out.txt", cmd, check=0)
+    assert hit.stdout == b"s\n" and hit.stderr == b""
+    assert (data / "out.txt").read_bytes() == b"from an old entry\n"
+    assert _mode(data / "out.txt") == 0o666 & ~_umask()
+    assert runs() == 1
+
+
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def test_a_hit_reads_the_result_index_without_sqlite(cli, data):
+    log, runs = _counter(cli)
+    cmd = f"paste a.txt b.txt; echo ran >> {log}"
+    cli.run("seamless-run", cmd, check=0)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    probe = "import sys; from seamless.cli.run import entry; entry()"
+    proc = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", probe, cmd],
+                          cwd=data, env=dict(cli.env, PYTHONPATH=root), capture_output=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"1\tx\n2\ty\n"
+    assert runs() == 1
+    imported = {line.rsplit(b"|", 1)[1].strip().decode()
+                for line in proc.stderr.splitlines() if line.startswith(b"import time:")}
+    assert "seamless.cache.result_index" in imported
+    assert not imported & {"sqlite3", "_sqlite3", "seamless.cache.persistent", "msgspec",
+                           "typing", "numpy", "yaml", "logging"}
+
+
+def test_a_cache_without_result_index_still_hits_and_gets_one(cli, data):
+    log, runs = _counter(cli)
+    cmd = f"cat a.txt; echo ran >> {log}"
+    cli.run("seamless-run", cmd, check=0)
+    subprocess.run(["rm", "-rf", str(cli.cache / "results")], check=True, timeout=60)
+    assert cli.run("seamless-run", cmd, check=0).stdout == b"1\n2\n"
+    assert runs() == 1
+    entries = [f for _, _, fs in os.walk(cli.cache / "results") for f in fs]
+    assert len(entries) == 1
