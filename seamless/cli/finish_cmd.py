@@ -64,7 +64,8 @@ def _out(text: str) -> None:
 
 
 def _one_line(command: str) -> str:
-    return command.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    """A command on one line: newlines shown as ``\\n`` (display only)."""
+    return command.replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _how(exit_code, signum) -> str:

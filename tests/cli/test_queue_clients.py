@@ -382,3 +382,189 @@ def test_ctrl_c_leaves_finish_with_130(cli, stand_in):
             proc.wait()
     assert proc.returncode == 130
     assert b"the server keeps draining" in err
+
+
+# ---------------------------------------------------------------- the real server
+
+class Queue:
+    """A ``seamless-queue`` started by a test; its stderr goes to ``log``."""
+
+    def __init__(self, cli, workers):
+        self.cli = cli
+        self.log = cli.tmp.parent / f"queue-{time.monotonic_ns()}.log"
+        with open(self.log, "wb") as log:
+            self.proc = cli.start("seamless-queue", "--workers", str(workers),
+                                  stdout=subprocess.DEVNULL, stderr=log)
+
+    def finish(self, *args) -> subprocess.CompletedProcess:
+        """``seamless-queue-finish``; the server must then exit 0."""
+        done = self.cli.run("seamless-queue-finish", *args, timeout=HANG_S * 5)
+        assert self.proc.wait(timeout=HANG_S) == 0, self.log.read_text()
+        return done
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=HANG_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def runtime_files(cli) -> list:
+    """What servers left in this test's socket directory."""
+    run_dir = cli.tmp / f"seamless-{os.getuid()}"
+    return sorted(p.name for p in run_dir.iterdir()) if run_dir.exists() else []
+
+
+@pytest.fixture
+def queue(cli):
+    """``start(workers=2)`` starts a server in ``cli.work``; each is stopped at the end (the
+    test's finish, else SIGTERM and a wait), and must leave no socket, lock or info file."""
+    started = []
+
+    def start(workers=2):
+        started.append(Queue(cli, workers))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+    assert runtime_files(cli) == []
+
+
+def _status_of(cli) -> dict:
+    proc = cli.run("seamless-queue-finish", "--status", "--json", check=0, timeout=HANG_S)
+    return json.loads(proc.stdout)
+
+
+def _wait_for_states(cli, states, seconds=HANG_S) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        status = _status_of(cli)
+        if [j["state"] for j in status["jobs"]] == states:
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+
+
+def test_qsubmit_right_after_starting_the_server_waits_for_it(cli, queue):
+    (cli.work / "a.txt").write_text("a\n")
+    server = queue()  # no pause: the submitter may look before the server holds its lock
+    proc = cli.run("seamless-run", "--qsubmit", "sort a.txt > s.txt", timeout=HANG_S)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == b"seamless-run: queued job 1\n" and proc.stdout == b""
+    done = server.finish()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == b"1 job: 1 done, 0 failed\n"
+    assert (cli.work / "s.txt").read_text() == "a\n" and _sidecars(cli.work) == []
+
+
+def test_a_hit_is_recorded_without_running_anything(cli, queue):
+    (cli.work / "a.txt").write_text("a\n")
+    marker = cli.tmp.parent / "marker.log"
+    cli.env["MARK"] = str(marker)
+    command = 'cat a.txt; echo ran >> "$MARK"'
+    assert cli.run("seamless-run", command, check=0).stdout == b"a\n"
+    server = queue()
+    proc = cli.run("seamless-run", "--qsubmit", command, timeout=HANG_S)
+    assert proc.returncode == 0 and proc.stdout == b"" and proc.stderr == b"", proc.stderr
+    (job,) = _status_of(cli)["jobs"]
+    assert (job["job"], job["state"]) == (1, "cached")
+    done = server.finish()
+    assert done.returncode == 0 and done.stdout == b"1 job: 0 done, 1 cached, 0 failed\n"
+    assert marker.read_text() == "ran\n"  # once, by the plain run
+
+
+def test_every_kind_of_target(cli, queue):
+    """A redirection in the command, -c, the submitter's stdout file, and no target at all
+    (stdout to the cache). The jobs wait for gate.txt, whose sidecar this test holds, so what
+    submission left behind can be looked at before they run."""
+    from seamless.shell import future
+
+    (cli.work / "a.txt").write_text("a\n")
+    gate = future.Sidecar.create(str(cli.work / "gate.txt"))
+    try:
+        server = queue()
+        cli.run("seamless-run", "--qsubmit", "cat gate.txt > redir.txt", check=0, timeout=HANG_S)
+        cli.run("seamless-run", "--qsubmit", "-c", "cap", "mkdir cap; cat gate.txt > cap/f",
+                check=0, timeout=HANG_S)
+        with open(cli.work / "own.txt", "wb") as out:
+            cli.run("seamless-run", "--qsubmit", "cat", "gate.txt", stdout=out, check=0,
+                    timeout=HANG_S)
+        cli.run("seamless-run", "--qsubmit", "cat", "gate.txt", "a.txt", check=0,
+                timeout=HANG_S)
+        status = _wait_for_states(cli, ["waiting"] * 4)
+        assert [j["command"] for j in status["jobs"]] == [
+            "cat gate.txt > redir.txt", "mkdir cap; cat gate.txt > cap/f", "cat gate.txt",
+            "cat gate.txt a.txt"]
+        for name in ("redir.txt", "cap", "own.txt"):
+            record = json.loads((cli.work / f"{name}.FUTURE").read_text())
+            assert record["pid"] == server.proc.pid, name
+        assert (cli.work / "own.txt").read_bytes() == b""  # the submitter wrote nothing there
+        (cli.work / "gate.txt").write_text("g\n")
+    finally:
+        gate.remove()
+    done = server.finish()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == b"4 jobs: 4 done, 0 failed\n"
+    assert (cli.work / "redir.txt").read_text() == "g\n"
+    assert (cli.work / "cap" / "f").read_text() == "g\n"
+    assert (cli.work / "own.txt").read_text() == "g\n"
+    assert _sidecars(cli.work) == []
+    hit = cli.run("seamless-run", "-v", "cat", "gate.txt", "a.txt", check=0)
+    assert hit.stdout == b"g\na\n" and b"cache hit" in hit.stderr
+
+
+def test_a_job_naming_its_own_output_as_a_future_is_refused(cli, queue):
+    server = queue()
+    proc = cli.run("seamless-run", "--qsubmit", "cat out.txt.FUTURE > out.txt",
+                   timeout=HANG_S)
+    assert proc.returncode == 2
+    assert b"out.txt.FUTURE names an output of this same command" in proc.stderr
+    assert _sidecars(cli.work) == []
+    assert server.finish().stdout == b"0 jobs: 0 done, 0 failed\n"
+
+
+def test_non_utf8_bytes_in_a_command_round_trip(cli, queue):
+    name = b"\xff\xfe.bin"
+    server = queue()
+    proc = cli.run("seamless-run", "--qsubmit", b"printf %s \xe9\xff > " + name,
+                   timeout=HANG_S)
+    assert proc.returncode == 0, proc.stderr
+    (job,) = _status_of(cli)["jobs"]
+    assert os.fsencode(job["command"]) == b"printf %s \xe9\xff > " + name
+    assert server.finish().returncode == 0
+    assert (cli.work / os.fsdecode(name)).read_bytes() == b"\xe9\xff"
+    assert _sidecars(cli.work) == []
+
+
+def test_a_later_submission_to_a_finishing_server_is_refused(cli, queue):
+    from seamless.shell import future
+
+    gate = future.Sidecar.create(str(cli.work / "gate.txt"))
+    try:
+        server = queue()
+        cli.run("seamless-run", "--qsubmit", "cat gate.txt > g.txt", check=0, timeout=HANG_S)
+        finisher = cli.start("seamless-queue-finish", stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + HANG_S
+            while _status_of(cli)["accepting"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            late = cli.run("seamless-run", "--qsubmit", "echo late > late.txt", timeout=HANG_S)
+            assert late.returncode == 1 and b"server is finishing" in late.stderr
+            assert not (cli.work / "late.txt.FUTURE").exists()
+            (cli.work / "gate.txt").write_text("g\n")
+            gate.remove()
+            out, err = finisher.communicate(timeout=HANG_S)
+        finally:
+            if finisher.poll() is None:
+                finisher.kill()
+                finisher.wait()
+        assert finisher.returncode == 0 and out == b"1 job: 1 done, 0 failed\n", err
+        assert server.proc.wait(timeout=HANG_S) == 0
+    finally:
+        gate.remove()
