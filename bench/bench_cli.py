@@ -4,7 +4,8 @@ Whole-process timings of the installed console script, each against the same int
 (``sys.executable``, never a ``python3`` shim from PATH) started with ``-c pass`` in the same
 run, so the ratio is what seamless-run adds to a bare Python start:
 
-- C1: one cache hit of ``seamless-run echo hi`` (warm cache), min of 20; bound 2, goal 1.5.
+- C1: one cache hit of ``seamless-run echo hi`` (warm cache), min of 20; bound 2, goal 1.5;
+  what the hit imports (``-X importtime``) is in its extra info.
 - C2: 200 sequential hits vs 200 starts of ``-c pass``; reported (goal 1.5).
 - Miss: ``seamless-run --no-cache true`` vs ``bash -c true`` plus a Python start; reported.
 
@@ -60,28 +61,44 @@ def _total_time(argv, env, cwd, n: int) -> float:
     return time.perf_counter() - start
 
 
-@pytest.mark.benchmark(group="cli")
-@pytest.mark.xfail(
-    reason="C1 measured 2.4-2.7x of `-c pass` (23-26 ms vs 9-10 ms; bound 2x): the floor is "
-           "2.0-2.1x already, since the console-script launcher pip writes imports `re` "
-           "(4.5 ms) and a hit needs json and sqlite3 (`floor_ratio` in extra_info, same "
-           "run); the rest is 15 small modules of ours (~3 ms) and the hit itself (~1 ms). "
-           "See docs/cli.md, Start-up",
-    strict=False)
-def test_c1_cache_hit_latency(benchmark, cli_env, record_ratio):
-    """C1: `seamless-run echo hi`, warm cache, min of 20, vs `-c pass`, min of 20.
+def _importtime(argv, env, cwd) -> list:
+    """``[(module, cumulative us, depth)]`` of one run of ``argv`` under ``-X importtime``."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", *argv], env=env, cwd=cwd,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True)
+    found = []
+    for line in proc.stderr.decode(errors="replace").splitlines():
+        if not line.startswith("import time:") or "cumulative" in line:
+            continue
+        _self, cumulative, name = line[len("import time:"):].split("|")
+        found.append((name.strip(), int(cumulative),
+                      (len(name) - len(name.lstrip()) - 1) // 2))
+    return found
 
-    ``floor_ratio``: `-c "import re, json, sqlite3"` (what the launcher and any hit must load)
-    against the same reference, so the report shows how much of the ratio is ours.
+
+@pytest.mark.benchmark(group="cli")
+def test_c1_cache_hit_latency(benchmark, cli_env, record_ratio):
+    """C1: `seamless-run echo hi`, warm cache, min of 20, vs `-c pass`, min of 20; bound 2x.
+
+    ``extra_info``: ``importtime_top``, the largest ``-X importtime`` entries (module,
+    cumulative us) of one hit among the modules `-c pass` does not load (``hit_imports``, all
+    of them), and the sums of the top-level imports of a hit and of `-c pass` (what the
+    interpreter's ``site`` loads is in both; the difference is what the hit adds).
     """
     env, cwd = cli_env
     hit = [_script("seamless-run"), "echo", "hi"]
     _run(hit, env, cwd)  # the miss that fills the cache
     n = 1 if benchmark.disabled else 20
     reference = _min_time(PASS, env, cwd, n)
-    floor = _min_time([sys.executable, "-c", "import re, json, sqlite3"], env, cwd, n)
     subject = benchmark.pedantic(lambda: _min_time(hit, env, cwd, n), rounds=1, iterations=1)
-    benchmark.extra_info["floor_ratio"] = floor / reference
+    imports = _importtime(hit, env, cwd)
+    bare = _importtime(["-c", "pass"], env, cwd)
+    started = {name for name, _, _ in bare}
+    own = [(name, us) for name, us, _depth in imports if name not in started]
+    benchmark.extra_info["importtime_top"] = [
+        [name, us] for name, us in sorted(own, key=lambda e: -e[1])[:15]]
+    benchmark.extra_info["importtime_total_us"] = sum(us for _, us, d in imports if d == 0)
+    benchmark.extra_info["importtime_total_us_pass"] = sum(us for _, us, d in bare if d == 0)
+    benchmark.extra_info["hit_imports"] = sorted(name for name, _ in own)
     record_ratio(benchmark, reference, subject, bound_now=2.0, goal=1.5)
 
 
