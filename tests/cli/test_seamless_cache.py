@@ -443,3 +443,35 @@ def test_database_failure_is_a_message(cli, monkeypatch, capsys):
     message = capsys.readouterr().err
     assert message.startswith("seamless-cache: error: gc failed on the cache database "
                               f"{cli.cache / 'seamless.db'} (database is locked); retry")
+
+
+# -- the result index follows the rows ------------------------------------------------------------
+
+
+def _index_entries(cli) -> list:
+    return sorted(f for _, _, fs in os.walk(cli.cache / "results") for f in fs)
+
+
+@pytest.mark.parametrize("args", [["clear", "-y"], ["gc", "--max-size", "0"]])
+def test_clear_and_gc_take_the_index_entries_with_the_results(cli, args):
+    log = cli.tmp.parent / "runs.log"
+    cmd = f"echo hi; echo ran >> {log}"
+    cli.run("seamless-run", cmd, check=0)
+    assert len(_index_entries(cli)) == 1
+    cli.run("seamless-cache", *args, check=0)
+    assert _index_entries(cli) == []
+    assert cli.run("seamless-run", cmd, check=0).stdout == b"hi\n"
+    assert log.read_bytes().count(b"\n") == 2  # a miss again: nothing served from the index
+    assert len(_index_entries(cli)) == 1
+
+
+def test_verify_rebuilds_a_lost_index(cli):
+    log = cli.tmp.parent / "runs.log"
+    cmd = f"echo hi; echo ran >> {log}"
+    cli.run("seamless-run", cmd, check=0)
+    entries = _index_entries(cli)
+    subprocess.run(["rm", "-rf", str(cli.cache / "results")], check=True, timeout=60)
+    cli.run("seamless-cache", "verify", check=0)
+    assert _index_entries(cli) == entries
+    assert cli.run("seamless-run", cmd, check=0).stdout == b"hi\n"
+    assert log.read_bytes().count(b"\n") == 1
