@@ -384,6 +384,58 @@ def test_ctrl_c_leaves_finish_with_130(cli, stand_in):
     assert b"the server keeps draining" in err
 
 
+def test_a_server_holding_its_lock_but_not_yet_listening_is_waited_for(cli, stand_in):
+    import fcntl
+
+    lock_path = cli.env["SEAMLESS_QUEUE_SOCKET"] + ".lock"
+    lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        submitter = cli.start("seamless-run", "--qsubmit", "echo hi > hi.txt",
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            time.sleep(1.0)  # the submitter finds the lock held and no socket: it waits
+            assert submitter.poll() is None
+            stand_in(lambda m: {"type": "accepted", "job": 1})
+            out, err = submitter.communicate(timeout=HANG_S)
+        finally:
+            if submitter.poll() is None:
+                submitter.kill()
+                submitter.wait()
+        assert submitter.returncode == 0 and err == b"seamless-run: queued job 1\n", err
+    finally:
+        os.close(lock)
+        os.unlink(lock_path)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_submitting_removes_the_sidecars(cli, stand_in, signum, code):
+    release = threading.Event()
+
+    def answer(message):
+        release.wait(HANG_S)  # the submit is never answered
+        return None
+
+    server = stand_in(answer)
+    submitter = cli.start("seamless-run", "--qsubmit", "echo hi > hi.txt",
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + HANG_S
+        while not server.received:
+            assert time.monotonic() < deadline and submitter.poll() is None
+            time.sleep(0.05)
+        assert _sidecars(cli.work) == [str(cli.work / "hi.txt.FUTURE")]
+        submitter.send_signal(signum)
+        submitter.communicate(timeout=HANG_S)
+    finally:
+        release.set()
+        if submitter.poll() is None:
+            submitter.kill()
+            submitter.wait()
+    assert submitter.returncode == code
+    assert _sidecars(cli.work) == []
+
+
 # ---------------------------------------------------------------- the real server
 
 class Queue:
@@ -568,3 +620,41 @@ def test_a_later_submission_to_a_finishing_server_is_refused(cli, queue):
         assert server.proc.wait(timeout=HANG_S) == 0
     finally:
         gate.remove()
+
+
+@pytest.mark.parametrize("signum, says", [
+    (signal.SIGTERM, b"server stopped by SIGTERM"),
+    (signal.SIGKILL, b"closed the connection before answering"),
+])
+def test_finish_when_the_server_is_stopped_before_answering(cli, queue, signum, says):
+    from seamless.shell import future
+
+    gate = future.Sidecar.create(str(cli.work / "gate.txt"))
+    try:
+        server = queue()
+        cli.run("seamless-run", "--qsubmit", "cat gate.txt > g.txt", check=0, timeout=HANG_S)
+        finisher = cli.start("seamless-queue-finish", stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + HANG_S
+            while _status_of(cli)["accepting"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            server.proc.send_signal(signum)
+            out, err = finisher.communicate(timeout=HANG_S)
+        finally:
+            if finisher.poll() is None:
+                finisher.kill()
+                finisher.wait()
+        server.proc.wait(timeout=HANG_S)
+    finally:
+        gate.remove()
+    assert finisher.returncode == 255, err
+    assert says in err
+    assert b"1 job(s) not accounted for" in err and b"job 1 waiting: cat gate.txt > g.txt" in err
+    if signum == signal.SIGKILL:
+        # Nobody removed g.txt.FUTURE: it names a dead pid, so it is stale; the user deletes
+        # it as the stale message says. A new server replaces the dead one's socket and files.
+        os.unlink(cli.work / "g.txt.FUTURE")
+        assert queue().finish().stdout == b"0 jobs: 0 done, 0 failed\n"
+    assert _sidecars(cli.work) == []
