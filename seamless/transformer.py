@@ -11,7 +11,6 @@ modules, the fast binding plan) is computed once and recomputed only when ``.arg
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import types
@@ -130,6 +129,8 @@ class Transformer:
             raise AttributeError(f"{label}.{name} cannot be replaced; set its entries: "
                                  f"{label}.{name}.x = value, {label}.{name}['x'] = value, "
                                  f"del {label}.{name}.x")
+        import difflib
+
         close = difflib.get_close_matches(name, ("local",) + _ENTRY_ATTRS, n=1)
         fix = (f"did you mean {label}.{close[0]}?" if close else
                f"to make a value visible in the body: {label}.globals.{name} = value")
