@@ -384,6 +384,21 @@ def test_ctrl_c_leaves_finish_with_130(cli, stand_in):
     assert b"the server keeps draining" in err
 
 
+def test_clients_refuse_a_socket_in_a_directory_others_can_write(cli, stand_in):
+    server = stand_in(lambda m: {"type": "accepted", "job": 1})
+    directory = os.path.dirname(server.path)
+    os.chmod(directory, 0o777)
+    try:
+        proc = cli.run("seamless-run", "--qsubmit", "echo hi > hi.txt", timeout=HANG_S)
+        finish = cli.run("seamless-queue-finish", "--status", timeout=HANG_S)
+    finally:
+        os.chmod(directory, 0o700)
+    assert proc.returncode == 1 and finish.returncode == 255
+    for err in (proc.stderr, finish.stderr):
+        assert f"its directory {directory} is not safe".encode() in err, err
+    assert server.received == [] and _sidecars(cli.work) == []
+
+
 def test_a_server_holding_its_lock_but_not_yet_listening_is_waited_for(cli, stand_in):
     import fcntl
 
