@@ -93,9 +93,15 @@ def test_shell_examples_run(page, tmp_path):
     env["TMPDIR"] = str(tmp_path / "tmp")
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", os.defpath)
     (tmp_path / "tmp").mkdir()
+    # A queue server keeps its socket, lock and info files in the runtime directory, which
+    # itself stays (removing it would race with the next server); the files must go.
+    env["XDG_RUNTIME_DIR"] = str(tmp_path / "run")
+    (tmp_path / "run").mkdir(mode=0o700)
     workdir = tmp_path / "work"
     workdir.mkdir()
     out = _run_script(script, workdir, env)
     assert out.returncode == 0, f"{page.name} shell examples failed:\n{out.stdout}\n{out.stderr}"
     assert not list((tmp_path / "tmp").iterdir()), "the runs left files in TMPDIR"
     assert not list(workdir.rglob("*.FUTURE")), "the runs left .FUTURE sidecars"
+    left = [p.name for p in (tmp_path / "run").rglob("queue-*")]
+    assert not left, f"a queue server left its files: {left}"
