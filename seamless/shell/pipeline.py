@@ -152,10 +152,32 @@ def _untracked_writes(split) -> list:
             if os.path.isabs(w.text) and not w.text.startswith("/dev/")]
 
 
-def stdout_target():
-    """The regular file fd 1 points to (``seamless-run cmd > out.txt``), else ``None``."""
+_SHELLS = frozenset({"bash", "sh", "dash", "zsh", "ksh", "mksh", "fish", "busybox"})
+
+
+def _inherited_from_script(st) -> bool:
+    """True when our parent is a shell whose own stdout is the same file: ``bash job.sh > log``
+    (or ``exec > log``) gave every command of the script that file, so it is the script's log,
+    not this command's result. A wrapper (``timeout``, ``nice``) or a program that redirected
+    our stdout for us is not a shell; an unreadable parent counts as a per-command redirect."""
+    ppid = os.getppid()
     try:
-        if not stat.S_ISREG(os.fstat(1).st_mode):
+        with open(f"/proc/{ppid}/comm", "rb") as f:
+            if f.read().strip().decode("ascii", "replace") not in _SHELLS:
+                return False
+        parent = os.stat(f"/proc/{ppid}/fd/1")
+    except OSError:
+        return False
+    return (parent.st_dev, parent.st_ino) == (st.st_dev, st.st_ino)
+
+
+def stdout_target():
+    """The regular file fd 1 points to when this command's stdout was redirected to it
+    (``seamless-run cmd > out.txt``), else ``None`` (a terminal, a pipe, ``/dev/null``, or a
+    script's log the command inherited from its shell)."""
+    try:
+        st = os.fstat(1)
+        if not stat.S_ISREG(st.st_mode) or _inherited_from_script(st):
             return None
         path = os.readlink("/proc/self/fd/1")
     except OSError:

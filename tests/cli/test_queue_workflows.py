@@ -261,3 +261,31 @@ def test_the_documented_queue_examples(cli):
     blocks = re.findall(r"^```bash[ \t]*\n(.*?)^```", _queue_section(), re.S | re.M)
     assert len(blocks) >= 3
     _ok(run_bash(cli, DATA + "\n".join(blocks)))
+
+
+def test_a_script_with_its_output_in_a_log_keeps_the_log(cli):
+    """`bash pipeline.sh > log.txt`: every command inherits the log as stdout. It is the
+    script's log, not a result: --qsubmit jobs and plain runs neither replace it nor give it a
+    sidecar, while a redirect of one command (also through `timeout`) is still its target."""
+    (cli.work / "pipeline.sh").write_text(DATA + """
+seamless-queue --workers 2 2>server.log &
+echo "log starts"
+seamless-run --qsubmit paste data/a.txt data/b.txt
+seamless-run --qsubmit 'cat data/c.txt > c.txt'
+seamless-run --qsubmit tac data/d.txt > d.txt
+timeout 60 seamless-run tac data/e.txt > e.txt
+seamless-run echo plain
+seamless-queue-finish
+echo "log ends"
+wait
+""")
+    run_bash(cli, "bash pipeline.sh > log.txt 2>&1")
+    log = (cli.work / "log.txt").read_text()
+    assert log.startswith("log starts\n") and log.endswith("log ends\n"), log
+    assert "plain\n" in log and "queued job 3" in log, log
+    assert "1\tx\n" not in log  # the first job's stdout went to the cache, not the log
+    assert (cli.work / "c.txt").read_text() == "3\n4\n"
+    assert (cli.work / "d.txt").read_text() == "6\n5\n"
+    assert (cli.work / "e.txt").read_text() == "8\n7\n"
+    hit = cli.run("seamless-run", "paste", "data/a.txt", "data/b.txt", check=0)
+    assert hit.stdout == b"1\tx\n2\ty\n"
