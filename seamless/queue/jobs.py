@@ -281,7 +281,18 @@ class JobTable:
             for parent in _ancestors(path):
                 self._discard(self._writes_below, parent, job.id)
         if job.key is not None and self._keys.get(job.key) == job.id:
-            del self._keys[job.key]
+            twin = self._live_twin(job)
+            if twin is None:
+                del self._keys[job.key]
+            else:  # it ended without running (a failed input) while its twin runs
+                self._keys[job.key] = twin
+
+    def _live_twin(self, job: Job):
+        """The nearest unfinished job in ``job``'s chain of twins, or None."""
+        twin = job.twin
+        while twin is not None and self.jobs[twin].state not in UNFINISHED:
+            twin = self.jobs[twin].twin
+        return twin
 
     @staticmethod
     def _discard(index: dict, path: str, job_id: int) -> None:
@@ -327,7 +338,9 @@ class JobTable:
                 actions.extend(self._end(dep, FAILED, now))
                 continue
             if dep.twin == job.id:
-                dep.twin = None
+                dep.twin = self._live_twin(job)
+                if dep.twin is not None:
+                    self.jobs[dep.twin].dependents.append(dep.id)
             self._maybe_ready(dep)
         return actions + self._drain_check()
 

@@ -34,9 +34,21 @@ class Server:
         self.proc = cli.start("seamless-queue", *args, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
                               stderr=self._log)
         self.socket = self.directory = None
+        self.args, self.env = args, env
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def _from_info(self) -> bool:
+        """With --quiet there is no serving line: the info file of our pid tells the socket."""
+        runtime = os.path.join(self.env["TMPDIR"], f"seamless-{os.getuid()}")
+        for name in os.listdir(runtime) if os.path.isdir(runtime) else ():
+            record = location.read_info(os.path.join(runtime, name)) if name.endswith(
+                ".json") else None
+            if record and record.get("pid") == self.proc.pid:
+                self.directory, self.socket = record["dir"], record["socket"]
+                return True
+        return False
 
     def wait_serving(self, timeout=30.0):
         deadline = time.monotonic() + timeout
@@ -46,6 +58,8 @@ class Server:
                 if m:
                     self.directory, self.socket = m.group(1), m.group(2)
                     return self
+            if "--quiet" in self.args and self._from_info():
+                return self
             if self.proc.poll() is not None:
                 raise AssertionError(f"the server exited {self.proc.returncode}: {self.log()}")
             time.sleep(0.02)
@@ -99,7 +113,6 @@ def servers(cli):
 
     def start(*args, env=None, cwd=None, serving=True):
         server = Server(cli, args, env or cli.env, cwd or cli.work)
-        server.env = env or cli.env
         started.append(server)
         return server.wait_serving() if serving else server
 
@@ -428,3 +441,116 @@ def test_a_killed_server_takes_its_jobs_down_and_a_new_one_starts(cli, servers):
     assert second.socket == server.socket
     os.unlink(cli.work / "out.txt.FUTURE")
     _finish(second)
+
+
+# -- the protocol's requests ----------------------------------------------------------------
+
+
+def _states(answer) -> list:
+    return [(j["job"], j["state"]) for j in answer["jobs"]]
+
+
+def test_submits_records_and_the_finish_report(cli, servers):
+    (cli.work / "a.txt").write_text("a\n")
+    server = servers("--workers", "2")
+    assert server.submit(cli.work, "cat a.txt > b.txt", outputs=["b.txt"],
+                         inputs=["a.txt"]) == {"type": "accepted", "job": 1}
+    record = server.request({"type": "record", "command": "paste a.txt", "cwd": str(cli.work),
+                             "transformation": "0" * 64, "outputs": []})
+    assert record == {"type": "accepted", "job": 2}
+    own = server.submit(cli.work, "cat c.txt.FUTURE > c.txt", outputs=["c.txt"])
+    assert own["type"] == "error" and own["code"] == 2
+    assert "c.txt.FUTURE names an output of this same job" in own["message"]
+    os.unlink(cli.work / "c.txt.FUTURE")  # the submitter removes its sidecars
+    failing = server.submit(cli.work, "echo bad >&2; exit 4", stdout="d.txt")
+    assert failing["job"] == 3
+    answer = _finish(server)
+    assert _states(answer) == [(1, "done"), (2, "cached"), (3, "failed")]
+    assert answer["failed"] == [{"job": 3, "command": "echo bad >&2; exit 4", "exit": 4,
+                                 "signal": None, "stderr_tail": "bad"}]
+    assert (cli.work / "b.txt").read_text() == "a\n"
+    assert sorted(p.name for p in cli.work.iterdir()) == ["a.txt", "b.txt"]
+    log = server.log()
+    assert "job 1 started: cat a.txt > b.txt" in log and "job 2 cached" in log
+    assert re.search(r"job 1 done in \d+\.\d\d s", log)
+    assert "job 3 failed (exit 4)\nbad\n" in log
+
+
+def test_quiet_logs_only_errors(cli, servers):
+    server = servers("--quiet")
+    assert server.log() == ""
+    assert server.submit(cli.work, "true")["type"] == "accepted"
+    _finish(server)
+    assert server.log() == ""
+
+
+def test_submit_while_finishing_is_refused(cli, servers):
+    server = servers("--workers", "1")
+    server.submit(cli.work, "sleep 2 > slow.txt", outputs=["slow.txt"])
+    finisher, _ = server.connect()
+    wire.send(finisher, {"type": "finish"})
+    _wait_until(lambda: server.request({"type": "status"})["accepting"] is False, 30,
+                "the server finishing")
+    late = server.submit(cli.work, "true > late.txt", outputs=["late.txt"])
+    assert late["type"] == "error" and late["code"] == 1
+    assert "server is finishing" in late["message"]
+    os.unlink(cli.work / "late.txt.FUTURE")  # the submitter removes its sidecars
+    answer = wire.receive(finisher, 60)
+    finisher.close()
+    assert _states(answer) == [(1, "done")]
+    assert server.proc.wait(30) == 0
+
+
+def test_identical_jobs_run_once(cli, servers):
+    server = servers("--workers", "2")
+    counter = cli.tmp / "runs"
+    command = f"echo run >> {counter}; sleep 1; echo same > same.txt"
+    for _ in range(2):
+        assert server.submit(cli.work, command, outputs=["same.txt"])["type"] == "accepted"
+    jobs = server.request({"type": "status"})["jobs"]
+    assert [j["state"] for j in jobs] == ["running", "waiting"]
+    answer = _finish(server)
+    assert _states(answer) == [(1, "done"), (2, "cached")]
+    assert counter.read_text() == "run\n"
+    assert (cli.work / "same.txt").read_text() == "same\n"
+
+
+def test_foreign_sidecars_hold_a_job_and_a_stale_one_fails_it(cli, servers):
+    (cli.work / "x.txt").write_text("old\n")
+    (cli.work / "y.txt").write_text("y\n")
+    writer = subprocess.Popen(["sleep", "60"])
+    try:
+        held = future.Sidecar.create(str(cli.work / "x.txt"), pid=writer.pid)
+        doomed = subprocess.Popen(["true"])
+        doomed.wait()
+        future.Sidecar.create(str(cli.work / "y.txt"), pid=doomed.pid)  # its writer is gone
+        server = servers("--workers", "2")
+        server.submit(cli.work, "cat x.txt > x2.txt", outputs=["x2.txt"], inputs=["x.txt"])
+        server.submit(cli.work, "cat y.txt > y2.txt", outputs=["y2.txt"], inputs=["y.txt"])
+        _wait_until(lambda: _states(server.request({"type": "status"})) ==
+                    [(1, "waiting"), (2, "failed")], 30, "x waiting, y failed")
+        (cli.work / "x.txt").write_text("new\n")
+        held.remove()
+        answer = _finish(server)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert _states(answer) == [(1, "done"), (2, "failed")]
+    assert (cli.work / "x2.txt").read_text() == "new\n"
+    tail = answer["failed"][0]["stderr_tail"]
+    assert tail.startswith(f"{cli.work / 'y.txt.FUTURE'} is stale (writer pid {doomed.pid} ")
+    assert not (cli.work / "y2.txt.FUTURE").exists() and not (cli.work / "y2.txt").exists()
+    os.unlink(cli.work / "y.txt.FUTURE")
+
+
+def test_adopted_sidecars_name_the_job_and_stay_fresh(cli, servers):
+    server = servers("--workers", "1")
+    server.submit(cli.work, "sleep 13 > slow.txt", outputs=["slow.txt"])
+    sidecar = cli.work / "slow.txt.FUTURE"
+    record = future.check(str(cli.work / "slow.txt"))
+    assert record["job"] == 1 and record["pid"] == server.proc.pid
+    first = sidecar.stat().st_mtime
+    _wait_until(lambda: sidecar.stat().st_mtime > first, 30, "a heartbeat")
+    answer = _finish(server)
+    assert _states(answer) == [(1, "done")]
+    assert not sidecar.exists()
