@@ -9,17 +9,15 @@ anything: inputs are only read.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 
 from seamless.checksum import SMALL_HASH, sha256_hex
 from seamless.shell.paths import json_key, json_value
+from seamless.shell.result import canonical_json
 
 __all__ = ["InputError", "file_digest", "input_entry", "describe", "transformation_checksum"]
 
-_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                        allow_nan=True)
 _READ = 1 << 20
 
 
@@ -77,7 +75,7 @@ def input_entry(path: str) -> list:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
             index = _dir_index(path)
-            return ["dir", sha256_hex(_JSON.encode(index).encode("utf-8"))]
+            return ["dir", sha256_hex(canonical_json(index).encode("utf-8"))]
         if stat.S_ISREG(st.st_mode):
             return ["file", file_digest(path), _is_exec(st.st_mode)]
     except OSError as e:
@@ -101,4 +99,4 @@ def describe(command: str, inputs: dict, outputs, vars_: dict, sandbox: bool) ->
 
 
 def transformation_checksum(description: dict) -> str:
-    return str(sha256_hex(_JSON.encode(description).encode("utf-8")))
+    return str(sha256_hex(canonical_json(description).encode("utf-8")))
