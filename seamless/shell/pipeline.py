@@ -152,32 +152,45 @@ def _untracked_writes(split) -> list:
             if os.path.isabs(w.text) and not w.text.startswith("/dev/")]
 
 
-_SHELLS = frozenset({"bash", "sh", "dash", "zsh", "ksh", "mksh", "fish", "busybox"})
+# Programs that run a command in their place, passing their stdout on: a redirect written
+# before them (`timeout 5 seamless-run cmd > out.txt`) is this command's.
+_WRAPPERS = frozenset({"timeout", "nice", "ionice", "env", "time", "nohup", "stdbuf", "taskset",
+                       "chrt", "setsid", "setpriv", "runuser", "sudo", "doas", "flock",
+                       "unshare", "xargs", "parallel"})
 
 
-def _inherited_from_script(st) -> bool:
-    """True when our parent is a shell whose own stdout is the same file: ``bash job.sh > log``
-    (or ``exec > log``) gave every command of the script that file, so it is the script's log,
-    not this command's result. A wrapper (``timeout``, ``nice``) or a program that redirected
-    our stdout for us is not a shell; an unreadable parent counts as a per-command redirect."""
-    ppid = os.getppid()
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[1])
+
+
+def _inherited(st) -> bool:
+    """True when fd 1 is simply the stdout of the program that started us (``bash job.sh >
+    log``, ``exec > log``, a Python program's own stdout): that file is the caller's log, not
+    this command's result. Known wrappers (``timeout``, ``nice``, ...) between us and that
+    program are looked through. An unreadable ancestor counts as a redirect for this command."""
+    pid = os.getppid()
     try:
-        with open(f"/proc/{ppid}/comm", "rb") as f:
-            if f.read().strip().decode("ascii", "replace") not in _SHELLS:
+        for _ in range(8):
+            ancestor = os.stat(f"/proc/{pid}/fd/1")
+            if (ancestor.st_dev, ancestor.st_ino) != (st.st_dev, st.st_ino):
                 return False
-        parent = os.stat(f"/proc/{ppid}/fd/1")
-    except OSError:
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                if f.read().strip().decode("ascii", "replace") not in _WRAPPERS:
+                    return True
+            pid = _parent_of(pid)
+    except (OSError, ValueError, IndexError):
         return False
-    return (parent.st_dev, parent.st_ino) == (st.st_dev, st.st_ino)
+    return False
 
 
 def stdout_target():
     """The regular file fd 1 points to when this command's stdout was redirected to it
-    (``seamless-run cmd > out.txt``), else ``None`` (a terminal, a pipe, ``/dev/null``, or a
-    script's log the command inherited from its shell)."""
+    (``seamless-run cmd > out.txt``), else ``None`` (a terminal, a pipe, ``/dev/null``, or the
+    log of the script or program that started it)."""
     try:
         st = os.fstat(1)
-        if not stat.S_ISREG(st.st_mode) or _inherited_from_script(st):
+        if not stat.S_ISREG(st.st_mode) or _inherited(st):
             return None
         path = os.readlink("/proc/self/fd/1")
     except OSError:

@@ -289,3 +289,22 @@ wait
     assert (cli.work / "e.txt").read_text() == "8\n7\n"
     hit = cli.run("seamless-run", "paste", "data/a.txt", "data/b.txt", check=0)
     assert hit.stdout == b"1\tx\n2\ty\n"
+
+
+def test_a_python_program_s_own_stdout_is_not_a_target(cli):
+    """A Python driver whose stdout is a file runs plain and queued seamless-run children that
+    inherit it: the file stays the driver's (no sidecar, not replaced); a file the driver
+    opens for one child is that child's target."""
+    (cli.work / "driver.py").write_text(
+        "import subprocess, sys\n"
+        "print('driver starts', flush=True)\n"
+        "subprocess.run(['seamless-run', '--qsubmit', 'echo queued'], check=True)\n"
+        "subprocess.run(['seamless-run', 'echo plain'], check=True)\n"
+        "with open('own.txt', 'wb') as f:\n"
+        "    subprocess.run(['seamless-run', '--qsubmit', 'echo own'], stdout=f, check=True)\n"
+        "print('driver ends', flush=True)\n")
+    run_bash(cli, "seamless-queue --workers 1 2>server.log &\n"
+                  f"{sys.executable} driver.py > log.txt\n"
+                  "seamless-queue-finish\nwait\n")
+    assert (cli.work / "log.txt").read_text() == "driver starts\nplain\ndriver ends\n"
+    assert (cli.work / "own.txt").read_text() == "own\n"
