@@ -19,11 +19,12 @@ This module opens nothing it keeps: callers own the sockets and descriptors it r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
 import stat
+
+from seamless.checksum import sha256_hex
 
 __all__ = [
     "QueueLocationError", "ServerFiles", "runtime_dir", "server_files", "check_private_dir",
@@ -63,7 +64,7 @@ def runtime_dir() -> str:
 
 def _stem(directory: str) -> str:
     real = os.path.realpath(directory)
-    return "queue-" + hashlib.sha256(os.fsencode(real)).hexdigest()[:16]
+    return "queue-" + str(sha256_hex(os.fsencode(real)))[:16]
 
 
 def server_files(directory: str) -> ServerFiles:
