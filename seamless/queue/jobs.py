@@ -30,8 +30,10 @@ States (docs/cli.md, "seamless-queue")::
   command, vars, sandbox, captures and explicit inputs) is unfinished. A waiting job takes no
   slot and holds back no later job.
 - Ready jobs start in submission order (a heap of job ids), at most ``workers`` at once.
-- A producer that fails fails its dependents, transitively, without running them; a twin that
-  fails only releases the later job, which then runs.
+- A producer that fails fails its dependents, transitively, without running them; so does a
+  producer that had already failed when the dependent was submitted (the latest ended job of
+  this server writing that path failed, and no unfinished one writes it). A twin that fails
+  only releases the later job, which then runs.
 - After ``finish`` no submission is accepted; ``Drained`` comes once when no job is waiting,
   queued or running.
 
@@ -165,6 +167,8 @@ class JobTable:
         self._writes = {}  # absolute output path -> ids of unfinished jobs writing it
         self._writes_below = {}  # directory -> ids of unfinished jobs writing inside it
         self._keys = {}  # key -> id of the latest unfinished job with that key
+        self._last_writer = {}  # output path -> (id, failed) of the latest ended job writing it
+        self._last_below = {}  # directory -> (id, failed) of the latest ended job writing inside
 
     # -- queries ------------------------------------------------------------------------
 
@@ -204,6 +208,11 @@ class JobTable:
         self._register_writes(job)
         if spec.key is not None:
             self._keys[spec.key] = job.id
+        failed = self._failed_writer(job)
+        if failed is not None:
+            writer, path = failed
+            job.reason = _not_produced(path, job.cwd, writer)
+            return job, self._end(job, FAILED, now) + self._dispatch(now)
         self._maybe_ready(job)
         return job, self._dispatch(now)
 
@@ -269,6 +278,20 @@ class JobTable:
             found.update(self._writes.get(parent, ()))
         return found
 
+    def _failed_writer(self, job: Job):
+        """``(writer, path)`` when an input with no unfinished producer was last written (or
+        not) by a job of this server that failed: a job submitted after its producer already
+        failed must not run on a missing or old file either."""
+        for path in job.inputs:
+            if any(p == path for p in job.producers.values()):
+                continue
+            seen = [self._last_writer.get(p) for p in (path, *_ancestors(path))]
+            seen.append(self._last_below.get(path))
+            latest = max((w for w in seen if w is not None), default=None)
+            if latest is not None and latest[1]:
+                return self.jobs[latest[0]], path
+        return None
+
     def _register_writes(self, job: Job) -> None:
         for path in job.outputs:
             self._writes.setdefault(path, set()).add(job.id)
@@ -325,6 +348,11 @@ class JobTable:
         job.ended = now
         self._unfinished -= 1
         self._forget_writes(job)
+        mark = (job.id, state == FAILED)
+        for path in job.outputs:
+            _keep_latest(self._last_writer, path, mark)
+            for parent in _ancestors(path):
+                _keep_latest(self._last_below, parent, mark)
         actions = [End(job)]
         for dep_id in job.dependents:
             dep = self.jobs[dep_id]
@@ -332,9 +360,7 @@ class JobTable:
                 continue
             path = dep.producers.pop(job.id, None)
             if path is not None and state == FAILED:
-                path = _relative_to(path, dep.cwd)
-                dep.reason = (f"input {path} was not produced: job {job.id} "
-                              f"(`{_shown(job.command)}`) failed ({describe_failure(job)})")
+                dep.reason = _not_produced(path, dep.cwd, job)
                 actions.extend(self._end(dep, FAILED, now))
                 continue
             if dep.twin == job.id:
@@ -349,6 +375,16 @@ class JobTable:
             self._drained_told = True
             return [Drained()]
         return []
+
+
+def _keep_latest(index: dict, path: str, mark: tuple) -> None:
+    if mark[0] > index.get(path, (0, False))[0]:
+        index[path] = mark
+
+
+def _not_produced(path: str, cwd: str, producer: Job) -> str:
+    return (f"input {_relative_to(path, cwd)} was not produced: job {producer.id} "
+            f"(`{_shown(producer.command)}`) failed ({describe_failure(producer)})")
 
 
 def describe_failure(job: Job) -> str:

@@ -79,10 +79,25 @@ class JobTableMachine(RuleBasedStateMachine):
         self._tick()
         expected = {j.id for j in self.table.jobs.values()
                     if j.state in UNFINISHED and _overlap(inputs, j.outputs)}
+        failed_before = self._failed_latest_writer(inputs)
         job, actions = self.table.submit(
             JobSpec("cmd", "/w", tuple(inputs), tuple(outputs), tuple(foreign), key), self.now)
         self.producers[job.id] = expected
         self._apply(actions)
+        if failed_before:
+            assert job.state == FAILED and job.id not in self.started, (
+                f"job {job.id} reads an output whose latest writer had failed")
+            assert job.reason.startswith("input ")
+
+    def _failed_latest_writer(self, inputs) -> bool:
+        """An input with no unfinished producer whose latest ended writer failed."""
+        for path in inputs:
+            writers = [j for j in self.table.jobs.values() if _overlap([path], j.outputs)]
+            if any(j.state in UNFINISHED for j in writers):
+                continue
+            if writers and max(writers, key=lambda j: j.id).state == FAILED:
+                return True
+        return False
 
     @rule(data=st.data(), outcome=st.sampled_from(["ok", "hit", "exit", "signal"]))
     def exit_running(self, data, outcome):
@@ -206,6 +221,22 @@ def test_dependent_fails_naming_input_and_producer():
     assert tac.reason.startswith("input job2.txt was not produced: job 2 ")
     assert tac.reason.endswith("failed (not run: input job1.txt was not produced)")
     assert table.finish(2.0) == [Drained()]
+
+
+def test_a_job_submitted_after_its_producer_failed_fails_too():
+    table = _table_with()
+    broken, _ = table.submit(JobSpec("bash broken.sh > first.txt", "/w", (), ("/w/first.txt",)),
+                             0.0)
+    table.exited(broken, 1, None, False, 1.0)
+    late, actions = table.submit(JobSpec("sort first.txt", "/w", ("/w/first.txt",), ()), 2.0)
+    assert actions == [End(late)] and late.state == FAILED
+    assert late.reason == ("input first.txt was not produced: job 1 "
+                           "(`bash broken.sh > first.txt`) failed (exit 1)")
+    fixed, _ = table.submit(JobSpec("bash fixed.sh > first.txt", "/w", (), ("/w/first.txt",)),
+                            3.0)
+    table.exited(fixed, 0, None, False, 4.0)
+    again, actions = table.submit(JobSpec("sort first.txt", "/w", ("/w/first.txt",), ()), 5.0)
+    assert actions == [Start(again)]
 
 
 def test_waiting_job_holds_back_no_later_job():
