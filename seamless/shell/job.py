@@ -5,11 +5,12 @@ state it runs in: the command text, the declared inputs and captures, the identi
 sandbox and cache switches, where stdout goes, and the sidecars someone else holds for it.
 
 The process state is the job's working directory and environment: ``seamless-run`` runs a job
-in its own; the queue server starts the job's runner process (``python -m
-seamless.shell.runner``) with the submitter's ``cwd`` and ``env`` and hands it the job as one
-JSON object on stdin (``to_wire`` / ``from_wire``). Strings that came from non-UTF-8 bytes
-carry surrogate escapes (``\\udcff``), which JSON keeps as ``\\u`` escapes, so they round-trip
-exactly.
+in its own; the queue server starts the job's runner process (``seamless.shell.runner``) with
+the submitter's ``cwd`` and ``env`` and hands it the job as a file holding ``to_wire()``'s dict
+(``marshal`` form, which the runner reads without importing anything). On the queue's wire the
+same fields travel as JSON (``from_wire`` checks them). Strings that came from non-UTF-8 bytes
+carry surrogate escapes (``\\udcff``), which JSON keeps as ``\\u`` escapes and marshal as they are,
+so they round-trip exactly.
 """
 
 from __future__ import annotations
