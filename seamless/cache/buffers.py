@@ -221,17 +221,36 @@ def iter_tree(root: str):
             yield sub, subdir, name
 
 
-class BufferStore:
-    """The ``buffers/`` tree of one cache directory."""
+class HexTree:
+    """Files named by checksum under ``root``, in ``<first two hex>/<checksum>`` subfolders."""
 
-    def __init__(self, directory: str):
-        self.root = os.path.join(directory, "buffers")
-
-    def ensure_root(self) -> None:
-        makedirs_0700(self.root)
+    def __init__(self, root: str):
+        self.root = root
 
     def path(self, cs: str) -> str:
         return os.path.join(self.root, cs[:2], cs)
+
+    def iter_files(self):
+        """Yield ``(checksum, path)`` for every file named like an entry (for verify/gc)."""
+        for sub, subdir, name in iter_tree(self.root):
+            if is_checksum(name) and name[:2] == sub:
+                yield name, os.path.join(subdir, name)
+
+    def iter_temp_files(self):
+        """Yield the paths of temp files (writes in progress or left by a dead writer)."""
+        for _sub, subdir, name in iter_tree(self.root):
+            if name.startswith(TEMP_PREFIX):
+                yield os.path.join(subdir, name)
+
+
+class BufferStore(HexTree):
+    """The ``buffers/`` tree of one cache directory."""
+
+    def __init__(self, directory: str):
+        super().__init__(os.path.join(directory, "buffers"))
+
+    def ensure_root(self) -> None:
+        makedirs_0700(self.root)
 
     def size_on_disk(self, cs: str):
         """The file's size, or ``None`` when it does not exist."""
@@ -351,17 +370,3 @@ class BufferStore:
             return True
         return True
 
-    def _entries(self):
-        return iter_tree(self.root)
-
-    def iter_files(self):
-        """Yield ``(checksum, path)`` for every file named like a buffer (for verify/gc)."""
-        for sub, subdir, name in self._entries():
-            if is_checksum(name) and name[:2] == sub:
-                yield name, os.path.join(subdir, name)
-
-    def iter_temp_files(self):
-        """Yield the paths of temp files (writes in progress or left by a dead writer)."""
-        for _sub, subdir, name in self._entries():
-            if name.startswith(TEMP_PREFIX):
-                yield os.path.join(subdir, name)

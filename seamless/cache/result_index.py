@@ -29,8 +29,7 @@ import os
 import time
 
 from seamless.cache.buffers import (
-    TEMP_PREFIX, BufferCorrupt, BufferMissing, BufferStore, _temp_file, is_checksum,
-    iter_tree, makedirs_0700,
+    BufferCorrupt, BufferMissing, BufferStore, HexTree, _temp_file, is_checksum, makedirs_0700,
 )
 
 __all__ = ["ResultIndex", "IndexEntry", "read_result", "TOUCH_INTERVAL"]
@@ -79,14 +78,11 @@ def _parse(data: bytes, mtime: float):
     return IndexEntry(result, int(size), kind, mtime)
 
 
-class ResultIndex:
-    """The ``results/`` tree of one cache directory."""
+class ResultIndex(HexTree):
+    """The ``results/`` tree of one cache directory (named by transformation checksum)."""
 
     def __init__(self, directory: str):
-        self.root = os.path.join(directory, "results")
-
-    def path(self, tf_cs: str) -> str:
-        return os.path.join(self.root, tf_cs[:2], tf_cs)
+        super().__init__(os.path.join(directory, "results"))
 
     def read(self, tf_cs: str):
         """The entry of ``tf_cs``, or ``None`` when there is none or it is not well-formed."""
@@ -125,20 +121,6 @@ class ResultIndex:
             except FileNotFoundError:
                 continue
 
-    def _entries(self):
-        return iter_tree(self.root)
-
-    def iter_files(self):
-        """Yield ``(transformation checksum, path)`` for every file named like an entry."""
-        for sub, subdir, name in self._entries():
-            if is_checksum(name) and name[:2] == sub:
-                yield name, os.path.join(subdir, name)
-
-    def iter_temp_files(self):
-        """Yield the paths of temp files (writes in progress or left by a dead writer)."""
-        for _sub, subdir, name in self._entries():
-            if name.startswith(TEMP_PREFIX):
-                yield os.path.join(subdir, name)
 
 
 def read_result(directory: str, tf_cs: str):

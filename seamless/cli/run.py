@@ -27,18 +27,6 @@ def job_of(opts: RunOptions, stdout_path=None):
                     stdout_path=stdout_path, verbose=opts.verbose, quiet=opts.quiet)
 
 
-class _Interrupted(BaseException):
-    """SIGTERM or SIGHUP while submitting: unwinds like Ctrl-C, so sidecars are removed."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _on_signal(signum, _frame):
-    raise _Interrupted(signum)
-
-
 def _appending(fd: int) -> bool:
     """True when ``fd`` was opened with ``O_APPEND`` (``>> file``)."""
     import os
@@ -78,16 +66,18 @@ def _qsubmit(opts: RunOptions) -> int:
 
     from seamless.errors import QueueError
     from seamless.queue import client
+    from seamless.shell.pipeline import Interrupted, on_signal
 
+    # SIGTERM or SIGHUP while submitting unwinds like Ctrl-C, so the sidecars are removed.
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _on_signal)
+        signal.signal(signum, on_signal)
     try:
         submitted = client.submit_job(job_of(opts, _stdout_path()))
     except client.Refused as e:
         raise CommandError(str(e), e.code) from None
     except QueueError as e:
         raise CommandError(str(e)) from None
-    except _Interrupted as e:
+    except Interrupted as e:
         return 128 + e.signum
     for text in submitted.warnings:
         warn(PROG, text)

@@ -57,25 +57,27 @@ from seamless.shell.outputs import (
 )
 from seamless.shell.paths import display
 
-__all__ = ["run_job", "plan_submission", "SubmitPlan", "stdout_target", "PROG"]
+__all__ = ["run_job", "plan_submission", "SubmitPlan", "stdout_target", "Interrupted",
+           "on_signal", "PROG"]
 
 PROG = "seamless-run"
 
 
-class _Interrupted(BaseException):
-    """A signal to the run (SIGINT, SIGTERM, SIGHUP): exit 128 + signal."""
+class Interrupted(BaseException):
+    """A signal to the run (SIGINT, SIGTERM, SIGHUP; ``on_signal`` raises it): the caller
+    unwinds its ``finally`` blocks and exits 128 + signal."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
 
 
-def _on_signal(signum, _frame):
-    raise _Interrupted(signum)
+def on_signal(signum, _frame):
+    raise Interrupted(signum)
 
 
 class _SignalGuard:
-    """Turns SIGINT, SIGTERM and SIGHUP into ``_Interrupted`` once the run owns something to
+    """Turns SIGINT, SIGTERM and SIGHUP into ``Interrupted`` once the run owns something to
     clean up (sidecars, a wait, a running command), so ``finally`` blocks remove it.
 
     Installed lazily: a plain cache hit owns nothing, and importing ``signal`` would cost about
@@ -93,7 +95,7 @@ class _SignalGuard:
 
     def install(self) -> None:
         if not self.installed:
-            self._set(_on_signal)
+            self._set(on_signal)
             self.installed = True
 
     def ignore(self) -> None:
@@ -565,7 +567,7 @@ def run_job(job: ShellJob, on_identity=None) -> int:
             cache.close()
     except OutputError as e:
         raise CommandError(str(e)) from None
-    except _Interrupted as e:
+    except Interrupted as e:
         return 128 + e.signum
     finally:
         guard.ignore()
