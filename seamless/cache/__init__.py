@@ -29,7 +29,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-import threading
+import _thread  # not threading: a command-line hit loads this package
 
 from seamless.cache.memory import BufferCache, ResultMap
 
@@ -125,7 +125,7 @@ class _ConfiguredBufferCache(BufferCache):
 memory_results = ResultMap()
 memory_buffers = _ConfiguredBufferCache()
 
-_lock = threading.Lock()
+_lock = _thread.allocate_lock()
 _caches: dict = {}  # directory -> PersistentCache
 _failed: set[str] = set()
 _last = (None, None)  # (config generation, what persistent() returned for it)

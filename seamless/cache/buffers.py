@@ -23,12 +23,10 @@ Nothing here touches the database; ``persistent.py`` pairs files with rows.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import mmap
 import os
-import threading
 
 from seamless.checksum import new_sha256
 
@@ -110,6 +108,15 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _advise_huge_pages(mm) -> bool:
+    """Only an optimisation: a kernel without transparent huge pages refuses the advice."""
+    try:
+        mm.madvise(_MADV_HUGEPAGE)
+    except OSError:
+        return False
+    return True
+
+
 def _read_large(fd: int, size: int):
     """Read ``size`` bytes of ``fd`` into fresh private memory while hashing them.
 
@@ -123,9 +130,9 @@ def _read_large(fd: int, size: int):
     """
     mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if _MADV_HUGEPAGE is not None:
-        # Only an optimisation: a kernel without transparent huge pages refuses the advice.
-        with contextlib.suppress(OSError):
-            mm.madvise(_MADV_HUGEPAGE)
+        _advise_huge_pages(mm)
+    import threading  # only large reads need it; a command-line hit never loads it
+
     view = memoryview(mm)
     cond = threading.Condition(threading.Lock())
     state = {"done": 0, "finished": False, "error": None}
@@ -171,23 +178,31 @@ def _read_large(fd: int, size: int):
     return view[:position].toreadonly(), hasher.hexdigest()
 
 
-@contextlib.contextmanager
-def _temp_file(directory: str, label: str):
-    """A new temp file in ``directory``: yields ``(path, fd)``, closes ``fd`` at the end and
-    removes the file unless the block renamed it: it is ours until the rename."""
-    tmp = os.path.join(directory, f"{TEMP_PREFIX}{label}-{os.getpid()}-{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644)
-    try:
-        yield tmp, fd
-    except BaseException:
-        os.close(fd)
-        fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    finally:
-        if fd >= 0:
-            os.close(fd)
+class _temp_file:
+    """``with _temp_file(directory, label) as (path, fd)``: a new temp file in ``directory``;
+    ``fd`` is closed at the end and the file removed unless the block renamed it: it is ours
+    until the rename. (A class, not ``contextlib``: its import costs a command-line hit ~3 ms.)
+    """
+
+    __slots__ = ("tmp", "fd")
+
+    def __init__(self, directory: str, label: str):
+        self.tmp = os.path.join(directory,
+                                f"{TEMP_PREFIX}{label}-{os.getpid()}-{os.urandom(4).hex()}")
+        self.fd = -1
+
+    def __enter__(self):
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644)
+        return self.tmp, self.fd
+
+    def __exit__(self, exc_type, exc, tb):
+        os.close(self.fd)
+        if exc_type is not None:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                return False  # the block renamed or removed it before failing
+        return False
 
 
 def _write_pieces(fd: int, pieces, hasher=None) -> int:

@@ -1,6 +1,6 @@
 """The per-process in-memory caches (docs/caching.md).
 
-Two least-recently-used maps, each an ``OrderedDict`` guarded by one lock:
+Two least-recently-used maps, each an insertion-ordered ``dict`` guarded by one lock:
 
 - ``ResultMap``: transformation checksum -> (result kind, result checksum), bounded by entry count.
   Only successes are put here (the caller's rule; this map does not know about failures).
@@ -17,8 +17,7 @@ work (eviction is O(evicted entries)), so the maps are safe to share between thr
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
+import _thread  # not threading: a command-line hit loads this module
 
 __all__ = ["ResultMap", "BufferCache"]
 
@@ -42,13 +41,25 @@ def _plain(checksum) -> str:
     return checksum if type(checksum) is str else str.__str__(checksum)
 
 
+
+def _touch(lru: dict, key) -> None:
+    """Make ``key`` the newest entry (a dict keeps insertion order; not ``OrderedDict``, whose
+    ``collections`` import costs a command-line cache hit about 2 ms)."""
+    lru[key] = lru.pop(key)
+
+
+def _pop_oldest(lru: dict):
+    """Remove and return the oldest ``(key, value)``."""
+    key = next(iter(lru))
+    return key, lru.pop(key)
+
 class ResultMap:
     """Thread-safe LRU map: transformation checksum -> (result kind, result checksum)."""
 
     def __init__(self, max_entries: int = 1_000_000):
         self._max = _check_count("max_entries", max_entries, 1)
-        self._map: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._map: dict[str, tuple[str, str]] = {}
+        self._lock = _thread.allocate_lock()
 
     @property
     def max_entries(self) -> int:
@@ -59,7 +70,7 @@ class ResultMap:
         with self._lock:
             entry = self._map.get(tf_cs)
             if entry is not None:
-                self._map.move_to_end(tf_cs)
+                _touch(self._map, tf_cs)
             return entry
 
     def put(self, tf_cs, kind, result_cs) -> None:
@@ -68,9 +79,9 @@ class ResultMap:
         entry = (str(kind), _plain(result_cs))
         with self._lock:
             self._map[tf_cs] = entry
-            self._map.move_to_end(tf_cs)
+            _touch(self._map, tf_cs)
             while len(self._map) > self._max:
-                self._map.popitem(last=False)
+                _pop_oldest(self._map)
 
     def discard(self, tf_cs) -> None:
         """Forget a transformation checksum (no error when it is absent)."""
@@ -101,9 +112,9 @@ class BufferCache:
 
     def __init__(self, max_bytes: int):
         self._max = _check_count("max_bytes", max_bytes, 0)
-        self._map: OrderedDict[str, tuple[object, int]] = OrderedDict()
+        self._map: dict[str, tuple[object, int]] = {}
         self._nbytes = 0
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
 
     @property
     def max_bytes(self) -> int:
@@ -121,7 +132,7 @@ class BufferCache:
             entry = self._map.get(cs)
             if entry is None:
                 return None
-            self._map.move_to_end(cs)
+            _touch(self._map, cs)
             return entry[0]
 
     def put(self, cs, buffer) -> None:
@@ -136,7 +147,7 @@ class BufferCache:
         cs = _plain(cs)
         with self._lock:
             if cs in self._map:
-                self._map.move_to_end(cs)
+                _touch(self._map, cs)
                 return
             if size > self._max:
                 return
@@ -174,5 +185,5 @@ class BufferCache:
 
     def _evict_locked(self) -> None:
         while self._nbytes > self._max:
-            _, (_, size) = self._map.popitem(last=False)
+            _, (_, size) = _pop_oldest(self._map)
             self._nbytes -= size

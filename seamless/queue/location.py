@@ -19,9 +19,8 @@ This module opens nothing it keeps: callers own the sockets and descriptors it r
 
 from __future__ import annotations
 
-import json
+import _socket  # not socket: its enum and selectors imports cost --qsubmit about 2.5 ms
 import os
-import socket
 import stat
 
 from seamless.checksum import sha256_hex
@@ -153,15 +152,27 @@ def _through_short_address(sock, path: str, operation) -> None:
 
 def bind(sock, path: str) -> None:
     """``sock.bind(path)`` for a path of any length."""
-    _through_short_address(sock, path, socket.socket.bind)
+    _through_short_address(sock, path, _socket.socket.bind)
 
 
-def connect(path: str, timeout: float | None = None) -> socket.socket:
+class ClientSocket(_socket.socket):
+    """A Unix stream socket of the ``_socket`` module that closes at the end of a ``with``."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def connect(path: str, timeout: float | None = None) -> ClientSocket:
     """A blocking Unix stream socket connected to ``path`` (``OSError`` when nobody listens)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock = ClientSocket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(timeout)
-        _through_short_address(sock, path, socket.socket.connect)
+        _through_short_address(sock, path, _socket.socket.connect)
     except BaseException:
         sock.close()
         raise
@@ -190,6 +201,8 @@ def lock_is_held(lock_path: str) -> bool:
 
 def read_info(info_path: str) -> dict | None:
     """The server's info record, or ``None`` when absent or unreadable."""
+    import json
+
     try:
         with open(info_path, "rb") as f:
             record = json.loads(f.read(1 << 16))

@@ -611,8 +611,9 @@ def _candidate_paths(job: ShellJob, split, future_words) -> list:
 
 
 def plan_submission(job: ShellJob) -> SubmitPlan:
-    """Inspect ``job`` for the queue without waiting for anything; on a cache hit (no input
-    pending, ``job.use_cache``), deliver it here as a plain run would."""
+    """Inspect ``job`` for the queue without waiting for anything; on a cache hit found through
+    the result index (no input pending, ``job.use_cache``), deliver it here as a plain run
+    would."""
     try:
         split = words.split_command(job.command)
     except words.CommandSyntaxError as e:
@@ -631,16 +632,10 @@ def plan_submission(job: ShellJob) -> SubmitPlan:
     try:
         inputs, _untracked = _inputs(job, split, outputs)
         tf = _identify(job, text, inputs, outputs)
-        hit = False
-        if job.use_cache:
-            directory = cache_directory()
-            hit = _indexed_hit(directory, tf, outputs, job)
-            if not hit:
-                cache = open_cache(directory)
-                try:
-                    hit = _deliver_hit(cache, tf, outputs, job)
-                finally:
-                    cache.close()
+        # The result index only: opening the database (sqlite3) would cost every submission a
+        # few ms. An entry the index lacks (a row stored before there was an index) is still
+        # found by the job itself, which then ends as ``cached``.
+        hit = job.use_cache and _indexed_hit(cache_directory(), tf, outputs, job)
     except OutputError as e:
         raise CommandError(str(e)) from None
     return SubmitPlan(targets, candidates, [], tf, hit)
