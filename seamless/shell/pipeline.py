@@ -470,11 +470,9 @@ def _run_once(job: ShellJob, text: str, inputs: dict, outputs: list, cache, tf: 
     try:
         run = execute.Run(job.sandbox)
     except OSError as e:
-        import tempfile
-
-        raise CommandError(f"cannot create a private directory in {tempfile.gettempdir()} "
-                           f"({e.strerror or e}); free space there or set TMPDIR to a "
-                           "writable directory") from None
+        where = execute.temp_candidates()[0]
+        raise CommandError(f"cannot create a private directory in {where} ({e.strerror or e}); "
+                           "free space there or set TMPDIR to a writable directory") from None
     try:
         if job.sandbox:
             parents = {os.path.dirname(o) for o in outputs} - {""}
