@@ -201,8 +201,11 @@ def init(*, workdir=None, cache=None, execution=None, workers=None, nparallel=No
         python = dict(_python)
         python.update(updates)
         client = dask_client if dask_client is not None else _dask_client
-        env_layer, file_layer = _read_sources(directory)
-        snapshot = _resolve(python, client, env_layer, file_layer, directory)
+        try:
+            env_layer, file_layer = _read_sources(directory)
+            snapshot = _resolve(python, client, env_layer, file_layer, directory)
+        except ConfigurationError as exc:
+            raise exc.with_traceback(None) from None  # as in _ensure_loaded
         if lookup is not None:
             _workdir = lookup
         _python, _dask_client = python, client
@@ -369,8 +372,13 @@ def _ensure_loaded() -> _Snapshot:
         if _snapshot is not None:
             return _snapshot
         directory = _workdir or _current_dir()
-        env_layer, file_layer = _read_sources(directory)
-        snapshot = _resolve(_python, _dask_client, env_layer, file_layer, directory)
+        try:
+            env_layer, file_layer = _read_sources(directory)
+            snapshot = _resolve(_python, _dask_client, env_layer, file_layer, directory)
+        except ConfigurationError as exc:
+            # The frames below here are the file parser's, of no use to the user: the message
+            # names the file, line and fix.
+            raise exc.with_traceback(None) from None
         _env_layer, _file_layer = env_layer, file_layer
         _snapshot = snapshot
         _generation += 1
@@ -637,8 +645,7 @@ class _FileParser:
     def item(self, key, value_node, line, bare=False):
         """Check one ``key: value`` item (``value_node`` None for a bare word)."""
         if not isinstance(key, str):
-            raise self.error(line, f"unknown key {key!r} (accepted keys: {_ACCEPTED_KEYS})",
-                             key=key)
+            raise self.error(line, _unknown_key(key), key=key)
         if _STAGE_KEY.fullmatch(key):
             self.warn(line, key, f"{key!r} block is an upstream Seamless stage and is skipped; "
                                  f"there are no stages here")
@@ -680,8 +687,7 @@ class _FileParser:
             raise self.error(line, f"key {key!r} names {_UPSTREAM_SERVICES[key]}, which this "
                                    f"version does not have ({_DASK_HINT})", key=key, value=value)
         else:
-            raise self.error(line, f"unknown key {key!r} (accepted keys: {_ACCEPTED_KEYS})",
-                             key=key, value=value)
+            raise self.error(line, _unknown_key(key, bare), key=key, value=value)
 
     def warn(self, line, key, text):
         """One SeamlessWarning per file and key; repeats (also on re-reads) go to DEBUG."""
@@ -696,6 +702,26 @@ class _FileParser:
                 return
             _warned.add(cause)
         warnings.warn(message, SeamlessWarning, stacklevel=_user_stacklevel())
+
+
+def _unknown_key(key, bare=False) -> str:
+    """The message for a key we do not know, with the likely fix: a close key name
+    (``workrs``, ``Workers`` -> ``workers``), or the colon a ``- nparallel 4`` item lacks."""
+    import difflib
+
+    accepted = f"accepted keys: {_ACCEPTED_KEYS}"
+    if not isinstance(key, str):
+        return f"unknown key {key!r} ({accepted})"
+    names = KEYS + ("inherit_from_parent",)
+    word, _, rest = key.strip().partition(" ")
+    if bare and rest.strip() and word.lower() in names:
+        name = word.lower()
+        return (f"'- {key}' lacks the colon after the key; write '- {name}: {rest.strip()}' "
+                f"(YAML reads '{key}' as one word)")
+    close = difflib.get_close_matches(key.lower(), names, n=1)
+    if close:
+        return f"unknown key {key!r}; did you mean {close[0]!r}? ({accepted})"
+    return f"unknown key {key!r} ({accepted})"
 
 
 def _user_stacklevel() -> int:

@@ -129,8 +129,39 @@ def _guard_standard_fds() -> None:
                 os.close(null)
 
 
+def _asks_verbose(prog: str, argv) -> bool:
+    """Whether the command line has ``-v``: only ``seamless-run`` has it (docs/cli.md). Its
+    own option reader decides, so ``seamless-run echo -v`` (``-v`` is the command's) is not."""
+    if prog != "seamless-run":
+        return False
+    from seamless.cli.options import RunOptions
+
+    try:
+        return RunOptions(argv).verbose
+    except (SystemExit, CommandError):
+        return False  # the command line itself is wrong: no -v to honour
+
+
+def _report_seamless_error(prog: str, exc: BaseException, argv) -> int:
+    """A ``SeamlessError`` (a bad seamless.yaml, an unusable cache ...) is a message for the
+    user, one line, exit 1; its traceback is for ``-v`` only, printed before that line."""
+    if _asks_verbose(prog, argv):
+        import traceback
+
+        try:
+            traceback.print_exception(exc, file=sys.stderr)
+        except (OSError, ValueError):
+            return 1
+    error(prog, str(exc))
+    return 1
+
+
 def run_main(prog: str, main, argv=None) -> int:
-    """Call ``main(argv)`` and turn expected failures into a message and an exit code."""
+    """Call ``main(argv)`` and turn expected failures into a message and an exit code.
+
+    ``CommandError`` and every ``seamless.errors.SeamlessError`` become one
+    ``<prog>: error: ...`` line (the latter exit 1, with its traceback under ``-v``).
+    """
     _guard_standard_fds()
     try:
         return main(argv)
@@ -146,6 +177,13 @@ def run_main(prog: str, main, argv=None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 1
+    except Exception as e:
+        # seamless.errors is imported only now: a cache hit that fails nothing never pays it.
+        from seamless.errors import SeamlessError
+
+        if not isinstance(e, SeamlessError):
+            raise
+        return _report_seamless_error(prog, e, argv)
 
 
 def exit_now(code: int) -> None:

@@ -1184,3 +1184,45 @@ def test_physical_memory_from_meminfo_and_cgroup(tmp_path):
                                   "memory/job/memory.limit_in_bytes": "2097152\n"},
                              proc="4:memory:/job\n")
     assert pool_env.physical_memory(root, str(meminfo), proc) == 2097152
+
+
+# --------------------------------------------------------------------------------------------
+# did-you-mean and the missing colon (docs/configuration.md, "Errors")
+
+
+@pytest.mark.parametrize("key", ["workrs", "Workers", "WORKERS", "wokers"])
+def test_error_unknown_key_suggests_the_close_one(fresh_config, key):
+    err = config_error(f"- {key}: 2\n")
+    assert str(err) == (f"seamless.yaml, line 1: unknown key {key!r}; did you mean 'workers'? "
+                        "(accepted keys: cache, execution, inherit_from_parent, memory_cache, "
+                        "nparallel, scheduler, workers)")
+    assert (err.line, err.key, err.value) == (1, key, 2)
+
+
+def test_error_unknown_bare_word_suggests_the_close_one(fresh_config):
+    err = config_error("- inherit_from_paren\n")
+    assert "did you mean 'inherit_from_parent'?" in str(err)
+
+
+@pytest.mark.parametrize("item, fix", [("nparallel 4", "nparallel: 4"),
+                                       ("Workers  2", "workers: 2"),
+                                       ("cache /tmp/c", "cache: /tmp/c")])
+def test_error_missing_colon_says_so(fresh_config, item, fix):
+    err = config_error(f"- execution: process\n- {item}\n")
+    assert str(err) == (f"seamless.yaml, line 2: '- {item}' lacks the colon after the key; "
+                        f"write '- {fix}' (YAML reads {item!r} as one word)")
+    assert err.line == 2
+
+
+def test_error_is_raised_without_the_parser_frames(fresh_config):
+    """What the user sees ends at the settings lookup, not inside the YAML parser."""
+    import traceback
+
+    write(fresh_config / "seamless.yaml", "- workrs: 2\n")
+    with pytest.raises(ConfigurationError) as info:
+        config.get("workers")
+    err = info.value
+    assert err.__cause__ is None and err.__suppress_context__
+    functions = [frame.name for frame in traceback.extract_tb(err.__traceback__)]
+    assert "_ensure_loaded" in functions
+    assert not {"_read_sources", "_parse_file", "parse", "item"} & set(functions)
