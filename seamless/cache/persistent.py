@@ -27,8 +27,9 @@ Data flow:
   logged at DEBUG on the ``seamless`` logger. ``stacklevel`` points at the first frame outside
   the seamless package.
 
-The ``stats``/``verify``/``clear``/``gc`` methods are the primitives of the ``seamless-cache``
-command (section 4.7); each is safe while other processes use the directory.
+The ``stats``/``verify``/``clear``/``gc``/``entries``/``remove`` methods are the primitives
+of the ``seamless-cache`` command (section 4.7); each is safe while other processes use the
+directory.
 
 After ``os.fork()`` the child starts with an empty queue, no writer thread and no connections
 (the parent's pending jobs stay the parent's).
@@ -608,6 +609,58 @@ class PersistentCache:
             conn.execute("COMMIT")
         return {"directory": self.directory, "results": results, "buffers": buffers,
                 "bytes": total, "oldest_use": oldest, "newest_use": newest}
+
+    def entries(self) -> list:
+        """Every result, newest first, for ``seamless-cache list``: dicts with
+        ``transformation``, ``result``, ``kind``, ``size`` (``None`` when its buffer row is
+        gone), ``created`` and ``duration``. The database records no name or command."""
+        rows = self._db.conn().execute(
+            "SELECT r.transformation, r.result, r.kind, b.size, r.created, r.duration "
+            "FROM results AS r LEFT JOIN buffers AS b ON b.checksum = r.result "
+            "ORDER BY r.created DESC, r.transformation ASC").fetchall()
+        names = ("transformation", "result", "kind", "size", "created", "duration")
+        return [dict(zip(names, row)) for row in rows]
+
+    def transformations_starting(self, prefix: str, limit: int = 2) -> list:
+        """Up to ``limit`` transformation checksums that start with ``prefix`` (lower-case
+        hex): ``seamless-cache rm`` accepts a unique prefix, as git does."""
+        rows = self._db.conn().execute(
+            "SELECT transformation FROM results WHERE transformation >= ? AND transformation < ? "
+            "ORDER BY transformation LIMIT ?", (prefix, prefix + "g", limit)).fetchall()
+        return [tf for (tf,) in rows]
+
+    def remove(self, tf_cs: str):
+        """Forget the result of ``tf_cs``: its row, its index entry, and its buffer (row and
+        file) when no other result points to it. Returns ``{"result", "buffer_removed",
+        "bytes"}``, or ``None`` when there is no such result.
+
+        Another process storing the same buffer meanwhile may lose its file; its next lookup
+        then sees the file missing and drops the row, as after ``gc``.
+        """
+        with self._db.transaction() as c:
+            row = c.execute("SELECT result FROM results WHERE transformation = ?",
+                            (tf_cs,)).fetchone()
+            if row is None:
+                return None
+            (result,) = row
+            c.execute("DELETE FROM results WHERE transformation = ?", (tf_cs,))
+            shared = c.execute("SELECT 1 FROM results WHERE result = ? LIMIT 1",
+                               (result,)).fetchone() is not None
+            size = 0
+            if not shared:
+                size_row = c.execute("SELECT size FROM buffers WHERE checksum = ?",
+                                     (result,)).fetchone()
+                size = size_row[0] if size_row is not None else 0
+                c.execute("DELETE FROM buffers WHERE checksum = ?", (result,))
+        self._remove_index([tf_cs])
+        removed = False
+        if not shared:
+            try:
+                os.unlink(self._store.path(result))
+                removed = True
+            except FileNotFoundError:  # already gone (gc or verify elsewhere)
+                size = 0
+        return {"result": result, "buffer_removed": removed, "bytes": size}
 
     def verify(self) -> dict:
         """Re-hash every buffer file: drop corrupt ones with their rows, drop rows whose file

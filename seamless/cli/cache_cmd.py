@@ -1,6 +1,7 @@
 """``seamless-cache``: inspect and maintain the persistent cache (docs/cli.md).
 
-``seamless-cache [--cache DIR] stats | verify | clear [-y] | gc --max-size SIZE``
+``seamless-cache [--cache DIR] stats | verify | list | size | rm CHECKSUM | clear [-y] |
+gc --max-size SIZE``
 
 Data flow and ownership:
 
@@ -9,27 +10,33 @@ Data flow and ownership:
   connections; ``main`` closes it before returning, also on failure.
 - The files under ``buffers/`` and the rows of ``seamless.db`` belong to the cache directory,
   shared with every other process that uses it. This command removes or registers them only
-  through the ``PersistentCache`` primitives (``stats``, ``verify``, ``clear``, ``gc``), which
-  are safe while other processes use the directory (docs/caching.md, "The persistent cache").
+  through the ``PersistentCache`` primitives (``stats``, ``verify``, ``entries``, ``remove``,
+  ``clear``, ``gc``), which are safe while other processes use the directory (docs/caching.md,
+  "The persistent cache"). The read-only subcommands (``READ_ONLY``) open a directory only when
+  it already holds a cache, so they create nothing.
 - It creates no file, temp file, thread or process of its own. It reads stdin only for the
   ``clear`` question on a terminal. Results go to stdout; messages, including the
   ``CacheWarning``s the primitives raise (captured, never shown as Python warnings), go to
   stderr prefixed ``seamless-cache: ``.
 
-Exit status: 0 success; 1 an unusable cache, a failed operation, ``verify`` dropped something,
-or ``clear`` was declined; 2 a usage error (a bad ``--max-size`` included).
+Exit status: 0 success; 1 an unusable or missing cache, a failed operation, ``verify`` dropped
+something, ``rm`` found no such result, or ``clear`` was declined; 2 a usage error (a bad
+``--max-size`` or ``rm`` checksum included).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
+import time
 
 from seamless.cli.common import (
     USAGE,
     CommandError,
     cache_directory,
+    error,
     exit_now,
     info,
     open_cache,
@@ -37,7 +44,7 @@ from seamless.cli.common import (
     warnings_as_messages,
 )
 
-__all__ = ["entry", "human_size", "main", "parse_size"]
+__all__ = ["entry", "human_age", "human_size", "main", "parse_size"]
 
 PROG = "seamless-cache"
 
@@ -71,6 +78,16 @@ def human_size(n: int) -> str:
             return f"{value:.1f} {unit}iB"
         value /= 1024
     return f"{value:.1f} {_UNITS[-1]}iB"
+
+
+def human_age(seconds: float) -> str:
+    """``200`` -> ``3m``: how long ago, in the largest whole unit (``s``, ``m``, ``h``, ``d``);
+    a time in the future (another host's clock) counts as ``0s``."""
+    seconds = max(0, int(seconds))
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _size_and_human(n: int) -> str:
@@ -116,8 +133,8 @@ def _build_parser() -> argparse.ArgumentParser:
                     "Python API.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}",
                         help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="{stats,verify,clear,gc}",
-                                required=True)
+    sub = parser.add_subparsers(dest="command",
+                                metavar="{stats,verify,list,size,rm,clear,gc}", required=True)
     sub.add_parser("stats", parents=[cache_option],
                    help="directory, number of results and buffers, bytes, oldest and newest use",
                    description="Print the directory, the number of results and buffers, their "
@@ -127,6 +144,21 @@ def _build_parser() -> argparse.ArgumentParser:
                    description="Re-hash every buffer file: drop corrupt ones with the results "
                                "that point to them, drop rows whose file is missing, register "
                                "valid files without a row. Exit 1 if anything was dropped.")
+    sub.add_parser("list", parents=[cache_option],
+                   help="every result, newest first: checksum, size, age, kind",
+                   description="Print one line per result, newest first: the transformation "
+                               "checksum (what rm takes), the result's size, its age and its "
+                               "kind (tree: a seamless-run command; otherwise the encoding of "
+                               "a Python result).")
+    sub.add_parser("size", parents=[cache_option], help="total bytes of the stored buffers",
+                   description="Print the total bytes of the stored buffers, then the number "
+                               "of buffers.")
+    rm = sub.add_parser("rm", parents=[cache_option], help="remove one result",
+                        description="Remove the result of a transformation (a checksum from "
+                                    "list, or a unique prefix of at least 6 hex digits), and "
+                                    "its buffer when no other result uses it.")
+    rm.add_argument("checksum", metavar="CHECKSUM", nargs="+",
+                    help="transformation checksum (or unique prefix) as list prints it")
     clear = sub.add_parser("clear", parents=[cache_option], help="remove every entry",
                            description="Remove every result and buffer (asks first on a "
                                        "terminal).")
@@ -180,6 +212,58 @@ def _verify(cache, args) -> int:
     return 1 if report["dropped"] or report["missing"] else 0
 
 
+def _list(cache, args) -> int:
+    now = time.time()
+    print(f"{'TRANSFORMATION':<64}  {'SIZE':>10}  {'AGE':>5}  KIND")
+    for e in cache.entries():
+        size = "-" if e["size"] is None else human_size(e["size"])
+        print(f"{e['transformation']:<64}  {size:>10}  {human_age(now - e['created']):>5}  "
+              f"{e['kind']}")
+    return 0
+
+
+def _size(cache, args) -> int:
+    s = cache.stats()
+    print(f"{_size_and_human(s['bytes'])} in {_plural(s['buffers'], 'buffer')}")
+    return 0
+
+
+_HEX = re.compile(r"[0-9a-f]{6,64}")
+
+
+def _checksum_argument(text: str) -> str:
+    """A transformation checksum or prefix as ``rm`` takes it; else a usage error."""
+    prefix = text.strip().lower()
+    if _HEX.fullmatch(prefix) is None:
+        raise CommandError(f"rm: {text!r} is not a checksum; give a transformation checksum "
+                           "from 'seamless-cache list' (64 hex digits, or a unique prefix of "
+                           "at least 6)", USAGE)
+    return prefix
+
+
+def _rm(cache, args) -> int:
+    failed = 0
+    for text, prefix in zip(args.checksum, args.prefixes):
+        found = cache.transformations_starting(prefix)
+        if len(found) > 1:
+            error(PROG, f"rm: {text} is the prefix of more than one result ({found[0]}, "
+                        f"{found[1]}, ...); give more digits")
+            failed = 1
+            continue
+        done = cache.remove(found[0]) if found else None
+        if done is None:
+            error(PROG, f"rm: no result for {text} in {cache.directory} (seamless-cache list "
+                        "shows the checksums)")
+            failed = 1
+            continue
+        if done["buffer_removed"]:
+            freed = f"freed {_size_and_human(done['bytes'])}"
+        else:
+            freed = "its buffer is kept: another result uses it"
+        print(f"removed {found[0]} ({freed})")
+    return failed
+
+
 def _confirmed(directory: str) -> bool:
     """Ask on the terminal; only ``y`` or ``yes`` goes ahead (EOF and Ctrl-D do not)."""
     sys.stderr.write(f"{PROG}: remove every entry of {directory}? [y/N] ")
@@ -207,7 +291,9 @@ def _gc(cache, args) -> int:
     return 0
 
 
-_SUBCOMMANDS = {"stats": _stats, "verify": _verify, "clear": _clear, "gc": _gc}
+_SUBCOMMANDS = {"stats": _stats, "verify": _verify, "list": _list, "size": _size, "rm": _rm,
+                "clear": _clear, "gc": _gc}
+READ_ONLY = frozenset({"list", "size"})
 
 
 # -- running -------------------------------------------------------------------------------------
@@ -222,6 +308,16 @@ def _directory(args) -> str:
         raise CommandError(f"{e} (or pass --cache DIR)") from None
 
 
+def _check_exists(directory: str) -> None:
+    """A read-only subcommand opens only an existing cache: opening creates the directory and
+    its database, and an empty cache made by a typo in ``--cache`` would only mislead."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        return  # open_cache names what is wrong with it
+    if not os.path.exists(os.path.join(directory, "seamless.db")):
+        raise CommandError(f"no seamless cache at {directory} (nothing was cached there; check "
+                           "--cache or SEAMLESS_CACHE)")
+
+
 def _run(args) -> int:
     """Open the cache, run the subcommand, close the cache; operational failures become
     ``CommandError``s naming the database or file."""
@@ -229,7 +325,10 @@ def _run(args) -> int:
 
     from seamless.errors import CacheError
 
-    cache = open_cache(_directory(args))
+    directory = _directory(args)
+    if args.command in READ_ONLY:
+        _check_exists(directory)
+    cache = open_cache(directory)
     try:
         return _SUBCOMMANDS[args.command](cache, args)
     except CacheError as e:
@@ -255,6 +354,8 @@ def main(argv=None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "gc":
         args.max_bytes = _max_size(args.max_size)
+    if args.command == "rm":
+        args.prefixes = [_checksum_argument(text) for text in args.checksum]
     with warnings_as_messages(PROG):
         return _run(args)
 
