@@ -1,6 +1,6 @@
 """``seamless-cache``: inspect and maintain the persistent cache (docs/cli.md).
 
-``seamless-cache [--cache DIR] stats | verify | list | size | rm CHECKSUM | clear [-y] |
+``seamless-cache [--cache DIR] stats | verify | list | size | rm CHECKSUM | clear [--yes] |
 gc --max-size SIZE``
 
 Data flow and ownership:
@@ -21,7 +21,7 @@ Data flow and ownership:
 
 Exit status: 0 success; 1 an unusable or missing cache, a failed operation, ``verify`` dropped
 something, ``rm`` found no such result, or ``clear`` was declined; 2 a usage error (a bad
-``--max-size`` or ``rm`` checksum included).
+``--max-size`` or ``rm`` checksum, or ``clear`` without ``--yes`` when stdin is not a terminal).
 """
 
 from __future__ import annotations
@@ -161,9 +161,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="transformation checksum (or unique prefix) as list prints it")
     clear = sub.add_parser("clear", parents=[cache_option], help="remove every entry",
                            description="Remove every result and buffer (asks first on a "
-                                       "terminal).")
-    clear.add_argument("-y", "--yes", action="store_true",
-                       help="do not ask for confirmation on a terminal")
+                                       "terminal; elsewhere --yes is required).")
+    clear.add_argument("--yes", "-y", action="store_true",
+                       help="remove without asking (required when stdin is not a terminal)")
     gc = sub.add_parser("gc", parents=[cache_option],
                         help="drop least recently used entries down to --max-size",
                         description="Drop least recently used buffers, with the results that "
@@ -273,10 +273,13 @@ def _confirmed(directory: str) -> bool:
 
 
 def _clear(cache, args) -> int:
-    on_terminal = sys.stdin is not None and sys.stdin.isatty()
-    if on_terminal and not args.yes and not _confirmed(cache.directory):
-        info(PROG, "nothing removed")
-        return 1
+    if not args.yes:
+        if sys.stdin is None or not sys.stdin.isatty():
+            raise CommandError(f"clear removes every entry of {cache.directory} and there is "
+                               "no terminal to ask; pass --yes to confirm", USAGE)
+        if not _confirmed(cache.directory):
+            info(PROG, "nothing removed")
+            return 1
     removed = cache.clear()
     print(f"removed {_plural(removed, 'buffer')}")
     return 0
@@ -293,7 +296,7 @@ def _gc(cache, args) -> int:
 
 _SUBCOMMANDS = {"stats": _stats, "verify": _verify, "list": _list, "size": _size, "rm": _rm,
                 "clear": _clear, "gc": _gc}
-READ_ONLY = frozenset({"list", "size"})
+READ_ONLY = frozenset({"stats", "verify", "list", "size"})
 
 
 # -- running -------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""``seamless-cache list``, ``size`` and ``rm`` (docs/cli.md, "seamless-cache"): the installed
+"""``seamless-cache list``, ``size``, ``rm``, read-only subcommands on a missing cache and
+``clear`` off a terminal (docs/cli.md, "seamless-cache"): the installed
 command run as a subprocess on a private cache, filled with ``PersistentCache.write_now`` or by
 a real ``seamless-run``, and inspected afterwards with sqlite3 and the files themselves."""
 
@@ -120,7 +121,7 @@ def test_size(cli):
 # -- read-only subcommands on a missing cache ---------------------------------------------------
 
 
-@pytest.mark.parametrize("subcommand", ["list", "size"])
+@pytest.mark.parametrize("subcommand", ["stats", "verify", "list", "size"])
 def test_missing_cache_is_not_created(cli, tmp_path, subcommand):
     missing = tmp_path / "nonexistent" / "dir"
     proc = cli.run("seamless-cache", "--cache", missing, subcommand, check=1)
@@ -209,3 +210,19 @@ def test_help(cli, subcommand):
     proc = cli.run("seamless-cache", subcommand, "-h", check=0)
     assert proc.stdout.decode().startswith(f"usage: seamless-cache {subcommand}")
     assert not cli.cache.exists()
+
+
+# -- clear off a terminal ------------------------------------------------------------------------
+
+
+def test_clear_off_a_terminal_needs_yes(cli):
+    store(cli.cache, [(0, b"kept")])
+    proc = cli.run("seamless-cache", "clear", check=2)
+    assert proc.stderr.decode() == (f"seamless-cache: error: clear removes every entry of "
+                                    f"{cli.cache} and there is no terminal to ask; pass --yes "
+                                    "to confirm\n")
+    assert query(cli.cache, "SELECT count(*) FROM results") == [(1,)]
+    for flag in ("--yes", "-y"):
+        store(cli.cache, [(0, b"kept")])
+        proc = cli.run("seamless-cache", "clear", flag, check=0)
+        assert proc.stdout.decode() == "removed 1 buffer\n"
