@@ -163,7 +163,7 @@ def _finish(client) -> int:
 
 
 def main(argv=None) -> int:
-    from seamless.errors import QueueError
+    from seamless.errors import SeamlessError
     from seamless.queue import client
 
     args = build_parser().parse_args(argv)
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
                 _print_status(conn.request({"type": "status"}, "status"), args.json)
             return 0
         return _finish(client)
-    except QueueError as e:
+    except SeamlessError as e:  # the queue's errors, and any other of ours: one line
         error(PROG, str(e))
         return OWN_ERROR
     except KeyboardInterrupt:
