@@ -16,17 +16,25 @@ Who owns what, and who frees it:
   takes. Bad frames get an ``error`` and a close.
 - **Jobs**: ``jobs.JobTable`` decides; this module carries out its actions. A started job is a
   runner process (``seamless.shell.runner``) in the job's cwd and environment, in its own
-  process group, with a parent-death signal; its pidfd is in the selector, so an exit is seen
-  at once, without polling. The private job directory (``mkdtemp``) holds ``job-N.job`` (the
-  ``ShellJob`` in ``marshal`` form, removed when the runner ends), ``job-N.job.outcome`` (hit or
-  miss, written by the runner, read and removed here) and ``job-N.stderr`` (the runner's
-  stderr, kept until the server exits); ``_cleanup`` removes the directory.
+  process group, with a parent-death signal. The fork server (``seamless.queue.zygote``,
+  started at the first job, again at the next job after it died, killed and reaped when the
+  server exits) forks it on request and answers with its pid, over a socket pair in the
+  selector. This server is a child subreaper, so each runner becomes its child once forked: its
+  end arrives as SIGCHLD through the wakeup fd and ``waitpid`` gives its status, without
+  polling (an exit reaped before its pid was announced is kept until the announcement; other
+  orphans that land here are reaped and forgotten). A request the fork server refuses, or
+  cannot answer because it died, fails the job with the reason. The private job directory
+  (``mkdtemp``) holds ``job-N.job`` (the ``ShellJob`` in ``marshal`` form, removed when the
+  runner ends), ``job-N.job.outcome`` (hit or miss, written by the runner, read and removed
+  here) and ``job-N.stderr`` (the runner's stderr, kept until the server exits); ``_cleanup``
+  removes the directory.
 - **Sidecars**: the submitter creates the ``.FUTURE`` sidecars of a job's targets with this
   server's pid and host; ``_adopt`` rewrites each with the job number, the heartbeat timer keeps
   them fresh every ``future.HEARTBEAT_S``, and they are removed when the job ends (its outputs
   are in place by then) and, for unfinished jobs, when the server stops. Foreign sidecars on a
   waiting job's inputs are polled every ``future.POLL_S``.
-- **Signals**: SIGTERM, SIGINT and SIGHUP reach the loop through ``signal.set_wakeup_fd``. The
+- **Signals**: SIGTERM, SIGINT, SIGHUP and SIGCHLD reach the loop through
+  ``signal.set_wakeup_fd``. On the first three the
   server stops accepting, sends SIGTERM to each running job's process group (SIGKILL after
   ``STOP_GRACE_S``), tells waiting finish clients, cleans up, and exits 128 + signal.
 """
@@ -42,7 +50,6 @@ import signal
 import socket
 import stat
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -73,7 +80,8 @@ STOP_GRACE_S = 5.0
 STDERR_LINES = 20
 _TAIL_BYTES = 16 * 1024
 _COMMAND_LISTED = 500  # characters of a command in status and finished answers
-_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_ZYGOTE_HEADER = struct.Struct(">I")  # frames to and from the fork server (zygote.HEADER)
 _SUFFIX = ".FUTURE"
 
 
@@ -117,21 +125,35 @@ class _Conn:
 
 
 class _Running:
-    """A job's runner process and its files."""
+    """A job's runner process (``pid`` None until the fork server announced it) and files."""
 
-    __slots__ = ("proc", "pidfd", "jobfile", "stderr_path")
+    __slots__ = ("job", "pid", "jobfile", "stderr_path")
 
-    def __init__(self, proc, pidfd, jobfile, stderr_path):
-        self.proc, self.pidfd, self.jobfile, self.stderr_path = proc, pidfd, jobfile, stderr_path
+    def __init__(self, job, jobfile, stderr_path):
+        self.job, self.pid, self.jobfile, self.stderr_path = job, None, jobfile, stderr_path
 
 
-def _runner_argv() -> list:
-    """The interpreter running the job's pipeline, isolated from the submitter's ``PYTHON*``
-    variables (``-I``) but importing this very seamless."""
+class _Zygote:
+    """The fork server process and this server's end of its socket pair."""
+
+    __slots__ = ("pid", "sock", "buffer")
+
+    def __init__(self, pid, sock):
+        self.pid, self.sock, self.buffer = pid, sock, bytearray()
+
+
+def _zygote_argv(fd: int, server: int) -> list:
+    """The fork server's interpreter, isolated from the submitters' ``PYTHON*`` variables
+    (``-I``) but importing this very seamless."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     code = (f"import sys;sys.path.insert(0,{root!r});"
-            "from seamless.shell.runner import entry;entry()")
-    return [sys.executable, "-I", "-c", code]
+            "from seamless.queue.zygote import main;main()")
+    return [sys.executable, "-I", "-c", code, str(fd), str(server)]
+
+
+def _describe_status(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    return f"killed by {_signal_name(-code)}" if code < 0 else f"exited with status {code}"
 
 
 def _text_list(message: dict, field: str, absolute: bool = False) -> list:
@@ -173,6 +195,9 @@ class Server:
         self.jobdir = None
         self.conns = {}  # fd -> _Conn
         self.running = {}  # job id -> _Running
+        self.pids = {}  # runner pid -> _Running
+        self.early = {}  # pid -> wait status, reaped while a runner's pid was not yet known
+        self.zygote = None
         self.sidecars = {}  # job id -> [future.Sidecar]
         self.owned = {}  # absolute sidecar path -> job id, for unfinished jobs
         self.stop_signal = None
@@ -183,7 +208,6 @@ class Server:
         self._next_heartbeat = None
         self._next_poll = None
         self._prctl = _prctl()
-        self._runner = _runner_argv()
         self._cleaned = False
 
     # -- logging ------------------------------------------------------------------------
@@ -283,6 +307,9 @@ class Server:
         from seamless.pool.supervise import raise_nofile_limit
 
         raise_nofile_limit()
+        if self._prctl is None or self._prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise ServerError("cannot become a child subreaper (prctl); seamless-queue needs "
+                              "Linux 3.4 or later")
         self.sel = selectors.DefaultSelector()
         try:
             self._install_signals()
@@ -339,7 +366,7 @@ class Server:
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wakeup = (r, w)
         signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             self._old_handlers[signum] = signal.signal(signum, _note_signal)
         self.sel.register(r, selectors.EVENT_READ, self._signalled)
 
@@ -351,6 +378,7 @@ class Server:
         for signum in data:
             if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 self._stop(signum)
+        self._reap()  # also when the pipe overflowed and a SIGCHLD byte was dropped
 
     def _stop(self, signum: int) -> None:
         """Stop on a signal: no new work, running jobs' groups get SIGTERM (SIGKILL after the
@@ -374,10 +402,16 @@ class Server:
 
     def _signal_jobs(self, signum: int) -> None:
         for run in self.running.values():
-            try:
-                os.killpg(run.proc.pid, signum)
-            except (ProcessLookupError, PermissionError):
-                continue  # already gone; its pidfd tells us
+            if run.pid is not None:
+                self._signal_group(run.pid, signum)
+
+    @staticmethod
+    def _signal_group(pid: int, signum: int) -> None:
+        """Signal a runner's process group; it is our unreaped child, so the id is not reused."""
+        try:
+            os.killpg(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            return  # already gone; its SIGCHLD tells us
 
     def _maybe_stopped(self) -> None:
         if self.stop_signal is None or self.running:
@@ -675,18 +709,6 @@ class Server:
             elif isinstance(action, Drained):
                 self._drained()
 
-    def _preexec(self):
-        """In the runner, before exec: die with the server. Safe as ``preexec_fn``: this
-        server has one thread, and nothing here takes a lock or imports."""
-        prctl, server = self._prctl, self.pid
-
-        def setup():
-            if prctl is not None:
-                prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-            if os.getppid() != server:  # the server died before the line above
-                os._exit(1)
-        return setup
-
     def _launch(self, job, now: float) -> None:
         wire_job, cwd, env = job.payload
         held = set(wire_job["held_futures"])
@@ -699,36 +721,154 @@ class Server:
         try:
             with open(jobfile, "wb") as f:
                 f.write(marshal.dumps(wire_job))
-            with open(stderr_path, "wb") as log:
-                proc = subprocess.Popen(
-                    [*self._runner, jobfile], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=log, close_fds=True,
-                    start_new_session=True, preexec_fn=self._preexec())
-            pidfd = os.pidfd_open(proc.pid)
+            zygote = self._zygote()
         except OSError as e:
-            what = (f"its working directory {cwd} is gone" if isinstance(e, FileNotFoundError)
-                    and not os.path.isdir(cwd) else e.strerror or str(e))
-            self.error(f"job {job.id} cannot start: {what}")
-            self._carry_out(self.table.start_failed(job, f"cannot start: {what}", now), now)
+            self._start_failed(job, jobfile, e.strerror or str(e), now)
             return
-        self.running[job.id] = _Running(proc, pidfd, jobfile, stderr_path)
-        self.sel.register(pidfd, selectors.EVENT_READ, lambda _m, j=job: self._exited(j))
+        self.running[job.id] = _Running(job, jobfile, stderr_path)
+        body = marshal.dumps((job.id, jobfile, cwd, env, stderr_path))
+        try:
+            zygote.sock.sendall(_ZYGOTE_HEADER.pack(len(body)) + body)
+        except OSError as e:
+            self._zygote_lost(f"does not take requests ({e.strerror or e})")
+            return
         self.info(f"job {job.id} started: {job.command}")
 
-    def _exited(self, job) -> None:
+    def _start_failed(self, job, jobfile: str, what: str, now: float) -> None:
+        self.running.pop(job.id, None)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(jobfile)
+        self.error(f"job {job.id} cannot start: {what}")
+        self._carry_out(self.table.start_failed(job, f"cannot start: {what}", now), now)
+
+    def _zygote(self) -> _Zygote:
+        """The fork server, started now if there is none (at the first job, after a death)."""
+        if self.zygote is not None:
+            return self.zygote
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            os.set_inheritable(theirs.fileno(), True)
+            pid = os.posix_spawn(
+                sys.executable, _zygote_argv(theirs.fileno(), self.pid), os.environ,
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                              (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)],
+                setsid=True)
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.settimeout(FRAME_TIMEOUT_S)  # for sending; it is read only when readable
+        self.zygote = _Zygote(pid, ours)
+        self.sel.register(ours, selectors.EVENT_READ, self._from_zygote)
+        return self.zygote
+
+    def _from_zygote(self, _mask) -> None:
+        try:
+            data = self.zygote.sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:  # it closes its end only by ending
+            self._zygote_lost("ended")
+            return
+        self.zygote.buffer += data
+        self._answers(self.zygote.buffer)
+        self._maybe_stopped()
+
+    def _answers(self, buffer: bytearray) -> None:
+        """Carry out the complete answers in ``buffer`` and remove them from it."""
+        size = _ZYGOTE_HEADER.size
+        while len(buffer) >= size:
+            length = _ZYGOTE_HEADER.unpack_from(buffer)[0]
+            if len(buffer) < size + length:
+                return
+            answer = marshal.loads(bytes(buffer[size:size + length]))
+            del buffer[:size + length]
+            self._answered(*answer)
+
+    def _answered(self, kind: str, job_id: int, detail) -> None:
+        run = self.running[job_id]
+        now = time.monotonic()
+        if kind == "refused":
+            self._start_failed(run.job, run.jobfile, detail, now)
+            return
+        run.pid = detail
+        self.pids[detail] = run
+        if detail in self.early:
+            self._exited(run, self.early.pop(detail))
+        elif self.stop_signal is not None:
+            self._signal_group(detail, signal.SIGTERM)
+        self._forget_orphans()
+
+    def _forget_orphans(self) -> None:
+        """With no start unannounced, the early exits left were orphans of the jobs' commands
+        (kept longer, a reused pid could be taken for a new runner's)."""
+        if not any(r.pid is None for r in self.running.values()):
+            self.early.clear()
+
+    def _zygote_lost(self, how: str, status=None) -> None:
+        """The fork server died or broke: the runners it announced before it ended are ours
+        and run on; the others cannot start. The next job starts a new fork server."""
+        zygote, self.zygote = self.zygote, None
+        self.sel.unregister(zygote.sock)
+        if status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(zygote.pid, signal.SIGKILL)  # our unreaped child: the pid is its own
+            status = os.waitpid(zygote.pid, 0)[1]
+        self._last_answers(zygote)
+        what = f"the job fork server (pid {zygote.pid}) {how} ({_describe_status(status)})"
+        self.error(f"{what}; a new one starts with the next job")
+        now = time.monotonic()
+        for run in [r for r in self.running.values() if r.pid is None]:
+            self._start_failed(run.job, run.jobfile, what, now)
+        self._forget_orphans()
+        self._maybe_stopped()
+
+    def _last_answers(self, zygote: _Zygote) -> None:
+        """Carry out what an ended fork server wrote: all there, then the end of the stream
+        (or ECONNRESET when it died with a request unread)."""
+        with zygote.sock:
+            while True:
+                try:
+                    data = zygote.sock.recv(65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                zygote.buffer += data
+        self._answers(zygote.buffer)
+
+    def _reap(self) -> None:
+        """Collect every ended child: runners, the fork server, orphans given to us."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            run = self.pids.get(pid)
+            if run is not None:
+                self._exited(run, status)
+            elif self.zygote is not None and pid == self.zygote.pid:
+                self._zygote_lost("ended", status)
+            elif any(r.pid is None for r in self.running.values()):
+                self.early[pid] = status
+
+    def _exited(self, run: _Running, status: int) -> None:
         from seamless.shell.runner import read_outcome
 
-        run = self.running.pop(job.id)
-        self.sel.unregister(run.pidfd)
-        os.close(run.pidfd)
-        status = run.proc.wait()
+        job = run.job
+        del self.running[job.id]
+        del self.pids[run.pid]
         hit, _checksum = read_outcome(run.jobfile)
         try:
             os.unlink(run.jobfile)
         except OSError as e:
             self.error(f"cannot remove {run.jobfile} ({e.strerror or e})")
-        code, sig = (status, None) if status >= 0 else (None, -status)
-        if status != 0:
+        code = os.waitstatus_to_exitcode(status)
+        code, sig = (code, None) if code >= 0 else (None, -code)
+        if code != 0:
             job.stderr_tail = _tail(run.stderr_path)
         now = time.monotonic()
         self._carry_out(self.table.exited(job, code, sig, hit, now), now)
@@ -809,10 +949,17 @@ class Server:
     def _shutdown(self) -> None:
         """Deliver the last answers (bounded), close every connection and descriptor."""
         for run in self.running.values():  # only after an unexpected error in the loop
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(run.proc.pid, signal.SIGKILL)
-            run.proc.wait()
-            os.close(run.pidfd)
+            if run.pid is not None:
+                self._signal_group(run.pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(run.pid, 0)
+        if self.zygote is not None:  # idle: the jobs ended
+            self.sel.unregister(self.zygote.sock)
+            self.zygote.sock.close()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.zygote.pid, signal.SIGKILL)
+            os.waitpid(self.zygote.pid, 0)
+            self.zygote = None
         self.running.clear()
         self._cleanup()
         deadline = time.monotonic() + STOP_GRACE_S

@@ -1,36 +1,32 @@
-"""The process the queue server starts for one job: ``python -m seamless.shell.runner JOBFILE``.
+"""A queued job's runner: ``run(JOBFILE)`` in a process forked for the job by the queue
+server's fork server (``seamless.queue.zygote``).
 
 Data flow and ownership:
 
 - The server writes ``JOBFILE`` (``ShellJob.to_wire()`` in ``marshal`` form: built in, so
-  reading it imports nothing; the server wrote it, in its private directory) in its private job
-  directory and starts this process in the job's working directory and environment, in a process
-  group of its own, stdin and stdout ``/dev/null`` (a job's stdout is a result: it goes to
-  ``job.stdout_path`` or only to the cache), stderr a per-job log file the server keeps. The
-  server also asks the kernel for a parent-death signal (SIGTERM) before this program starts, so
-  a server killed outright takes its jobs down: SIGTERM reaches the pipeline's signal guard,
-  which stops the command's own process group (SIGINT, SIGKILL after a grace period) and cleans
-  up.
-- This process runs ``pipeline.run_job``, the very pipeline of a plain ``seamless-run``, and
-  exits with its status. When the cache lookup is done it writes ``JOBFILE.outcome`` (``hit`` or
-  ``miss``, then the transformation checksum) so the server can tell ``cached`` from ``done``;
-  the server reads and removes that file once this process has ended.
+  reading it imports nothing; the server wrote it, in its private job directory). The fork
+  server starts this process in the job's working directory and environment, in a process group
+  of its own, stdin and stdout ``/dev/null`` (a job's stdout is a result: it goes to
+  ``job.stdout_path`` or only to the cache), stderr a per-job log file the server keeps, with a
+  parent-death SIGTERM (its parent is the server), so a server killed outright takes its jobs
+  down: SIGTERM reaches the pipeline's signal guard, which stops the command's own process group
+  (SIGINT, SIGKILL after a grace period) and cleans up.
+- ``run`` runs ``pipeline.run_job``, the very pipeline of a plain ``seamless-run``, and ends the
+  process with its status. When the cache lookup is done it writes ``JOBFILE.outcome`` (``hit``
+  or ``miss``, then the transformation checksum) so the server can tell ``cached`` from
+  ``done``; the server reads and removes that file once this process has ended.
 - It creates no other file; the sidecars of the job's outputs belong to the server
   (``job.held_futures``).
-
-It imports what ``seamless-run`` imports and no more: starting a queued job costs about one
-interpreter start (docs/cli.md, "Start-up").
 """
 
 from __future__ import annotations
 
 import marshal
 import os
-import sys
 
-from seamless.cli.common import CommandError, error, exit_now, run_main
+from seamless.cli.common import CommandError, exit_now, run_main
 
-__all__ = ["main", "outcome_path", "read_outcome"]
+__all__ = ["run", "outcome_path", "read_outcome"]
 
 PROG = "seamless-run"
 _OUTCOME = ".outcome"
@@ -74,20 +70,13 @@ def _load(jobfile: str):
         raise CommandError(f"cannot read the queued job from {jobfile} ({e})") from None
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        error(PROG, "usage: python -m seamless.shell.runner JOBFILE (started by seamless-queue)")
-        return 2
+def _main(argv) -> int:
     from seamless.shell.pipeline import run_job
 
     jobfile = argv[0]
     return run_job(_load(jobfile), on_identity=_reporter(jobfile))
 
 
-def entry() -> None:
-    exit_now(run_main(PROG, main))
-
-
-if __name__ == "__main__":
-    entry()
+def run(jobfile: str) -> None:
+    """Run the job in ``jobfile`` here and end the process with its exit status."""
+    exit_now(run_main(PROG, _main, [jobfile]))
