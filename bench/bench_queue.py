@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -62,8 +63,7 @@ class _Server:
                                       "--quiet"], env=env, cwd=cwd, stdin=subprocess.DEVNULL)
 
     def finish(self) -> None:
-        subprocess.run([_script("seamless-queue-finish")], env=self.env, cwd=self.cwd,
-                       stdout=subprocess.DEVNULL, check=True, timeout=600)
+        _timed_run([_script("seamless-queue-finish")], self.env, self.cwd, limit=600)
         assert self.proc.wait(timeout=60) == 0
 
     def close(self) -> None:
@@ -76,9 +76,25 @@ class _Server:
                 self.proc.wait()
 
 
+def _timed_run(argv, env, cwd, limit: float = 120) -> bytes:
+    """Run ``argv`` to its end and return its stdout, waiting with a plain ``wait()``:
+    ``subprocess.run(timeout=...)`` polls with sleeps of 0.5 to 16 ms, which would add up to
+    16 ms to every short command timed here (seamless's and the peers' alike). A watchdog timer
+    kills a command that hangs; a non-zero exit fails the benchmark."""
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    watchdog = threading.Timer(limit, proc.kill)
+    watchdog.start()
+    try:
+        out, _ = proc.communicate()
+    finally:
+        watchdog.cancel()
+    assert proc.returncode == 0, f"{argv} exited {proc.returncode}"
+    return out
+
+
 def _submit(command: str, env, cwd) -> None:
-    subprocess.run([_script("seamless-run"), "--qsubmit", command], env=env, cwd=cwd,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=60)
+    _timed_run([_script("seamless-run"), "--qsubmit", command], env, cwd)
 
 
 def _fresh_dir(base, name: str):
@@ -108,24 +124,22 @@ def _seamless_batch(env, work, n: int) -> float:
 
 def _tsp_batch(env, work, n: int) -> float:
     tsp = shutil.which("tsp")
-    run = lambda *a: subprocess.run([tsp, *a], env=env, cwd=work, capture_output=True,  # noqa: E731
-                                    check=True, timeout=120).stdout
     start = time.perf_counter()
-    run("-S", "2")
-    ids = [run("sh", "-c", f"echo {i} > out_{i}.txt").strip() for i in range(n)]
+    _timed_run([tsp, "-S", "2"], env, work)
+    ids = [_timed_run([tsp, "sh", "-c", f"echo {i} > out_{i}.txt"], env, work).strip()
+           for i in range(n)]
     for job in ids:
-        subprocess.run([tsp, "-w", job], env=env, cwd=work, capture_output=True, timeout=120)
+        _timed_run([tsp, "-w", job], env, work)
     elapsed = time.perf_counter() - start
-    run("-K")
+    _timed_run([tsp, "-K"], env, work)
     _outputs_ok(work, n)
     return elapsed
 
 
 def _parallel_batch(env, work, n: int) -> float:
     start = time.perf_counter()
-    subprocess.run(["parallel", "--will-cite", "-j2", "echo {} > out_{}.txt", ":::",
-                    *map(str, range(n))], env=env, cwd=work, check=True, timeout=300,
-                   capture_output=True)
+    _timed_run(["parallel", "--will-cite", "-j2", "echo {} > out_{}.txt", ":::",
+                *map(str, range(n))], env, work, limit=300)
     elapsed = time.perf_counter() - start
     _outputs_ok(work, n)
     return elapsed
