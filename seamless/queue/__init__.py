@@ -1,7 +1,9 @@
 """``seamless-queue``: a local job server for shell jobs, and its clients (docs/cli.md).
 
-``wire`` (JSON frames), ``location`` (where a server's socket lives, safety checks), ``server``
-(the select loop, jobs as subprocesses), ``client`` (``seamless-run --qsubmit``,
-``seamless-queue-finish``). Jobs run ``seamless.shell.pipeline`` through
-``seamless.shell.runner``, the same pipeline as a plain ``seamless-run``.
+``wire`` (JSON frames), ``location`` (where a server's socket lives, safety checks), ``jobs``
+(the job table: which job runs when, without I/O), ``server`` (the select loop: connections,
+sidecars, job processes), ``zygote`` (the fork server that starts each job's runner from a
+process that imported it once), ``client`` (``seamless-run --qsubmit``,
+``seamless-queue-finish``). Every job runs ``seamless.shell.pipeline`` through
+``seamless.shell.runner``: the same pipeline as a plain ``seamless-run``.
 """
