@@ -109,6 +109,13 @@ class RunOptions:
         if command and command[0] == "--":
             command.pop(0)
         if not command:
+            looks_like_command = [c for c in args["capture"]
+                                  if " " in c.strip() and not os.path.lexists(c)]
+            if looks_like_command:
+                self.usage_error(
+                    f"no command given; -c takes an output path, not a command (-c "
+                    f"{looks_like_command[0]!r}): put the command after the options, e.g. "
+                    f"seamless-run {looks_like_command[0]!r}")
             self.usage_error("no command given (example: seamless-run paste a.txt b.txt)")
         self.text = command[0] if len(command) == 1 else words.join_words(command)
         if not self.text.strip():

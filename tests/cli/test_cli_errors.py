@@ -83,3 +83,13 @@ def test_run_main_reports_any_seamless_error(capsys):
     assert capsys.readouterr().err == "seamless-cache: error: disk full\n"
     with pytest.raises(ZeroDivisionError):
         run_main("seamless-queue", failing(ZeroDivisionError("bug")), [])
+
+
+def test_a_command_given_to_c_is_explained(cli):
+    """Upstream habit: `seamless-run -c "CMD"` names the command where an output path goes."""
+    proc = cli.run("seamless-run", "-c", "paste a.txt b.txt", check=2)
+    assert proc.returncode == 2
+    assert (b"-c takes an output path, not a command (-c 'paste a.txt b.txt'): put the command "
+            b"after the options, e.g. seamless-run 'paste a.txt b.txt'") in proc.stderr
+    plain = cli.run("seamless-run", "-c", "out.txt", check=2)
+    assert plain.returncode == 2 and b"no command given (example:" in plain.stderr
