@@ -6,47 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import os
 import pty
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
-from fdcheck import fd_links, no_new_descriptors
+from cachehelpers import no_leaks, opened, sha, tf_checksum  # noqa: F401 (no_leaks: autouse)
 
 from seamless.cache.persistent import PersistentCache
 from seamless.cli.cache_cmd import human_size, parse_size
-
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    """Every test closes the caches, pseudo-terminals and pipes it opens and starts no thread."""
-    before, threads = fd_links(), set(threading.enumerate())
-    yield
-    no_new_descriptors(before)
-    assert set(threading.enumerate()) <= threads
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def tf_checksum(n: int) -> str:
-    """Any 64-hex transformation checksum, distinct per ``n``."""
-    return sha(b"transformation %d" % n)
-
-
-@contextlib.contextmanager
-def opened(directory):
-    cache = PersistentCache(directory)
-    try:
-        yield cache
-    finally:
-        cache.close()
 
 
 def populate(directory, contents) -> list:

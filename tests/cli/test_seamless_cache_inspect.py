@@ -6,45 +6,16 @@ a real ``seamless-run``, and inspected afterwards with sqlite3 and the files the
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sqlite3
-import threading
 import time
 
 import pytest
-from fdcheck import fd_links, no_new_descriptors
+from cachehelpers import no_leaks, opened, sha, tf_checksum  # noqa: F401 (no_leaks: autouse)
 
-from seamless.cache.persistent import PersistentCache
 from seamless.cli.cache_cmd import human_age
 
 HEADER = f"{'TRANSFORMATION':<64}  {'SIZE':>10}  {'AGE':>5}  KIND"
-
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    """Every test closes the caches it opens and starts no thread."""
-    before, threads = fd_links(), set(threading.enumerate())
-    yield
-    no_new_descriptors(before)
-    assert set(threading.enumerate()) <= threads
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def tf_checksum(n: int) -> str:
-    return sha(b"transformation %d" % n)
-
-
-@contextlib.contextmanager
-def opened(directory):
-    cache = PersistentCache(directory)
-    try:
-        yield cache
-    finally:
-        cache.close()
 
 
 def store(directory, items) -> None:
