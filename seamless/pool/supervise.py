@@ -21,17 +21,23 @@ import resource
 import signal
 import subprocess
 
-__all__ = ["Child", "describe_signal", "raise_nofile_limit"]
+__all__ = ["Child", "describe_signal", "signal_name", "raise_nofile_limit"]
 
 STDERR_TAIL = 64 * 1024
 _COMPILED_CRASHES = (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE)
 
 
-def describe_signal(signum: int) -> str:
+def signal_name(signum: int) -> str:
+    """``SIGKILL``, or ``signal 77`` for a number without a name."""
     try:
-        return f"signal {signum} ({signal.Signals(signum).name})"
+        return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
+
+
+def describe_signal(signum: int) -> str:
+    name = signal_name(signum)
+    return name if name.startswith("signal ") else f"signal {signum} ({name})"
 
 
 def raise_nofile_limit():

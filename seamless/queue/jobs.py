@@ -390,13 +390,9 @@ def _not_produced(path: str, cwd: str, producer: Job) -> str:
 def describe_failure(job: Job) -> str:
     """``exit 3``, ``killed by SIGKILL``, or the reason a job failed without an exit status."""
     if job.signal is not None:
-        import signal
+        from seamless.pool.supervise import signal_name
 
-        try:
-            name = signal.Signals(job.signal).name
-        except ValueError:
-            name = f"signal {job.signal}"
-        return f"killed by {name}"
+        return f"killed by {signal_name(job.signal)}"
     if job.exit is not None:
         return f"exit {job.exit}"
     if job.reason and job.reason.startswith("input "):

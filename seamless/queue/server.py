@@ -69,7 +69,9 @@ from seamless.queue.jobs import (
     Start,
     describe_failure,
 )
+from seamless.pool.supervise import signal_name
 from seamless.shell import future
+from seamless.shell.execute import libc_prctl
 
 __all__ = ["Server", "ServerError", "FRAME_TIMEOUT_S", "MAX_CONNECTIONS", "STOP_GRACE_S"]
 
@@ -91,22 +93,6 @@ class ServerError(Exception):
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-def _prctl():
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
 
 
 class _Conn:
@@ -153,7 +139,7 @@ def _zygote_argv(fd: int, server: int) -> list:
 
 def _describe_status(status: int) -> str:
     code = os.waitstatus_to_exitcode(status)
-    return f"killed by {_signal_name(-code)}" if code < 0 else f"exited with status {code}"
+    return f"killed by {signal_name(-code)}" if code < 0 else f"exited with status {code}"
 
 
 def _text_list(message: dict, field: str, absolute: bool = False) -> list:
@@ -207,7 +193,7 @@ class Server:
         self._old_handlers = {}
         self._next_heartbeat = None
         self._next_poll = None
-        self._prctl = _prctl()
+        self._prctl = libc_prctl()
         self._cleaned = False
 
     # -- logging ------------------------------------------------------------------------
@@ -388,7 +374,7 @@ class Server:
             return
         self.stop_signal = signum
         self.table.stop()
-        self.error(f"stopping on {_signal_name(signum)}: "
+        self.error(f"stopping on {signal_name(signum)}: "
                    f"{_plural(len(self.running), 'running job')} stopped, "
                    f"{self._not_run()} not run")
         self._close_listener()
@@ -416,7 +402,7 @@ class Server:
     def _maybe_stopped(self) -> None:
         if self.stop_signal is None or self.running:
             return
-        name = _signal_name(self.stop_signal)
+        name = signal_name(self.stop_signal)
         self._cleanup()
         for conn in list(self.conns.values()):
             if conn.finishing:

@@ -3,9 +3,10 @@
 A frame is a 4-byte big-endian length N (1 <= N <= ``MAX_FRAME``) followed by N bytes of a UTF-8
 JSON object that has a string ``"type"``. Never pickle, never ``eval``: a frame is data. Strings
 that came from non-UTF-8 bytes (commands, paths, environment) carry surrogate escapes; ``encode``
-writes every non-ASCII character as a ``\\uXXXX`` escape, so they round-trip exactly. Text is
-written and read by the shell result's small JSON codec (keys sorted, the same JSON), not by
-``json``, whose ``re`` and ``enum`` imports would cost every ``--qsubmit`` about 6 ms.
+writes every non-ASCII character as a four-digit ``\\u`` escape (``\\udcff``), so they
+round-trip exactly. Text is written and read by the shell result's small JSON codec (keys
+sorted, the same JSON), not by ``json``, whose ``re`` and ``enum`` imports would cost every
+``--qsubmit`` about 6 ms.
 
 Two ways to read:
 

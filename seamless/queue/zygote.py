@@ -31,7 +31,6 @@ encoding, from the locale variables); the runner's imports read no environment v
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import marshal
 import os
 import signal
@@ -43,18 +42,13 @@ from seamless.cache.persistent import PersistentCache
 from seamless.shell import execute, pipeline, runner
 
 # The job runner's imports, done once here so that each forked runner starts with them: the
-# pipeline, the cache a miss opens (sqlite3), the command's process (subprocess, tempfile, and
-# ctypes for its parent-death signal).
+# pipeline, the cache a miss opens (sqlite3) and the command's process (subprocess; ctypes for
+# the parent-death signal is loaded by main's own prctl call).
 PRELOADED = (pipeline, PersistentCache, execute)
 
 __all__ = ["main", "HEADER", "PRELOADED"]
 
 HEADER = struct.Struct(">I")
-_PR_SET_PDEATHSIG = 1
-
-
-def _prctl():
-    return ctypes.CDLL(None, use_errno=True).prctl
 
 
 def _read_exact(fd: int, n: int):
@@ -84,7 +78,7 @@ def _runner(sock: int, middle: int, server: int, jobfile: str, cwd_fd: int, log_
         os.setpgid(0, 0)  # the middle process does it too: whoever comes first
         while os.getppid() == middle:  # until the kernel hands us to the server
             time.sleep(0.0001)
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        prctl(execute.PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != server:  # the server is gone already
             os._exit(1)
         null = os.open(os.devnull, os.O_RDWR)
@@ -151,8 +145,8 @@ def _start(sock: int, server: int, request: tuple, prctl):
 def main() -> None:
     """``python -I -c ... main()`` with argv ``SOCKET_FD SERVER_PID``; ends by ``os._exit``."""
     sock, server = int(sys.argv[1]), int(sys.argv[2])
-    prctl = _prctl()
-    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    prctl = execute.libc_prctl()
+    prctl(execute.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != server:
         os._exit(1)
     while True:

@@ -29,7 +29,7 @@ __all__ = ["Run", "GRACE_S", "spool_size"]
 
 GRACE_S = 2.0
 _FICLONE = 0x40049409
-_PR_SET_PDEATHSIG = 1
+PR_SET_PDEATHSIG = 1
 
 
 def _reflink_or_copy(source: str, target: str) -> None:
@@ -74,11 +74,12 @@ def _child_setup(prctl):
     def setup():
         os.setpgid(0, 0)
         if prctl is not None:
-            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     return setup
 
 
-def _prctl():
+def libc_prctl():
+    """libc's ``prctl`` through ctypes (Python has no binding), or ``None`` where unavailable."""
     try:
         import ctypes
 
@@ -174,7 +175,7 @@ class Run:
             proc = subprocess.Popen(
                 [b"/bin/bash", b"-c", b"--", os.fsencode(command)], cwd=self.cwd, env=env,
                 stdin=subprocess.DEVNULL, stdout=spool, stderr=None,
-                preexec_fn=_child_setup(_prctl()),
+                preexec_fn=_child_setup(libc_prctl()),
             )
         try:
             status = proc.wait()

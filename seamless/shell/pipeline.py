@@ -407,15 +407,6 @@ def _deliver_stdout(job: ShellJob, source) -> None:
         write_stdout(source)
 
 
-def _signal_name(signum: int) -> str:
-    import signal
-
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
 def _collect_dir(root: str) -> dict:
     files = {}
     for directory, _subdirs, names in os.walk(root):
@@ -442,7 +433,9 @@ def _failure_status(status: int, run, job: ShellJob) -> int:
             info(PROG, f"the command was interrupted (SIGINT); {discarded}")
         return 130
     hint = " (often the out-of-memory killer)" if -status == signal.SIGKILL else ""
-    raise CommandError(f"the command was killed by {_signal_name(-status)}{hint}; {discarded}")
+    from seamless.pool.supervise import signal_name
+
+    raise CommandError(f"the command was killed by {signal_name(-status)}{hint}; {discarded}")
 
 
 def _produced(run, outputs: list) -> dict:
