@@ -17,7 +17,7 @@ import types
 
 from .code import FunctionCode, capture, capture_module
 from .encoding import canonical_json, encode, encode_argument
-from .parallel import TransformationList, parallel, parallel_async
+from .batches import TransformationList, parallel, parallel_async
 from .transformation import Transformation
 
 __all__ = ["direct", "delayed", "Transformation", "Transformer", "spawn", "has_spawned",
@@ -305,3 +305,8 @@ def has_spawned() -> bool:
     from .execution import dispatch
 
     return dispatch.has_spawned()
+
+
+def __dir__():
+    """The public API only: ``dir()`` and tab completion should not offer our imports."""
+    return list(__all__)
