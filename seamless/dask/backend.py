@@ -1,0 +1,289 @@
+"""The backend of ``execution: remote``: jobs become Dask tasks (docs/scale-out.md).
+
+Threads and data flow::
+
+    dispatcher thread ── submit(job) ──► claim; payload + buffers (ship) ──► client.submit
+                                         key seamless-tf-<checksum>            │
+    client event loop  ◄── _watch(job, future): await the key; a small result ─┘
+                            is gathered whole, a large one only as metadata
+                            (key seamless-meta-<checksum>, on the same worker)
+    completion thread  ◄── (job, what happened) ── builds the Outcome (failures: failures.py)
+                            and calls hooks.complete(job, outcome), once per job
+
+- The dispatcher looked the caches up before ``submit`` (``looks_up_cache`` False), so a cache
+  hit submits nothing; a checksum whose large result this backend still holds on the cluster
+  (a live ``RemoteBuffer``) is answered from it, also without submitting.
+- Jobs are claimed at ``submit``: Dask queues them, not us; ``parallel()`` bounds how many
+  are submitted.  ``abandon`` cancels this client's interest in the key (a task other clients
+  still want runs on); the watcher then completes the job as failed.
+- A large result stays on the cluster: its ``Outcome`` holds a ``RemoteBuffer`` when the
+  dispatcher accepts lazy buffers (``execution.backend.materialize`` exists), else the bytes
+  are fetched at completion.  Small results are always fetched whole: that costs no more than
+  their metadata.
+- The completion thread is the only one that completes jobs, and it never runs on the event
+  loop, so completions may block (fetch, scatter, submit more work) without stalling Dask.
+- Ownership: ``_inflight`` holds each submitted job and its future until completion; erred
+  futures are released at once, so the scheduler forgets their keys and tracebacks.  A client
+  seamless made (``scheduler`` setting) is closed by ``close()``; the user's is left open.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import weakref
+
+from .. import cache, config
+from ..checksum import _trusted
+from ..encoding import Encoded
+from ..errors import ConfigurationError
+from ..execution import backend as _contract
+from ..execution.runner import Failure, Outcome
+from . import connect, sharedfs, task
+from .failures import failure_from_error
+from .results import RemoteBuffer, SmallResult
+from .ship import Shipper, task_key
+
+__all__ = ["DaskBackend", "create"]
+
+_LAZY = hasattr(_contract, "materialize")
+_CLOSE_TIMEOUT_S = 10
+
+
+def create(hooks) -> "DaskBackend":
+    """The remote backend for the configured client (``execution.backend.Backends``)."""
+    _refuse_with_pool()
+    client, owned = connect.client_from_config(config)
+    in_worker = task.worker_process
+    if not in_worker:
+        task.client_process = True
+        try:
+            connect.check_versions(client)
+        except BaseException:
+            if owned:
+                client.close()
+            raise
+    return DaskBackend(hooks, client, owned, in_worker)
+
+
+def _refuse_with_pool():
+    import sys
+
+    dispatch = sys.modules.get("seamless.execution.dispatch")
+    if dispatch is not None and dispatch.has_spawned():
+        raise ConfigurationError(
+            "execution is 'remote' but a worker pool was started by spawn(); the two are "
+            "exclusive: call seamless.close() before switching to the Dask cluster, or drop "
+            "spawn() to use the cluster", key="execution", value="remote")
+
+
+class DaskBackend:
+    name = "remote"
+    segment_threshold = None  # arguments are plain bytes: Dask serialises them itself
+    looks_up_cache = False
+    accepts_remote_buffers = True
+
+    def __init__(self, hooks, client, owned: bool, in_worker: bool):
+        self._hooks = hooks
+        self._client = client
+        self._owned = owned
+        self._in_worker = in_worker
+        self._shipper = Shipper(client, config.get("memory_cache"))
+        self._inflight: dict = {}  # job -> future, until the job completes
+        self._held: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # tf cs -> rb
+        self._lock = threading.Lock()
+        self._done: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, daemon=True,
+                                        name="seamless-dask-completion")
+        self._thread.start()
+        self._shared_for = None  # (cache directory, its id), per config generation
+        self._shared_generation = None
+
+    # ------------------------------------------------------------ the Backend contract
+
+    def submit(self, job) -> None:
+        if not job.claim():
+            return
+        held = self._held.get(job.checksum)
+        if held is not None:
+            self._hooks.complete(job, self._large_outcome(job, held, 0.0, from_cache=True))
+            return
+        if self._in_worker:
+            task.secede_once()  # the body that submits this child will wait for it
+        shared = self._shared()
+        try:
+            payload = self._shipper.payload(job.checksum, job.work, shared)
+            buffers = self._shipper.buffers(job.work, shared)
+            future = self._client.submit(task.run_task, payload, buffers,
+                                         key=task_key(job.checksum), pure=False)
+        except Exception as exc:
+            self._hooks.complete(job, _failed(
+                f"it could not be submitted to the Dask cluster ({type(exc).__name__}: {exc})"))
+            return
+        with self._lock:
+            if self._closed:
+                future.release()
+                closed = True
+            else:
+                self._inflight[job] = future
+                closed = False
+        if closed:
+            self._hooks.complete(job, _failed("the Dask backend was closed"))
+            return
+        self._client.loop.add_callback(self._watch, job, future)
+
+    submit_nested = submit
+
+    def withdraw(self, job) -> bool:
+        return False  # never queued here: submit claims at once
+
+    def abandon(self, job) -> None:
+        with self._lock:
+            future = self._inflight.get(job)
+        if future is not None:
+            future.cancel()
+
+    def run_here(self, job) -> bool:
+        return False
+
+    def close(self) -> list:
+        with self._lock:
+            self._closed = True
+            jobs = list(self._inflight.items())
+            self._inflight.clear()
+        for job, future in jobs:
+            future.release()
+            self._hooks.complete(job, _failed(
+                "seamless.close() stopped the Dask backend before it finished"))
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(_CLOSE_TIMEOUT_S)
+        self._shipper.clear()
+        self._held.clear()
+        if self._owned:
+            self._client.close(timeout=_CLOSE_TIMEOUT_S)
+        return []
+
+    def forget_after_fork(self) -> None:
+        """The client's loop thread does not exist in a forked child: drop it, close nothing."""
+        self._closed = True
+        self._inflight = {}
+        self._held = weakref.WeakValueDictionary()
+
+    def describe(self) -> str:
+        return f"the Dask cluster at {self._address()}"
+
+    def _address(self) -> str:
+        return getattr(self._client.scheduler, "address", None) or "(unknown address)"
+
+    def default_nparallel(self) -> int | None:
+        return connect.cluster_threads(self._client)
+
+    # ------------------------------------------------------------ watching a task
+
+    async def _watch(self, job, future):
+        """On the client's event loop: wait for the key, fetch what completion needs."""
+        try:
+            await future._state.wait()
+            status = future.status
+            if status == "finished":
+                if future.type is SmallResult:
+                    what = ("small", await future._result())
+                else:
+                    meta = self._client.submit(task.metadata, future, pure=False,
+                                               key=f"seamless-meta-{job.checksum}")
+                    what = ("large", await meta._result())
+                    meta.release()
+            elif status == "error":
+                what = ("error", await future._exception())
+            else:
+                what = ("cancelled", None)
+        except BaseException as exc:  # the connection went, or the data was lost meanwhile
+            what = ("error", exc)
+        with self._cond:
+            self._done.append((job, what))
+            self._cond.notify()
+
+    def _serve(self):
+        """The completion thread: one outcome at a time, in the order the tasks ended."""
+        while True:
+            with self._cond:
+                while not self._done and not self._closed:
+                    self._cond.wait()
+                if not self._done:
+                    return
+                job, what = self._done.popleft()
+            with self._lock:
+                future = self._inflight.pop(job, None)
+            if future is None:
+                continue  # closed meanwhile: already completed
+            try:
+                outcome = self._outcome(job, future, what)
+            except Exception as exc:  # e.g. fetching a result whose worker just died
+                outcome = _failed(f"its result could not be fetched from the Dask cluster "
+                                  f"({type(exc).__name__}: {exc})")
+            del future
+            self._hooks.complete(job, outcome)
+
+    def _outcome(self, job, future, what) -> Outcome:
+        kind, value = what
+        if kind == "small":
+            return Outcome(Encoded(value.kind, _trusted(value.checksum), value.buffer), None,
+                           value.duration)
+        if kind == "large":
+            result_kind, checksum, nbytes, duration, stored = value
+            rb = RemoteBuffer(future, result_kind, checksum, nbytes, stored, self._read_shared,
+                              self._on_fetch(job.checksum, result_kind, duration))
+            self._held[job.checksum] = rb
+            return self._large_outcome(job, rb, duration)
+        if kind == "cancelled":
+            return _failed(f"the Dask scheduler at {self._address()} cancelled it "
+                           f"(.cancel(), or the scheduler restarted)")
+        future.release()
+        return Outcome(None, failure_from_error(value, self._client), 0.0)
+
+    @staticmethod
+    def _large_outcome(job, rb: RemoteBuffer, duration: float, from_cache=False) -> Outcome:
+        buffer = rb if _LAZY else rb.fetch()
+        return Outcome(Encoded(rb.kind, _trusted(rb.checksum), buffer), None, duration,
+                       from_cache)
+
+    # ------------------------------------------------------------ caches
+
+    def _shared(self):
+        """``(directory, id)`` of the persistent cache the workers may share, or None."""
+        generation = config.generation()
+        if generation != self._shared_generation:
+            store = None if self._in_worker else cache.persistent()
+            shared = None
+            if store is not None:
+                try:
+                    shared = (store.directory, sharedfs.client_token(store.directory))
+                except OSError:
+                    shared = None
+            self._shared_for, self._shared_generation = shared, generation
+        return self._shared_for
+
+    def _read_shared(self, checksum: str):
+        shared = self._shared()
+        return None if shared is None else sharedfs.read(shared[0], checksum)
+
+    def _on_fetch(self, tf_checksum: str, kind: str, duration: float):
+        """What a lazily fetched result does with its bytes: the caches keep them."""
+        if not _LAZY:
+            return None  # the dispatcher records the fetched bytes itself
+
+        def record(checksum, buffer):
+            cache.memory_buffers.put(checksum, buffer)
+            store = None if self._in_worker else cache.persistent()
+            if store is not None:
+                store.write(tf_checksum, kind, checksum, buffer, duration)
+
+        return record
+
+
+def _failed(summary: str) -> Outcome:
+    return Outcome(None, Failure(summary, summary + "\n",
+                                 exception_type="seamless.errors.SeamlessError"), 0.0)

@@ -1,0 +1,93 @@
+"""What a task returns, and the result bytes that stay on the cluster until asked for.
+
+A task's value (the data of its Dask key ``seamless-tf-<checksum>``) is a ``SmallResult`` or
+a ``LargeResult``: the same fields, two classes so that the client learns which one it is from
+the type Dask reports when the key is in memory, without fetching it.  A small result is
+fetched whole (as cheap as the metadata).  For a large one the client fetches only the
+metadata, from a second key ``seamless-meta-<checksum>`` computed next to it, and keeps a
+``RemoteBuffer``: the bytes move when someone reads the value.
+
+Ownership: a ``RemoteBuffer`` holds the Dask future of its key, so the cluster keeps the
+bytes while a handle (or a downstream shipment) holds the buffer; when the last reference goes,
+the future is released and Dask frees the data.  Fetched bytes are kept by the buffer and
+handed to the caches (``on_fetch``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import NamedTuple
+
+__all__ = ["SmallResult", "LargeResult", "LARGE", "RemoteBuffer", "result_class"]
+
+#: From this many bytes a buffer is "large": scattered once instead of travelling inside a
+#: task, and a result left on the worker until it is asked for.
+LARGE = 1 << 20
+
+
+class SmallResult(NamedTuple):
+    """A task's value: the result's kind, checksum and canonical bytes, the body's duration,
+    and whether the worker also wrote the bytes to the shared cache directory."""
+
+    kind: str
+    checksum: str
+    buffer: object
+    duration: float
+    stored: bool
+
+
+class LargeResult(NamedTuple):
+    """Same fields as ``SmallResult``; its bytes stay on the cluster until fetched."""
+
+    kind: str
+    checksum: str
+    buffer: object
+    duration: float
+    stored: bool
+
+
+def result_class(nbytes: int) -> type:
+    return LargeResult if nbytes >= LARGE else SmallResult
+
+
+class RemoteBuffer:
+    """Result bytes that live in a Dask worker's memory (or the shared cache directory).
+
+    ``fetch()`` returns the bytes, moving them once; ``future`` is the task's future, which a
+    downstream task of the same client receives as a dependency instead of the bytes.
+    """
+
+    _seamless_remote = True
+    __slots__ = ("future", "kind", "checksum", "nbytes", "stored", "_read_shared", "_on_fetch",
+                 "_buffer", "_lock", "__weakref__")
+
+    def __init__(self, future, kind: str, checksum: str, nbytes: int, stored: bool,
+                 read_shared, on_fetch):
+        self.future = future
+        self.kind = kind
+        self.checksum = checksum
+        self.nbytes = nbytes
+        self.stored = stored
+        self._read_shared = read_shared  # checksum -> buffer or None
+        self._on_fetch = on_fetch        # (checksum, buffer) -> None: the caches take it
+        self._buffer = None
+        self._lock = threading.Lock()
+
+    def fetch(self):
+        """The bytes; the first call reads the shared directory or gathers the key."""
+        with self._lock:
+            if self._buffer is None:
+                buffer = self._read_shared(self.checksum) if self.stored else None
+                if buffer is None:
+                    buffer = self.future.result().buffer
+                self._buffer = buffer
+                if self._on_fetch is not None:
+                    self._on_fetch(self.checksum, buffer)
+            return self._buffer
+
+    def fetched(self) -> bool:
+        return self._buffer is not None
+
+    def __repr__(self):
+        where = "fetched" if self._buffer is not None else "on the cluster"
+        return f"<RemoteBuffer {self.checksum[:12]} {self.nbytes} bytes, {where}>"
