@@ -6,6 +6,10 @@ Environment switches, read at build time:
   SEAMLESS_LINETRACE=1   debug build with line tracing (coverage/profilers see Cython lines), -O0 -g
 Accepted values: 1/true/yes on; 0/false/no/empty off.
 
+Build time (a fresh clone on 2 cores, numbers in README.md): pip runs this file three times (build
+requirements, metadata, wheel), so Cython runs only in the third, inside ``build_ext``; the
+extensions compile in parallel, one compiler per core.
+
 shm_array cimports numpy (its data-memory handler API, numpy >= 1.22): built against numpy's
 headers with NPY_TARGET_VERSION 1.22, so the wheel runs on any numpy from 1.22 on.
 """
@@ -15,6 +19,7 @@ import pathlib
 import re
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 CYTHON_DEPENDENCY = "Cython>=3.0,<4"
 # Modules that cimport numpy (they need its headers).
@@ -44,18 +49,12 @@ def _cython_version_ok():
 
 
 def _extensions():
+    """The extensions with their .pyx sources; ``CythonizeFirst`` turns them into C later."""
     if _switch("SEAMLESS_PUREPYTHON"):
         return []
-    if not _cython_version_ok():
-        raise SystemExit(f"install {CYTHON_DEPENDENCY} to build seamless from source")
-    from Cython.Build import cythonize
-
-    linetrace = _switch("SEAMLESS_LINETRACE")
-    directives = {"language_level": 3, "embedsignature": True}
     macros = []
     cflags = ["-O3", "-pthread"]
-    if linetrace:
-        directives["linetrace"] = True
+    if _switch("SEAMLESS_LINETRACE"):
         macros = [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
         cflags = ["-O0", "-g", "-pthread"]
     extensions = []
@@ -76,14 +75,40 @@ def _extensions():
             extra_compile_args=cflags,
             extra_link_args=["-pthread"],
         ))
-    # force: directives (linetrace) are not in Cython's staleness check, so a .c left by
-    # a build in another mode would be reused; regenerating the small modules is cheap.
-    return cythonize(
-        extensions,
-        compiler_directives=directives,
-        annotate=_switch("SEAMLESS_ANNOTATE"),
-        force=True,
-    )
+    return extensions
 
 
-setup(ext_modules=_extensions())
+class CythonizeFirst(build_ext):
+    """Cythonize when the extensions are really built, then compile them in parallel."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:
+            self.parallel = len(os.sched_getaffinity(0))
+
+    def run(self):
+        if self.extensions:
+            if not _cython_version_ok():
+                raise SystemExit(f"install {CYTHON_DEPENDENCY} to build seamless from source")
+            from Cython.Build import cythonize
+
+            directives = {"language_level": 3, "embedsignature": True}
+            if _switch("SEAMLESS_LINETRACE"):
+                directives["linetrace"] = True
+            # force: directives (linetrace) are not in Cython's staleness check, so a .c left
+            # by a build in another mode would be reused; regenerating the modules is cheap.
+            generated = cythonize(
+                self.extensions,
+                compiler_directives=directives,
+                annotate=_switch("SEAMLESS_ANNOTATE"),
+                force=True,
+                nthreads=self.parallel if self.parallel > 1 else 0,
+            )
+            # keep setuptools' Extension objects; only their sources become the C files
+            c_sources = {ext.name: ext.sources for ext in generated}
+            for ext in self.extensions:
+                ext.sources = c_sources[ext.name]
+        super().run()
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": CythonizeFirst})
