@@ -21,6 +21,7 @@ the status, so it sees the winner's fields.  A failure is kept as text and turne
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from hashlib import sha256
@@ -34,6 +35,21 @@ from .execution import dispatch
 from .execution.runner import Failure, Outcome, Work
 
 __all__ = ["Transformation"]
+
+def _our_frames_hidden(method):
+    """Re-raise seamless's own usage errors (a bad configuration, a full /dev/shm ...) with
+    the frames inside seamless dropped: the user sees their call and the message.  A body's
+    failure (``TransformationError``) keeps its traceback."""
+    @functools.wraps(method)
+    def public(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except SeamlessError as exc:
+            if isinstance(exc, TransformationError):
+                raise
+            raise exc.with_traceback(None) from None
+    return public
+
 
 PENDING, RUNNING, DONE, FAILED, CANCELLED = "pending", "running", "done", "failed", "cancelled"
 _FINISHED = (DONE, FAILED, CANCELLED)
@@ -326,6 +342,7 @@ class Transformation:
 
     # ------------------------------------------------------------ public API
 
+    @_our_frames_hidden
     def start(self) -> "Transformation":
         """Schedule the computation without blocking; returns self."""
         with self._lock:
@@ -335,9 +352,22 @@ class Transformation:
                 self._slab, self._slot, self._generation = completion.acquire()
             self._slab.start(self._slot, self._generation)
             self._status = RUNNING
-        dispatch.start(self)
+        try:
+            dispatch.start(self)
+        except SeamlessError:
+            self._unstart()
+            raise
         return self
 
+    def _unstart(self):
+        """Back to pending after seamless refused to start it (e.g. a bad configuration):
+        nothing runs for it, so a later ``.run()`` must start it again rather than wait."""
+        with self._lock:
+            if self._status == RUNNING and self._job is None:
+                self._generation = self._slab.reset(self._slot)
+                self._status = PENDING
+
+    @_our_frames_hidden
     def run(self, timeout=None):
         """Start if needed, block until finished, return the value (or raise).
 
@@ -346,6 +376,7 @@ class Transformation:
         self._start_and_wait(timeout, "run")
         return self.value
 
+    @_our_frames_hidden
     def compute(self, timeout=None) -> Checksum | None:
         """Start if needed, block, return the result checksum; None on failure or cancel.
         ``timeout`` as for ``.run()``."""
