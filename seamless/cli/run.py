@@ -1,8 +1,10 @@
 """``seamless-run``: a bash command as a cached transformation (docs/cli.md).
 
-This module only reads the command line: ``RunOptions`` become a ``ShellJob``, which
-``seamless.shell.pipeline.run_job`` runs in this process (the same pipeline the queue server's
-job runner uses). The pipeline's docstring has the flow of one job and who owns what.
+This module only reads the command line and the piped stdin: ``RunOptions`` become a
+``ShellJob``, which ``seamless.shell.pipeline.run_job`` runs in this process (the same pipeline
+the queue server's job runner uses), with the bytes piped into fd 0 (``seamless.shell.stdin``:
+read whole, before anything is created, so a stdin over the limit leaves nothing behind) as an
+input. The pipeline's docstring has the flow of one job and who owns what.
 
 With ``--qsubmit`` the job goes to the queue server instead (``seamless.queue.client.submit_job``,
 whose docstring has that flow): this process only plans it, creates its sidecars for the server
@@ -60,7 +62,7 @@ def _stdout_path():
     return os.path.abspath(path)
 
 
-def _qsubmit(opts: RunOptions) -> int:
+def _qsubmit(opts: RunOptions, stdin) -> int:
     """``--qsubmit``: plan the job here, then record a hit or hand the job to the server."""
     import _signal  # not signal: its enum import would cost a submission about 3 ms
 
@@ -72,7 +74,7 @@ def _qsubmit(opts: RunOptions) -> int:
     for signum in (_signal.SIGTERM, _signal.SIGHUP):
         _signal.signal(signum, on_signal)
     try:
-        submitted = client.submit_job(job_of(opts, _stdout_path()))
+        submitted = client.submit_job(job_of(opts, _stdout_path()), stdin=stdin)
     except client.Refused as e:
         raise CommandError(str(e), e.code) from None
     except QueueError as e:
@@ -89,13 +91,24 @@ def _qsubmit(opts: RunOptions) -> int:
     return 0
 
 
+def _piped_stdin():
+    """The bytes piped into this process (an input of the job), or ``None``."""
+    from seamless.shell.stdin import StdinError, read_piped
+
+    try:
+        return read_piped(0)
+    except StdinError as e:
+        raise CommandError(str(e)) from None
+
+
 def main(argv=None) -> int:
     opts = RunOptions(argv)
+    stdin = _piped_stdin()
     if opts.qsubmit:
-        return _qsubmit(opts)
+        return _qsubmit(opts, stdin)
     from seamless.shell.pipeline import run_job
 
-    return run_job(job_of(opts))
+    return run_job(job_of(opts), stdin=stdin)
 
 
 def entry() -> None:

@@ -13,13 +13,17 @@ Data flow:
 - ``submit_job(job)`` is the submitter: connect (no server: nothing is created), plan the job
   (``pipeline.plan_submission``: targets, candidate inputs, identity, cache hit), then on a hit
   ``record`` it; otherwise create each target's ``.FUTURE`` with the server as owner (pid and
-  host from ``hello``), ``submit``, and await ``accepted``.
+  host from ``hello``), ``submit``, and await ``accepted``. Piped stdin (bytes the caller read)
+  counts in the plan's identity; a job that is not a hit takes it along as a file beside the
+  server's socket (``<socket>.stdin-<pid>-<random>``, mode 0600): the frame carries its path,
+  never the bytes (frames are capped), and the server feeds it to the job's runner.
 
 Ownership: a client owns its sockets (closed before it returns). The sidecars ``submit_job``
 creates are its own until the server accepts the job: on a refusal, a lost server, an error or a
 signal (``KeyboardInterrupt``, or the caller's handler raising) they are removed in a
 ``finally``. Once accepted they belong to the server, whose pid and host they name; it refreshes
-and removes them.
+and removes them. The stdin file likewise: the submitter removes it unless the server accepted
+the job; then the server removes it when the job ends (or when it stops).
 
 Library code: nothing here prints. Failures are ``QueueError``s whose text names the server,
 socket or job and the fix; ``Refused`` carries the server's exit code for the job (2 for a bad
@@ -28,6 +32,7 @@ job, else 1).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -266,18 +271,41 @@ def _restore_stdout(saved: int) -> None:
     os.close(saved)
 
 
-def _plan(job):
-    """``plan_submission(job)``; a hit's stdout goes only to ``job.stdout_path`` (or the
+def _plan(job, stdin):
+    """``plan_submission(job, stdin)``; a hit's stdout goes only to ``job.stdout_path`` (or the
     cache)."""
     from seamless.shell.pipeline import plan_submission
 
     if job.stdout_path is not None:
-        return plan_submission(job)
+        return plan_submission(job, stdin)
     saved = _quiet_stdout()
     try:
-        return plan_submission(job)
+        return plan_submission(job, stdin)
     finally:
         _restore_stdout(saved)
+
+
+def _write_stdin(files, data: bytes) -> str:
+    """A new 0600 file beside the server's socket holding ``data``; its path."""
+    from seamless.shell.stdin import queued_file_prefix
+
+    path = queued_file_prefix(files.socket) + f"{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise QueueError(f"cannot store the piped stdin for the queued job at {path} "
+                         f"({e.strerror or e}); free space there") from None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as e:
+        os.close(fd)
+        os.unlink(path)
+        raise QueueError(f"cannot store the piped stdin for the queued job at {path} "
+                         f"({e.strerror or e}); free space there") from None
+    os.close(fd)
+    return path
 
 
 def _create_sidecars(targets, conn, transformation):
@@ -295,15 +323,16 @@ def _create_sidecars(targets, conn, transformation):
     return sidecars, warnings
 
 
-def submit_job(job, cwd=None) -> Submission:
+def submit_job(job, cwd=None, stdin=None) -> Submission:
     """Hand ``job`` (a ``ShellJob``; ``stdout_path`` absolute or None) to the server of ``cwd``.
+    ``stdin``: the piped bytes the job reads (an input), or ``None``.
 
     Raises ``QueueError`` (exit 1), ``Refused`` (its ``code``), or the planner's
     ``CommandError`` (a bad job: exit 2), each before or after removing what it created.
     """
     cwd = os.path.abspath(cwd or os.getcwd())
     connect(cwd).close()  # no server: fail before planning writes or creates anything
-    plan = _plan(job)
+    plan = _plan(job, stdin)
     outputs = [os.path.join(cwd, t) for t in plan.targets]
     if plan.hit:
         with connect(cwd) as conn:
@@ -313,8 +342,11 @@ def submit_job(job, cwd=None) -> Submission:
             return Submission(_accepted_job(answer, conn.files), True, plan.transformation,
                               [])
     sidecars = []
+    stdin_path = None
     try:
         with connect(cwd) as conn:
+            if stdin is not None:
+                stdin_path = _write_stdin(conn.files, stdin)
             sidecars, warnings = _create_sidecars(plan.targets, conn, plan.transformation)
             message = {
                 "type": "submit", "command": job.command, "cwd": cwd, "env": dict(os.environ),
@@ -323,12 +355,17 @@ def submit_job(job, cwd=None) -> Submission:
                 "transformation": plan.transformation,
                 "futures": [os.path.join(cwd, s.path) for s in sidecars],
                 "captures": job.captures, "explicit_inputs": job.inputs,
+                "stdin_path": stdin_path,
             }
             answer = conn.request(message, "accepted")
             number = _accepted_job(answer, conn.files)
         sidecars = []  # the server's now
+        stdin_path = None
         return Submission(number, False, plan.transformation, warnings)
     finally:
+        if stdin_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stdin_path)
         for sidecar in sidecars:
             try:
                 sidecar.remove()

@@ -27,7 +27,9 @@ Who owns what, and who frees it:
   (``mkdtemp``) holds ``job-N.job`` (the ``ShellJob`` in ``marshal`` form, removed when the
   runner ends), ``job-N.job.outcome`` (hit or miss, written by the runner, read and removed
   here) and ``job-N.stderr`` (the runner's stderr, kept until the server exits); ``_cleanup``
-  removes the directory.
+  removes the directory. A job submitted with piped stdin names a file beside the socket
+  (``<socket>.stdin-*``) that its submitter wrote; once the job is accepted it is ours: the
+  runner reads it, ``_ended`` removes it, and ``_cleanup`` removes those of unfinished jobs.
 - **Sidecars**: the submitter creates the ``.FUTURE`` sidecars of a job's targets with this
   server's pid and host; ``_adopt`` rewrites each with the job number, the heartbeat timer keeps
   them fresh every ``future.HEARTBEAT_S``, and they are removed when the job ends (its outputs
@@ -186,6 +188,7 @@ class Server:
         self.zygote = None
         self.sidecars = {}  # job id -> [future.Sidecar]
         self.owned = {}  # absolute sidecar path -> job id, for unfinished jobs
+        self.stdin_files = {}  # job id -> the file holding its piped stdin
         self.stop_signal = None
         self.kill_at = None
         self.exit_code = None
@@ -566,6 +569,8 @@ class Server:
             self._refuse(conn, f"bad job: {e}", now, code=2)
             return
         job, actions = self.table.submit(spec, now)
+        if spec.payload[0]["stdin_path"] is not None:
+            self.stdin_files[job.id] = spec.payload[0]["stdin_path"]
         self._adopt(job, futures, message.get("transformation"))
         self._queue(conn, {"type": "accepted", "job": job.id})
         if job.foreign and self._next_poll is None:
@@ -596,6 +601,7 @@ class Server:
                 "captures": _text_list(message, "captures"), "vars": message.get("vars", {}),
                 "sandbox": message.get("sandbox", True), "use_cache": message.get("cache", True),
                 "stdout_path": message.get("stdout_path"), "held_futures": outputs,
+                "stdin_path": self._stdin_file(message.get("stdin_path")),
                 # The job's stderr tail is for the command's own lines and real errors.
                 "quiet": True})
         except JobFormatError as e:
@@ -613,6 +619,27 @@ class Server:
         payload = (job.to_wire(), cwd, env)
         return JobSpec(job.command, cwd, tuple(inputs), tuple(outputs), tuple(foreign), key,
                        payload), futures
+
+    def _stdin_file(self, path):
+        """A submitted job's stdin file: ``None``, or a regular file beside our socket named by
+        ``queued_file_prefix`` (never a path elsewhere: we remove it when the job ends)."""
+        from seamless.shell.stdin import queued_file_prefix
+
+        if path is None:
+            return None
+        prefix = queued_file_prefix(self.files.socket)
+        if not (isinstance(path, str) and path.startswith(prefix) and "/" not in path[len(prefix):]
+                and os.path.isfile(path) and not os.path.islink(path)):
+            raise ValueError(f"field 'stdin_path' must be a file {prefix}*, not {path!r}")
+        return path
+
+    def _remove_stdin_file(self, job_id: int) -> None:
+        path = self.stdin_files.pop(job_id, None)
+        if path is not None:
+            try:
+                os.unlink(path)
+            except OSError as e:
+                self.error(f"cannot remove {path} ({e.strerror or e})")
 
     @staticmethod
     def _refuse_own_future(job, cwd: str, outputs: list) -> None:
@@ -870,6 +897,7 @@ class Server:
 
     def _ended(self, job) -> None:
         self._release_sidecars(job.id)
+        self._remove_stdin_file(job.id)
         if job.state == DONE:
             self.info(f"job {job.id} done in {job.seconds:.2f} s")
         elif job.state == CACHED:
@@ -918,6 +946,8 @@ class Server:
         self._cleaned = True
         for job_id in list(self.sidecars):
             self._release_sidecars(job_id)
+        for job_id in list(self.stdin_files):
+            self._remove_stdin_file(job_id)
         self._close_listener()
         if self.lock_fd is not None:
             for path in (self.files.socket, self.files.info, self.files.lock):

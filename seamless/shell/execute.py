@@ -1,13 +1,15 @@
 """Running a command once: the sandbox, the process and its signals (docs/cli.md).
 
 Ownership. ``Run`` owns one private (0700) directory under ``$TMPDIR``:
-``<private>/stdout`` (the spooled stdout) and, in sandbox mode, ``<private>/work/`` (the copies of
+``<private>/stdout`` (the spooled stdout), ``<private>/stdin`` (the piped stdin bytes, when the
+job has them) and, in sandbox mode, ``<private>/work/`` (the copies of
 the inputs, the parent directories of the outputs; the command's cwd). ``Run.close()`` removes it
 all; the caller calls it in a ``finally``, so it goes on success, failure and interruption.
 
-The command is ``/bin/bash -c TEXT`` in its own process group, stdin ``/dev/null``, stdout the
-spool file, stderr inherited (passed through live). A parent-death signal kills it if
-seamless-run itself is killed. When the wait is interrupted (the caller turns SIGINT, SIGTERM and
+The command is ``/bin/bash -c TEXT`` in its own process group, stdin ``/dev/null`` (or the
+``<private>/stdin`` file: the command reads the piped bytes, then EOF), stdout the spool file,
+stderr inherited (passed through live). A parent-death signal kills it if seamless-run itself is
+killed. When the wait is interrupted (the caller turns SIGINT, SIGTERM and
 SIGHUP into exceptions), ``Run.execute`` sends SIGINT to the command's group, SIGKILL after
 ``GRACE_S`` seconds, reaps it and re-raises, so the caller removes what it owns and exits
 128 + signal. Processes the command left running in its group when it ended get SIGTERM: a
@@ -146,6 +148,7 @@ class Run:
     def __init__(self, sandbox: bool):
         self.private = _private_dir("seamless-run-")
         self.stdout_path = os.path.join(self.private, "stdout")
+        self.stdin_path = None
         self.cwd = os.path.join(self.private, "work") if sandbox else os.getcwd()
         if sandbox:
             os.mkdir(self.cwd, 0o700)
@@ -168,15 +171,32 @@ class Run:
         """Where the command wrote ``output``."""
         return os.path.join(self.cwd, output)
 
+    def place_stdin(self, data: bytes) -> None:
+        """Write the piped stdin bytes to ``<private>/stdin``, the command's stdin."""
+        path = os.path.join(self.private, "stdin")
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write the piped stdin into {self.private} "
+                          f"({e.strerror}); check TMPDIR's free space") from None
+        self.stdin_path = path
+
     def execute(self, command: str, env: dict) -> int:
-        """Run the command to its end; its wait status as ``Popen.returncode``."""
-        with open(self.stdout_path, "wb") as spool:
-            # `--`: a command text may start with a dash; it must not be read as an option.
-            proc = subprocess.Popen(
-                [b"/bin/bash", b"-c", b"--", os.fsencode(command)], cwd=self.cwd, env=env,
-                stdin=subprocess.DEVNULL, stdout=spool, stderr=None,
-                preexec_fn=_child_setup(libc_prctl()),
-            )
+        """Run the command to its end (stdin: ``place_stdin``'s file, else ``/dev/null``); its
+        wait status as ``Popen.returncode``."""
+        source = subprocess.DEVNULL if self.stdin_path is None else open(self.stdin_path, "rb")
+        try:
+            with open(self.stdout_path, "wb") as spool:
+                # `--`: a command text may start with a dash; it must not be read as an option.
+                proc = subprocess.Popen(
+                    [b"/bin/bash", b"-c", b"--", os.fsencode(command)], cwd=self.cwd, env=env,
+                    stdin=source, stdout=spool, stderr=None,
+                    preexec_fn=_child_setup(libc_prctl()),
+                )
+        finally:
+            if source is not subprocess.DEVNULL:
+                source.close()
         try:
             status = proc.wait()
         except BaseException:

@@ -2,9 +2,9 @@
 (docs/transformations.md, "Identity"; docs/cli.md).
 
 ``describe()`` hashes every input by content (a file: its bytes and executable bit; a directory:
-the index of its whole tree, links by their target text, empty directories included) and builds
-the canonical JSON description; its SHA-256 is the transformation checksum. Nothing here writes
-anything: inputs are only read.
+the index of its whole tree, links by their target text, empty directories included; piped
+stdin: its bytes, ``stdin.py``) and builds the canonical JSON description; its SHA-256 is the
+transformation checksum. Nothing here writes anything: inputs are only read.
 """
 
 from __future__ import annotations
@@ -83,10 +83,14 @@ def input_entry(path: str) -> list:
     raise InputError(f"input {path} is not a regular file or directory")
 
 
-def describe(command: str, inputs: dict, outputs, vars_: dict, sandbox: bool) -> dict:
+def describe(command: str, inputs: dict, outputs, vars_: dict, sandbox: bool,
+             stdin=None) -> dict:
     """The bash description: ``inputs`` maps each path to its ``input_entry``; ``vars_`` maps
-    each ``--var`` name to its value."""
-    return {
+    each ``--var`` name to its value; ``stdin`` is the piped bytes, or ``None``.
+
+    Piped stdin adds the key ``stdin`` (the SHA-256 of its bytes); without it the description
+    has no such key, so the identity of a command run without piped data never changes."""
+    description = {
         "command": json_value(command),
         "encoding": 1,
         "inputs": {json_key(p): entry for p, entry in inputs.items()},
@@ -96,6 +100,9 @@ def describe(command: str, inputs: dict, outputs, vars_: dict, sandbox: bool) ->
         "sandbox": bool(sandbox),
         "vars": {name: sha256_hex(os.fsencode(value)) for name, value in vars_.items()},
     }
+    if stdin is not None:
+        description["stdin"] = str(sha256_hex(stdin))
+    return description
 
 
 def transformation_checksum(description: dict) -> str:

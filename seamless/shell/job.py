@@ -2,7 +2,8 @@
 
 ``ShellJob`` carries everything the pipeline (``pipeline.run_job``) needs besides the process
 state it runs in: the command text, the declared inputs and captures, the identity variables,
-sandbox and cache switches, where stdout goes, and the sidecars someone else holds for it.
+sandbox and cache switches, where stdout goes, the sidecars someone else holds for it, and for a
+queued job the file holding its piped stdin.
 
 The process state is the job's working directory and environment: ``seamless-run`` runs a job
 in its own; the queue server starts the job's runner process (``seamless.shell.runner``) with
@@ -35,6 +36,7 @@ _FIELDS = {
     "held_futures": (_STR_LIST, ()),
     "verbose": ("bool", False),
     "quiet": ("bool", False),
+    "stdin_path": ("str or None", None),
 }
 
 
@@ -66,13 +68,16 @@ class ShellJob:
     - ``held_futures``: targets whose ``.FUTURE`` sidecars another process (the queue server)
       created and keeps for this job: the pipeline neither waits on them nor creates or removes
       them.
+    - ``stdin_path``: a queued job's piped stdin, a file the queue server owns and removes when
+      the job ends; its runner reads it (an input of the job) and feeds it to the command.
+      ``None``: no piped stdin (``seamless-run`` hands its piped bytes to ``run_job`` itself).
     """
 
     __slots__ = tuple(_FIELDS)
 
     def __init__(self, command: str, *, inputs=(), captures=(), vars=None, sandbox=True,
                  use_cache=True, stdout_path=None, held_futures=(), verbose=False,
-                 quiet=False):
+                 quiet=False, stdin_path=None):
         self.command = command
         self.inputs = list(inputs)
         self.captures = list(captures)
@@ -83,6 +88,7 @@ class ShellJob:
         self.held_futures = list(held_futures)
         self.verbose = verbose and not quiet
         self.quiet = quiet
+        self.stdin_path = stdin_path
 
     def to_wire(self) -> dict:
         """The job as a JSON-ready dict (every field, in a fixed order)."""

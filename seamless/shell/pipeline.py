@@ -10,17 +10,18 @@ environment, and returns the exit status ``seamless-run`` reports. Flow, and who
    after the outputs are in place, on failure, on a signal. Sidecars in ``job.held_futures``
    belong to whoever created them (the queue server): not created, refreshed nor removed here.
 3. Wait for the inputs that have a sidecar of someone else (or are named ``X.FUTURE``), then
-   hash every input and build the transformation checksum (``identity.py``).
+   hash every input, and the piped stdin bytes the caller read (``stdin.py``; ``None``: none),
+   and build the transformation checksum (``identity.py``).
 4. Look it up: first in the cache's result index (``cache.result_index.read_result``: one small
    file, then the verified buffer; no database), else in the persistent cache itself
    (``cli.common.open_cache``, SQLite), which also reports and discards damaged entries. A hit
    writes the cached stdout (to fd 1, or atomically to ``job.stdout_path``) and the outputs
    (atomically, with the file modes the command gave them, ``outputs.py``) and returns 0
    without running anything.
-5. A miss runs the command once (``execute.Run``, which owns the sandbox and the stdout spool
-   and removes them), delivers stdout and outputs the same way, then stores the result with the
-   outputs' modes, streamed from the spool and output files (``result.ResultBytes``). A failed
-   command is never stored.
+5. A miss runs the command once (``execute.Run``, which owns the sandbox, the stdout spool and
+   the file it feeds the piped stdin from, and removes them), delivers stdout and outputs the
+   same way, then stores the result with the outputs' modes, streamed from the spool and output
+   files (``result.ResultBytes``). A failed command is never stored.
 
 Expected failures raise ``CommandError`` (exit 1, or 2 for a bad job); SIGINT, SIGTERM and
 SIGHUP end the run with 128 + signal after the cleanup. The hit path imports only the standard
@@ -295,7 +296,9 @@ def _inside(path: str, outputs) -> bool:
 
 
 def _inputs(job: ShellJob, split, outputs: list):
-    """``(inputs, untracked)``: input path -> path to read; words seen but not tracked.
+    """``(inputs, untracked)``: input path -> path to read; words that may name a file the
+    command reads but are not tracked (opaque words, existing absolute paths and paths inside
+    an output). Words that name no file (program names, flags, plain arguments) are neither.
 
     A word naming an output, or a path inside an output directory, is not an input: the
     previous run's result must not feed the next one's identity.
@@ -309,7 +312,6 @@ def _inputs(job: ShellJob, split, outputs: list):
             continue
         for path in _expand(word):
             if not os.path.lexists(path):
-                untracked.append(path)
                 continue
             if not os.path.exists(path):
                 raise CommandError(f"{display(path)} is a dangling symbolic link (or a link "
@@ -333,18 +335,20 @@ def _inputs(job: ShellJob, split, outputs: list):
     return found, untracked
 
 
-def _identify(job: ShellJob, text: str, inputs: dict, outputs: list) -> str:
+def _identify(job: ShellJob, text: str, inputs: dict, outputs: list, stdin) -> str:
     entries = {}
     for key, path in inputs.items():
         try:
             entries[key] = identity.input_entry(path)
         except identity.InputError as e:
             raise CommandError(display(str(e))) from None
-    description = identity.describe(text, entries, outputs, job.vars, job.sandbox)
+    description = identity.describe(text, entries, outputs, job.vars, job.sandbox, stdin)
     checksum = identity.transformation_checksum(description)
     if job.verbose:
         for key, entry in sorted(entries.items()):
             info(PROG, f"input {display(key)}: {entry[0]} {entry[1]}")
+        if stdin is not None:
+            info(PROG, f"input stdin: {len(stdin)} bytes {description['stdin']}")
     return checksum
 
 
@@ -453,7 +457,8 @@ def _produced(run, outputs: list) -> dict:
     return produced
 
 
-def _run_once(job: ShellJob, text: str, inputs: dict, outputs: list, cache, tf: str) -> int:
+def _run_once(job: ShellJob, text: str, inputs: dict, outputs: list, cache, tf: str,
+              stdin) -> int:
     """Execute the command; on success deliver its stdout and outputs, then store the result."""
     from seamless.shell import execute
     from seamless.shell.result import RESULT_KIND, ResultBytes
@@ -467,12 +472,14 @@ def _run_once(job: ShellJob, text: str, inputs: dict, outputs: list, cache, tf: 
         raise CommandError(f"cannot create a private directory in {where} ({e.strerror or e}); "
                            "free space there or set TMPDIR to a writable directory") from None
     try:
-        if job.sandbox:
-            parents = {os.path.dirname(o) for o in outputs} - {""}
-            try:
+        try:
+            if job.sandbox:
+                parents = {os.path.dirname(o) for o in outputs} - {""}
                 run.place_inputs([k for k in inputs if not os.path.isabs(k)], parents)
-            except OSError as e:
-                raise CommandError(display(e.strerror or str(e))) from None
+            if stdin is not None:
+                run.place_stdin(stdin)
+        except OSError as e:
+            raise CommandError(display(e.strerror or str(e))) from None
         started = time.monotonic()
         status = run.execute(text, env)
         duration = time.monotonic() - started
@@ -505,11 +512,12 @@ def _hit(job: ShellJob, tf: str, on_identity) -> int:
     return 0
 
 
-def run_job(job: ShellJob, on_identity=None) -> int:
+def run_job(job: ShellJob, on_identity=None, stdin=None) -> int:
     """Run ``job`` here (cwd and environment of this process); its exit status.
 
     ``on_identity(checksum, hit)``, when given, is called once the transformation checksum is
     known and the cache looked up (the queue's job runner reports both to the server).
+    ``stdin``: the piped bytes the command reads (an input), or ``None`` for ``/dev/null``.
     """
     try:
         split = words.split_command(job.command)
@@ -534,7 +542,7 @@ def run_job(job: ShellJob, on_identity=None) -> int:
         if text != job.command:
             split = words.split_command(text)
         inputs, untracked = _inputs(job, split, outputs)
-        tf = _identify(job, text, inputs, outputs)
+        tf = _identify(job, text, inputs, outputs, stdin)
         sidecars.set_transformation(tf)
         if job.verbose and untracked:
             info(PROG, "not tracked: " + " ".join(display(w) for w in untracked))
@@ -553,7 +561,7 @@ def run_job(job: ShellJob, on_identity=None) -> int:
                 warn(PROG, f"{display(path)} is written by the command but is not a result: "
                            "a cache hit will not write it (use -c with a relative path)")
             guard.install()
-            return _run_once(job, text, inputs, outputs, cache, tf)
+            return _run_once(job, text, inputs, outputs, cache, tf, stdin)
         finally:
             cache.close()
     except OutputError as e:
@@ -601,10 +609,10 @@ def _candidate_paths(job: ShellJob, split, future_words) -> list:
     return list(dict.fromkeys(os.path.abspath(p) for p in found))
 
 
-def plan_submission(job: ShellJob) -> SubmitPlan:
+def plan_submission(job: ShellJob, stdin=None) -> SubmitPlan:
     """Inspect ``job`` for the queue without waiting for anything; on a cache hit found through
     the result index (no input pending, ``job.use_cache``), deliver it here as a plain run
-    would."""
+    would. ``stdin``: the piped bytes the job will read, or ``None``."""
     try:
         split = words.split_command(job.command)
     except words.CommandSyntaxError as e:
@@ -622,7 +630,7 @@ def plan_submission(job: ShellJob) -> SubmitPlan:
         split = words.split_command(text)
     try:
         inputs, _untracked = _inputs(job, split, outputs)
-        tf = _identify(job, text, inputs, outputs)
+        tf = _identify(job, text, inputs, outputs, stdin)
         # The result index only: opening the database (sqlite3) would cost every submission a
         # few ms. An entry the index lacks (a row stored before there was an index) is still
         # found by the job itself, which then ends as ``cached``.

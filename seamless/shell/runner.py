@@ -15,6 +15,9 @@ Data flow and ownership:
   process with its status. When the cache lookup is done it writes ``JOBFILE.outcome`` (``hit``
   or ``miss``, then the transformation checksum) so the server can tell ``cached`` from
   ``done``; the server reads and removes that file once this process has ended.
+- A job submitted with piped stdin names the file holding those bytes (``job.stdin_path``); the
+  server owns it and removes it when the job ends. ``run`` reads it whole before the pipeline
+  starts (it is an input of the transformation) and the pipeline feeds the bytes to the command.
 - It creates no other file; the sidecars of the job's outputs belong to the server
   (``job.held_futures``).
 """
@@ -70,11 +73,24 @@ def _load(jobfile: str):
         raise CommandError(f"cannot read the queued job from {jobfile} ({e})") from None
 
 
+def _stdin_of(job):
+    """The queued job's piped stdin bytes (``None``: none), from the file the server keeps."""
+    if job.stdin_path is None:
+        return None
+    from seamless.shell.stdin import StdinError, read_file
+
+    try:
+        return read_file(job.stdin_path)
+    except StdinError as e:
+        raise CommandError(str(e)) from None
+
+
 def _main(argv) -> int:
     from seamless.shell.pipeline import run_job
 
     jobfile = argv[0]
-    return run_job(_load(jobfile), on_identity=_reporter(jobfile))
+    job = _load(jobfile)
+    return run_job(job, on_identity=_reporter(jobfile), stdin=_stdin_of(job))
 
 
 def run(jobfile: str) -> None:
