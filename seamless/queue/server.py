@@ -29,7 +29,8 @@ Who owns what, and who frees it:
   here) and ``job-N.stderr`` (the runner's stderr, kept until the server exits); ``_cleanup``
   removes the directory. A job submitted with piped stdin names a file beside the socket
   (``<socket>.stdin-*``) that its submitter wrote; once the job is accepted it is ours: the
-  runner reads it, ``_ended`` removes it, and ``_cleanup`` removes those of unfinished jobs.
+  runner reads it, ``_ended`` removes it, and ``_cleanup`` removes those of unfinished jobs;
+  ``start`` removes those a SIGKILLed predecessor left.
 - **Sidecars**: the submitter creates the ``.FUTURE`` sidecars of a job's targets with this
   server's pid and host; ``_adopt`` rewrites each with the job number, the heartbeat timer keeps
   them fresh every ``future.HEARTBEAT_S``, and they are removed when the job ends (its outputs
@@ -218,6 +219,7 @@ class Server:
             raise ServerError(str(e)) from None
         self._lock()
         try:
+            self._remove_stale_stdin_files()
             self._listen()
             self.jobdir = tempfile.mkdtemp(prefix="seamless-queue-")
             self._write_info()
@@ -632,6 +634,19 @@ class Server:
                 and os.path.isfile(path) and not os.path.islink(path)):
             raise ValueError(f"field 'stdin_path' must be a file {prefix}*, not {path!r}")
         return path
+
+    def _remove_stale_stdin_files(self) -> None:
+        """Stdin files left by a server of this directory that was killed outright (no client
+        can have written one for us yet: we do not listen yet)."""
+        from seamless.shell.stdin import queued_file_prefix
+
+        directory, stem = os.path.split(queued_file_prefix(self.files.socket))
+        for name in os.listdir(directory):
+            if name.startswith(stem):
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except OSError as e:
+                    self.error(f"cannot remove {name} in {directory} ({e.strerror or e})")
 
     def _remove_stdin_file(self, job_id: int) -> None:
         path = self.stdin_files.pop(job_id, None)

@@ -235,3 +235,50 @@ def test_qsubmit_takes_the_piped_bytes_along(cli):
     assert (work / "none.txt").read_text().strip() == "0"
     # The queued job and a plain run with the same bytes are one transformation.
     assert "cache hit" in (work / "hit.log").read_text()
+
+
+def _submit_message(cli, stdin_path) -> dict:
+    return {"type": "submit", "command": "wc -l > n.txt", "cwd": str(cli.work),
+            "env": dict(cli.env), "inputs": [], "outputs": [str(cli.work / "n.txt")],
+            "stdout_path": None, "vars": {}, "sandbox": True, "cache": True,
+            "transformation": None, "futures": [], "captures": [], "explicit_inputs": [],
+            "stdin_path": stdin_path}
+
+
+def test_the_server_owns_only_stdin_files_beside_its_socket(cli, monkeypatch):
+    from seamless.queue import client, location
+    from seamless.shell.stdin import queued_file_prefix
+
+    for name in ("XDG_RUNTIME_DIR", "SEAMLESS_QUEUE_SOCKET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TMPDIR", str(cli.tmp))
+    files = location.server_files(str(cli.work))
+    location.check_private_dir(os.path.dirname(files.socket), create=True)
+    stale = queued_file_prefix(files.socket) + "left-by-a-killed-server"
+    with open(stale, "wb") as f:
+        f.write(b"old\n")
+    victim = cli.tmp.parent / "precious.txt"
+    victim.write_bytes(b"keep me\n")
+    server = cli.start("seamless-queue", "--workers", "1", stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not os.path.exists(files.info):  # written once it listens
+            assert server.poll() is None and time.monotonic() < deadline, "no server"
+            time.sleep(0.05)
+        assert not os.path.exists(stale)
+        for path in (str(victim), queued_file_prefix(files.socket) + "../precious.txt"):
+            with client.connect(str(cli.work)) as conn, \
+                    pytest.raises(client.Refused) as refused:
+                conn.request(_submit_message(cli, path), "accepted")
+            assert refused.value.code == 2
+            assert "field 'stdin_path' must be a file" in str(refused.value)
+        assert victim.read_bytes() == b"keep me\n"
+        proc = cli.run("seamless-queue-finish", timeout=TIMEOUT_S)
+        assert proc.returncode == 0, proc.stderr
+        assert server.wait(TIMEOUT_S) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(TIMEOUT_S)
+        server.stderr.close()
+    assert not os.listdir(os.path.dirname(files.socket))
