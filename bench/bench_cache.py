@@ -1,4 +1,5 @@
-"""Cache benchmarks (group "cache"): H2, the persistent-cache hit (performance.md, section 3).
+"""Cache benchmarks (group "cache"): H2, the persistent-cache hit
+(docs/design/benchmark-method.md, "Groups and their floors").
 
 H2 reads a 100 MB result from a persistent cache directory: ``lookup`` (SQLite row + file size)
 then ``read_buffer`` (read the whole file, SHA-256 over all of it, every time). The reference is

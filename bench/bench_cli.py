@@ -1,4 +1,5 @@
-"""Command-line benchmarks (group "cli"): C1, C2 and the miss latency (performance.md, 3).
+"""Command-line benchmarks (group "cli"): C1, C2 and the miss latency
+(docs/design/benchmark-method.md, "Groups and their floors").
 
 Whole-process timings of the installed console script, each against the same interpreter
 (``sys.executable``, never a ``python3`` shim from PATH) started with ``-c pass`` in the same

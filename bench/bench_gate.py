@@ -1,4 +1,4 @@
-"""The benchmark gate catches an extra copy (performance.md, section 4: gate self-test).
+"""The benchmark gate catches an extra copy (docs/design/benchmark-method.md, "The gate self-test").
 
 One extra copy into already-touched memory costs about a tenth of T1's floor: too little for
 the timing bound to see reliably.  The structural ``bytes_copied()`` checks of T1 and T4 see it

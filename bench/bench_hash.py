@@ -1,4 +1,5 @@
-"""Hashing benchmarks (group "hash"): H1 and the fused copy-and-hash (performance.md, section 3).
+"""Hashing benchmarks (group "hash"): H1 and the fused copy-and-hash
+(docs/design/benchmark-method.md, "Groups and their floors").
 
 H1 gates on a ratio to one ``hashlib.sha256`` pass over the same 400 MB of
 float64, timed first in the same process: hashing is the floor of moving a new

@@ -1,4 +1,4 @@
-"""parallel() against its peer and its floor (performance.md: B1, B2, B3).
+"""parallel() against its peer and its floor (docs/design/benchmark-method.md: B1, B2, B3).
 
 - B1: 2,000 tiny uncached items through ``parallel(..., nparallel=8)`` on spawn(2) vs
   ``multiprocessing.Pool(2).imap(f, items, chunksize=1)`` in the same run.  Gate <= 1.0x; not

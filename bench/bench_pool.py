@@ -1,4 +1,4 @@
-"""The worker pool against its floor and its peer (performance.md: S1, P1, T4).
+"""The worker pool against its floor and its peer (docs/design/benchmark-method.md: S1, P1, T4).
 
 - S1: the seed example, 20 x sleep(1) on spawn(4) in a fresh interpreter, lazy start included,
   vs the ideal 5 s.  Gate: <= 1.25x.
@@ -79,7 +79,7 @@ N_TINY = 10_000
            "loky): the parent spends about 40 us of CPU per task (your thread 13, the pool's "
            "I/O thread 25-30: scheduling, frames, completion) and the workers about 16 us "
            "each, where Pool's parent needs about 16-29 us and its workers 3-4; see "
-           "docs/worker-pool.md, How fast",
+           "docs/worker-pool.md, 'How fast'",
     strict=False)
 def test_p1_tiny_tasks(benchmark, time_reference, time_subject, record_ratio):
     with multiprocessing.Pool(2) as peer:
@@ -174,7 +174,8 @@ def _mpire_executor():
 @pytest.mark.parametrize("peer_name", ["ProcessPoolExecutor", "loky", "mpire"])
 def test_p2_tiny_tasks_other_peers(benchmark, peer_name, time_reference, time_subject,
                                    record_ratio):
-    """Report only (performance.md, P2): seamless per task vs each peer's submit + result."""
+    """Report only (docs/design/benchmark-method.md: P2): seamless per task vs each peer's
+    submit + result."""
     import concurrent.futures
 
     if peer_name == "loky":

@@ -1,4 +1,5 @@
-"""Array transport against its floor and its peers (performance.md: T1, T1f, T2-T6).
+"""Array transport against its floor and its peers
+(docs/design/benchmark-method.md: T1, T1f, T2-T6).
 
 The floor of a round trip is one SHA-256 pass plus one copy of the input (a content-addressed
 library must hash every new input once), plus the function itself run in-process.  Each row
@@ -138,7 +139,8 @@ def test_t1f_first_use_after_trim(benchmark, pool2, time_reference, time_subject
     ref_s = time_reference(_floor(a), rounds=5)
     subj_s, _ = time_subject(_round_trip(a), setup=_trim_and_settle, rounds=3, warmup_rounds=0)
     benchmark.extra_info["dask_scatter_submit_ratio"] = _dask_ratio(a)
-    # performance.md: report only.  Fresh shmem pages cost about 0.3 s per 400 MB to touch.
+    # docs/design/benchmark-method.md: report only.  Fresh shmem pages cost about 0.3 s per
+    # 400 MB to touch.
     record_ratio(benchmark, ref_s, subj_s, bound_now=math.inf, goal=math.inf)
 
 
@@ -150,11 +152,13 @@ def _trim_and_settle():
 
 def _dask_ratio(a):
     """Dask scatter + submit on a local cluster as a multiple of hash + copy, when installed;
-    else the figure measured on the target machine (performance.md, section 2)."""
+    else the figure measured on the target machine (docs/design/benchmark-method.md,
+    "Groups and their floors")."""
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError:
-        return "1.7 (dask not installed in this environment; figure from performance.md)"
+        return ("1.7 (dask not installed in this environment; figure from "
+                "docs/design/benchmark-method.md)")
     floor = _floor(a)
     t = time.perf_counter()
     hashlib.sha256(memoryview(a)).digest()
@@ -303,7 +307,8 @@ def test_t5_peak_memory_800mb(benchmark, pool2, record_ratio):
     peak = sampler.peak - baseline
     assert result[3] == a[3] * 2
     del result, handle
-    # performance.md: "back within 5 % of the baseline" (the baseline's own value).
+    # docs/design/benchmark-method.md (T5): back within 5 % of the baseline (the baseline's own
+    # value).
     tolerance = 0.05 * baseline
     final = _settled_memory(baseline, tolerance=tolerance)
     benchmark.extra_info.update(peak_extra_bytes=peak, final_extra_bytes=final - baseline,

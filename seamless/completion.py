@@ -1,4 +1,4 @@
-"""Completion words for ``Transformation`` handles (docs/worker-pool.md).
+"""Completion words for ``Transformation`` handles (docs/design/scheduling.md, "Handle states").
 
 Every started handle owns one 32-bit word of a ``seamless._ipc.flags.Slab``; the word mirrors
 its status, its terminal move is a compare-and-swap, and waiters block on it: threads in

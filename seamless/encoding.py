@@ -53,8 +53,8 @@ _JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=Fal
 
 
 def canonical_json(value) -> str:
-    """The canonical JSON text of section 1.1 (one shared encoder: json.dumps with these
-    options would build a new one per call)."""
+    """The canonical JSON text (docs/design/identity-and-cache.md, "Canonical JSON"); one
+    shared encoder: json.dumps with these options would build a new one per call."""
     return _JSON.encode(value)
 
 
@@ -72,7 +72,7 @@ def unsupported_type_message(what: str, value, fix: str) -> str:
 
 
 class PendingChecksum:
-    """A result checksum that a pool worker is still computing (docs/worker-pool.md,
+    """A result checksum that a pool worker is still computing (docs/design/worker-pool.md,
     "Deferred result checksum"): the value is usable at once; whoever needs the checksum
     waits for it (``wait()``) or is called back (``add_callback``)."""
 
@@ -298,7 +298,8 @@ def checksum_of(value, what: str = "value") -> Checksum:
 # ---------------------------------------------------------------- arrays
 
 def _dtype_descr(dt):
-    """``D`` of section 1.2: ``dtype.str``, or a structured/subarray description."""
+    """The header's dtype (docs/design/identity-and-cache.md, "Arrays"): ``dtype.str``, or a
+    structured/subarray description."""
     if dt.subdtype is not None:
         base, shape = dt.subdtype
         return {"base": _dtype_descr(base), "shape": list(shape)}
@@ -377,7 +378,8 @@ def _write_array(arr, prefix: bytes, nbytes: int, dst, hasher):
 
 
 def _copy_structured(payload, arr):
-    """Copy field by field into zeroed memory, so padding bytes are zero (section 1.2)."""
+    """Copy field by field into zeroed memory, so padding bytes are zero
+    (docs/design/identity-and-cache.md, "Arrays")."""
     np = _import_numpy()
     payload[:] = 0
     typed = payload.view(arr.dtype).reshape(arr.shape)
@@ -620,7 +622,8 @@ _msgspec_decode = None
 def _fast_json():
     """msgspec's JSON decoder once msgspec is loaded (the worker pool loads it), else None:
     importing it here would slow down the start of the command-line tools.  It reads the
-    canonical JSON of section 1.1 to the same values as ``json.loads``, about ten times faster,
+    canonical JSON (docs/design/identity-and-cache.md, "Canonical JSON") to the same values as
+    ``json.loads``, about ten times faster,
     and raises ``ValueError`` (``msgspec.DecodeError``) on what only the json module accepts
     (``NaN``, ``Infinity``, out-of-range numbers, lone surrogates)."""
     global _msgspec_decode
@@ -664,7 +667,8 @@ _known: dict = {}
 
 
 def _remember_array(arr, enc: Encoded):
-    """Remember a decoded result array so passing it on costs O(1) (section 1.4)."""
+    """Remember a decoded result array so passing it on costs O(1)
+    (docs/design/identity-and-cache.md, "Passing a result on")."""
     key = id(arr)
     ref = weakref.ref(arr, lambda _r, key=key: _known.pop(key, None))
     _known[key] = (ref, enc)

@@ -1,6 +1,6 @@
 """Frames on a worker channel: encoding, sending with descriptors, incremental parsing.
 
-Wire format (docs/worker-pool.md), all integers little-endian:
+Wire format (docs/design/worker-pool.md, "The channel and its frames"), all integers little-endian:
 
     offset  size   field
     0       4      length: bytes after this field (at most 64 MiB)

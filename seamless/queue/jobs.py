@@ -15,7 +15,7 @@ in as ``now``) and carries out the *actions* they return, in order::
     stop()                                        (nothing starts any more: the server stops)
                                                   Drained       finishing, and nothing is left
 
-States (docs/cli.md, "seamless-queue")::
+States (docs/design/cli-and-queue.md, "Job states")::
 
     waiting ──(producers ended, foreign sidecars gone, twin ended)──► queued ──Start──► running
        │                                                                                 │

@@ -1,4 +1,4 @@
-"""Where a queue server lives, and whether that place is safe (docs/cli.md, "seamless-queue").
+"""Where a queue server lives, and whether that place is safe (docs/cli.md, "Queue").
 
 One server per working directory. Its files share one stem in the user's private runtime
 directory: ``queue-<h>.sock`` (the socket), ``queue-<h>.lock`` (an exclusive ``flock`` held for the

@@ -1,5 +1,6 @@
-"""The result value of a shell transformation: a canonical ``tree`` (docs/transformations.md
-and 2.1) ``{"exit": 0, "modes": {path: int | {sub path: int}}, "outputs": {path: bytes |
+"""The result value of a shell transformation: a canonical ``tree``
+(docs/design/identity-and-cache.md, "Shell command identity")
+``{"exit": 0, "modes": {path: int | {sub path: int}}, "outputs": {path: bytes |
 {sub path: bytes}}, "stdout": bytes}``. ``modes`` holds the permission bits (``0o777``) the
 command gave each output file, so a hit restores an executable script as executable; results
 stored before modes were recorded have no ``modes`` and are still read.

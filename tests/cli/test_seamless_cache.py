@@ -1,4 +1,5 @@
-"""``seamless-cache`` (cli.md, section 9): the installed command run as a subprocess on a private
+"""``seamless-cache`` (docs/cli.md, "seamless-cache"): the installed command run as a
+subprocess on a private
 cache that the test fills with ``PersistentCache.write_now`` and inspects afterwards with a new
 ``PersistentCache`` or with sqlite3 directly."""
 

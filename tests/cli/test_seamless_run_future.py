@@ -1,5 +1,5 @@
 """`seamless-run`: ``.FUTURE`` sidecars, waiting readers, stale sidecars and signals, end to end
-(cli.md, sections 1.7 and 2).
+(docs/cli.md, ".FUTURE sidecars").
 
 Every test runs the installed console script as real subprocesses (``cli`` fixture,
 conftest.py). Ordering is made deterministic without sleeps: a command blocks in a loop until a

@@ -1,4 +1,5 @@
-"""Several processes sharing one persistent cache directory (identity-and-cache.md, 4.5).
+"""Several processes sharing one persistent cache directory
+(docs/caching.md, "Sharing between processes").
 
 Four writer processes start at the same moment on a directory that does not exist yet (so they
 also race to create the database), each writing results that overlap: identical results under

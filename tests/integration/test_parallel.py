@@ -1,4 +1,4 @@
-"""parallel(), parallel_async() and TransformationList (spec: parallel.md).
+"""parallel(), parallel_async() and TransformationList (docs/parallel.md).
 
 In-process tests use the default executor; pool tests use spawn(N).  Concurrency is measured
 from timestamps written inside the jobs, never from wall-clock bounds.

@@ -678,7 +678,7 @@ def test_a_result_born_in_a_segment_travels_without_a_copy():
 
 def test_a_result_the_worker_cannot_place_fails_that_transformation_only():
     """No shared memory for a result: that transformation fails naming the size; the pool
-    goes on (worker-pool.md, 5: allocation)."""
+    goes on (docs/design/worker-pool.md, "What travels how")."""
 
     @delayed
     def no_room(n):
@@ -696,7 +696,8 @@ def test_a_result_the_worker_cannot_place_fails_that_transformation_only():
 
 
 def test_pool_start_raises_the_soft_descriptor_limit_to_the_hard_one():
-    """Segments are descriptors: the pool may hold many at once (worker-pool.md, 10)."""
+    """Segments are descriptors: the pool may hold many at once
+    (docs/design/worker-pool.md, "Processes and threads")."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

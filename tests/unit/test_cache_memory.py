@@ -1,4 +1,5 @@
-"""The in-memory caches (identity-and-cache.md, section 3); seamless.cache imports light."""
+"""The in-memory caches (docs/design/identity-and-cache.md, "The in-memory caches");
+seamless.cache imports light."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``.FUTURE`` sidecars (cli.md, section 2): records, ownership, heartbeat, staleness, waiting.
+"""``.FUTURE`` sidecars (docs/cli.md, ".FUTURE sidecars"): records, ownership, heartbeat,
+staleness, waiting.
 
 Files are aged with ``os.utime``; waits are on conditions with generous timeouts, never on
 elapsed time. Every process and thread a test starts is reaped or joined by that test.
@@ -520,7 +521,7 @@ def test_non_utf8_target_names_work(work):
 
 
 def test_the_module_stays_light(tmp_path):
-    """Creating a sidecar imports nothing heavy (cli.md, 1.8: the cache-hit path)."""
+    """Creating a sidecar imports nothing heavy (docs/cli.md, "Start-up")."""
     probe = ("import sys\n"
              "import seamless.cli\n"
              "before = set(sys.modules)\n"

@@ -1,5 +1,5 @@
 """The shell result codec (seamless/shell/result.py) and the bash identity (shell/identity.py)
-produce exactly the canonical bytes of identity-and-cache.md, checked against
+produce exactly the canonical bytes of docs/design/identity-and-cache.md, checked against
 ``seamless.encoding`` (the numpy-side implementation) and by hand."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The bounded word grammar of seamless-run (cli.md, 1.2): ``seamless.shell.words``.
+"""The bounded word grammar of seamless-run (docs/cli.md, "What makes two runs the same"):
+``seamless.shell.words``.
 
 Pure-function tests, plus a few cross-checks that run ``/bin/bash -c "printf '%s\\0' ..."`` in
 an empty ``tmp_path`` to prove that the words we find are the words bash itself passes on.
@@ -53,10 +54,10 @@ def bash_argvs(commands, cwd):
     return argvs
 
 
-# --- classification: the cli.md 1.2 table and every redirection ---------------------------------
+# --- classification: the docs/cli.md word rules and every redirection ---------------------------
 
 CLASSIFY = [
-    # cli.md 1.2 table
+    # docs/cli.md, "What makes two runs the same"
     ("paste a.txt b.txt", ["paste", "a.txt", "b.txt"], [], [], []),
     ("sort <a.txt | uniq -c >counts.txt", ["sort", "uniq", "-c"], ["a.txt"], ["counts.txt"], []),
     ("cat a.txt >> log.txt", ["cat", "a.txt"], [], ["log.txt"], ["log.txt"]),

@@ -1,4 +1,5 @@
-"""Canonical bytes and checksums, exactly as identity-and-cache.md section 1 fixes them."""
+"""Canonical bytes and checksums, exactly as docs/design/identity-and-cache.md, "Canonical bytes"
+fixes them."""
 
 from __future__ import annotations
 

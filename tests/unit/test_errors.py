@@ -1,4 +1,5 @@
-"""The exception hierarchy of errors.md: stdlib bases, attributes, pickling."""
+"""The exception hierarchy of docs/design/errors.md, "The hierarchy": stdlib bases, attributes,
+pickling."""
 
 from __future__ import annotations
 
