@@ -173,7 +173,7 @@ def _find(cwd: str, deadline: float):
 
 
 def _check_parent(files) -> None:
-    """Refuse a socket in a directory someone else could have planted (docs/cli.md, security);
+    """Refuse a socket in a directory someone else could have planted (docs/cli.md, "Queue");
     a missing directory simply means no server."""
     if os.path.isdir(os.path.dirname(files.socket)):
         try:
