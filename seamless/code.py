@@ -7,18 +7,36 @@ file name and line numbers, so tracebacks point at their file) and executing it 
 namespace: ``__builtins__``, the ``.globals`` entries, the ``.modules`` names and the function
 itself.  Compiled code objects are kept per code checksum, so a transformer called many times
 compiles once.
+
+Functions whose source cannot be read (``python -c``, ``python - <<EOF``, the plain REPL,
+``exec``) are identified by their compiled code object instead:
+
+- identity: ``_canonical`` walks the code object (bytecode, constants recursively,
+  names, argument counts, flags, exception table; not the file name nor line numbers) and the
+  function's defaults into bytes of its own format; the checksum is the SHA-256 of those bytes
+  after a tag naming the Python implementation and version, so a new Python version gives new
+  checksums.  ``marshal`` is not used for identity: its output depends on reference counts.
+- transport: the ``FunctionCode`` keeps its shape; its ``text`` is a marker line with that tag,
+  then ``marshal.dumps`` of the code object and of the defaults, base64-encoded.  The text is
+  made by the capturing process and travels like source text (pool workers keep it in their
+  codebook); where the body runs, ``_define`` checks the tag and rebuilds the function on the
+  fresh namespace.  Unmarshalled code objects are cached per checksum like compiled source;
+  defaults are unmarshalled for every namespace, as source re-evaluates them.
 """
 
 from __future__ import annotations
 
 import ast
+import base64
 import builtins
 import functools
 import hashlib
 import importlib
 import importlib.util
 import inspect
+import marshal
 import os
+import struct
 import sys
 import sysconfig
 import textwrap
@@ -32,13 +50,21 @@ __all__ = ["FunctionCode", "capture", "namespace_for", "ModuleEntry", "capture_m
 
 
 class FunctionCode(NamedTuple):
-    """A function's code text and where it came from."""
+    """A function's code text and where it came from.
+
+    ``text`` is the source text, or, for a function without readable source, its code object
+    in transport form (``kind == "code-object"``)."""
 
     name: str
     text: str
     checksum: Checksum
     filename: str
     first_line: int  # line of the ``def`` in ``filename``
+
+    @property
+    def kind(self) -> str:
+        """``"source"``, or ``"code-object"`` (marked text: source text starts with ``def``)."""
+        return "code-object" if self.text.startswith(_CODE_OBJECT_MARKER) else "source"
 
 
 def _refuse(kind: str, given: str, why: str, fix: str):
@@ -105,10 +131,7 @@ def _source_of(func, kind) -> FunctionCode:
         lines, start = inspect.getsourcelines(func)
         filename = inspect.getsourcefile(func) or func.__code__.co_filename
     except (OSError, TypeError):
-        raise TypeError(
-            f"{kind}() cannot use {func.__name__}: its source cannot be read (it was defined at "
-            f"the interactive prompt or by exec); define it in a file or a notebook cell"
-        ) from None
+        return _code_object_of(func, kind)
     source = textwrap.dedent("".join(lines))
     tree = ast.parse(source)
     node = next(n for n in tree.body
@@ -135,6 +158,122 @@ def compiled(code: FunctionCode):
         with _compiled_lock:
             _compiled[key] = obj
     return obj
+
+
+# ---------------------------------------------------------------- code objects
+
+_CODE_OBJECT_MARKER = "#seamless code object "
+_PYTHON_TAG = sys.implementation.cache_tag or (
+    f"{sys.implementation.name}-{sys.version_info[0]}{sys.version_info[1]}")
+
+
+def _blob(tag: bytes, data: bytes) -> bytes:
+    return tag + struct.pack("<Q", len(data)) + data
+
+
+def _canonical(value, where: str) -> bytes:
+    """Self-delimiting bytes of a constant, a default or a code object, equal in every process.
+
+    Exact types only (``True`` is not ``1``, ``-0.0`` is not ``0.0``); sets are sorted by
+    these bytes, so string hash randomisation does not change the result."""
+    kind = type(value)
+    if value is None:
+        return b"N"
+    if value is Ellipsis:
+        return b"E"
+    if kind is bool:
+        return b"T" if value else b"F"
+    if kind is int:
+        return _blob(b"i", value.to_bytes(value.bit_length() // 8 + 1, "little", signed=True))
+    if kind is float:
+        return b"f" + struct.pack("<d", value)
+    if kind is complex:
+        return b"c" + struct.pack("<dd", value.real, value.imag)
+    if kind is str:
+        return _blob(b"s", value.encode("utf-8", "surrogatepass"))
+    if kind is bytes:
+        return _blob(b"b", value)
+    if kind in (tuple, list):
+        return _blob(b"t" if kind is tuple else b"l",
+                     b"".join(_canonical(v, where) for v in value))
+    if kind in (frozenset, set):
+        return _blob(b"z" if kind is frozenset else b"S",
+                     b"".join(sorted(_canonical(v, where) for v in value)))
+    if kind is dict:
+        return _blob(b"d", b"".join(_canonical(k, where) + _canonical(v, where)
+                                    for k, v in value.items()))
+    if kind is types.CodeType:
+        return _blob(b"C", b"".join([
+            _canonical(value.co_name, where),
+            _canonical((value.co_argcount, value.co_posonlyargcount, value.co_kwonlyargcount,
+                        value.co_flags), where),
+            _blob(b"b", value.co_code),
+            _canonical(value.co_consts, where),
+            _canonical((value.co_names, value.co_varnames, value.co_freevars,
+                        value.co_cellvars), where),
+            _blob(b"x", getattr(value, "co_exceptiontable", b"")),
+        ]))
+    raise TypeError(f"{where} is a {kind.__qualname__}")
+
+
+def _code_object_of(func, kind: str) -> FunctionCode:
+    """Identify a function without readable source by its compiled code (module docstring)."""
+    code = func.__code__
+    defaults, kwdefaults = func.__defaults__, func.__kwdefaults__
+    named = dict(zip(code.co_varnames[code.co_argcount - len(defaults or ()):code.co_argcount],
+                     defaults or ()))
+    named.update(kwdefaults or {})
+    for param, value in named.items():
+        try:
+            _canonical(value, param)
+        except TypeError:
+            raise TypeError(
+                f"{kind}() cannot use {func.__name__}: its source cannot be read, so it travels "
+                f"as compiled code, and the default {param}={value!r:.60} (a "
+                f"{type(value).__qualname__}) cannot travel with it (make the default None, a "
+                f"bool, int, float, complex, str, bytes or a tuple, list, dict or set of these; "
+                f"or drop it and set {func.__name__}.args.{param}; or define {func.__name__} "
+                f"in a file)"
+            ) from None
+    identity = b"".join([_CODE_OBJECT_MARKER.encode(), _PYTHON_TAG.encode(), b"\n",
+                         _canonical(func.__name__, "name"),
+                         _canonical(code, f"a constant of {func.__name__}"),
+                         _canonical(defaults, "defaults"), _canonical(kwdefaults, "defaults")])
+    checksum = _trusted(hashlib.sha256(identity).hexdigest())
+    text = "\n".join([_CODE_OBJECT_MARKER + _PYTHON_TAG,
+                      base64.b64encode(marshal.dumps(code)).decode("ascii"),
+                      base64.b64encode(marshal.dumps((defaults, kwdefaults))).decode("ascii"),
+                      ""])
+    return FunctionCode(func.__name__, text, checksum, code.co_filename, code.co_firstlineno)
+
+
+def _function_from_code_object(code: FunctionCode, ns: dict):
+    """Rebuild a function captured as compiled code, its globals being ``ns``."""
+    header, code_b64, defaults_b64 = code.text.splitlines()
+    tag = header[len(_CODE_OBJECT_MARKER):]
+    if tag != _PYTHON_TAG:
+        raise RuntimeError(
+            f"{code.name} has no source: it was captured as compiled code of {tag}, and this "
+            f"process runs {_PYTHON_TAG}, whose bytecode differs (run it with the same Python "
+            f"version, or define {code.name} in a file so that it travels as source)")
+    key = (code.checksum, "code-object")
+    code_object = _compiled.get(key)
+    if code_object is None:
+        code_object = marshal.loads(base64.b64decode(code_b64))
+        with _compiled_lock:
+            _compiled[key] = code_object
+    defaults, kwdefaults = marshal.loads(base64.b64decode(defaults_b64))
+    func = types.FunctionType(code_object, ns, code.name, defaults)
+    func.__kwdefaults__ = kwdefaults
+    return func
+
+
+def _define(code: FunctionCode, ns: dict) -> None:
+    """Define ``code``'s function in ``ns`` under ``code.name``."""
+    if code.kind == "source":
+        exec(compiled(code), ns)
+    else:
+        ns[code.name] = _function_from_code_object(code, ns)
 
 
 # ---------------------------------------------------------------- modules
@@ -286,7 +425,8 @@ def namespace_for(code: FunctionCode, values: dict, functions: dict, modules: di
     """A fresh namespace holding only builtins, ``.modules``, ``.globals`` and the function.
 
     ``values``: name -> decoded value; ``functions``: name -> FunctionCode of a helper, defined
-    by executing its own code text (and renamed when bound under another name).
+    by executing its own code text or rebuilding its code object (and renamed when bound under
+    another name).
     Returns the function object.
     """
     ns = {"__builtins__": builtins}
@@ -294,8 +434,8 @@ def namespace_for(code: FunctionCode, values: dict, functions: dict, modules: di
         ns[name] = load_module(entry)
     ns.update(values)
     for name, helper in functions.items():
-        exec(compiled(helper), ns)
+        _define(helper, ns)
         if name != helper.name:
             ns[name] = ns.pop(helper.name)
-    exec(compiled(code), ns)
+    _define(code, ns)
     return ns[code.name]

@@ -583,11 +583,12 @@ def test_refused_callables(func, pattern):
         delayed(func)
 
 
-def test_function_without_source_is_refused():
+def test_function_without_source_runs_by_its_code_object():
     ns = {}
     exec("def made_by_exec(x):\n    return x\n", ns)
-    with pytest.raises(TypeError, match="define it in a file or a notebook cell"):
-        delayed(ns["made_by_exec"])
+    made = delayed(ns["made_by_exec"])
+    assert made._code.kind == "code-object"
+    assert made(3).run() == 3
 
 
 def test_function_defined_in_main_script(tmp_path):
