@@ -34,7 +34,8 @@ def build_parser():
                     "stdout and output files come from the cache without running anything.",
         epilog="One word is used verbatim as a bash command line (pipes, redirections); "
                "several words are quoted where needed and joined. Options come before the "
-               "command; `--` ends them.",
+               "command; `--` ends them. Data piped into seamless-run is an input and the "
+               "command's stdin (at most SEAMLESS_STDIN_MAX bytes, default 64 MiB).",
     )
     p.add_argument("-i", "--input", action="append", default=[], metavar="PATH",
                    help="declare an input file or directory the command does not name")
@@ -51,7 +52,8 @@ def build_parser():
                    help="send the job to the seamless-queue server of this directory and "
                         "return at once (a cache hit completes here)")
     p.add_argument("-v", "--verbose", action="store_true",
-                   help="report hit or miss, the checksum, the inputs and untracked words")
+                   help="report hit or miss, the checksum, the inputs (piped stdin "
+                        "included) and what is not tracked")
     p.add_argument("-q", "--quiet", action="store_true", help="no informational lines")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
