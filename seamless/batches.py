@@ -80,8 +80,13 @@ def _nparallel(nparallel) -> tuple:
         return config._py_positive_int("nparallel", nparallel,
                                        "parallel(tfs, nparallel={})"), None
     setting = config.get_setting("nparallel")
-    if setting.source != "default" or config.get("execution") == "remote":
+    if setting.source != "default":
         return setting.value, None
+    from .execution import dispatch
+
+    bound = dispatch.default_nparallel()  # a cluster: its worker threads now
+    if bound is not None:
+        return bound, None
     workers = min(config.get("workers"), setting.value)
     return setting.value, (workers, config.get("memory_cache") // _BYTES_SHARE)
 

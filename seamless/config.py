@@ -30,12 +30,17 @@ Internal interface for other modules (not part of the public API):
 
 - ``get(key)``: the value in force, defaults resolved: ``"execution"`` -> ``"process"`` |
   ``"spawn"`` | ``"remote"``; ``"workers"``, ``"nparallel"`` -> ``int >= 1``; ``"cache"`` ->
-  absolute directory ``str`` or ``None``; ``"memory_cache"`` -> ``int`` bytes; ``"scheduler"`` ->
+  absolute directory ``str`` or ``None`` (on by default: ``default_cache_dir()``, with source
+  ``"default"``); ``"cache_max"`` -> ``int`` bytes or ``None`` (no cap: see ``_resolve``);
+  ``"memory_cache"`` -> ``int`` bytes; ``"scheduler"`` ->
   ``str`` or ``None``; ``"dask_client"`` -> the client given to ``init(dask_client=)`` or ``None``.
 - ``get_setting(key)``: the ``Setting(value, source)`` of one key (e.g. to tell a default
   ``nparallel``, which under ``remote`` means "the cluster's thread count", from a chosen one).
 - ``generation()``: an ``int`` bumped by every change (init, set_*, re-read, reset).
 - ``command_cache_dir()``: the commands' cache directory (docs/cli.md).
+- ``cache_is_implicit()``: whether the cache in force is the default directory nobody chose
+  (big results then stay in memory, docs/caching.md).
+- ``command_cache_max(directory)``: the size cap ``seamless-cache`` applies to a directory.
 - ``_set_python(key, value)``: set (``None``: clear) a Python-call setting at rank 1, as
   ``init()`` does for one key; ``spawn(N)`` uses it to make ``N`` the ``workers`` in force.
   The caller checks its own argument first, with its own message.
@@ -68,7 +73,7 @@ logger = logging.getLogger("seamless")
 PROJECT_FILE = "seamless.yaml"
 PROFILE_FILE = "seamless.profile.yaml"
 
-KEYS = ("cache", "execution", "memory_cache", "nparallel", "scheduler", "workers")
+KEYS = ("cache", "cache_max", "execution", "memory_cache", "nparallel", "scheduler", "workers")
 # The default nparallel is this many items per worker at most (docs/parallel.md):
 # ``parallel()`` pulls fewer while the items it holds have large inputs, never fewer than
 # ``workers``; ``get_nparallel()`` reports this upper bound.
@@ -76,6 +81,7 @@ NPARALLEL_DEPTH = 8
 EXECUTIONS = ("process", "spawn", "remote")
 ENV_VARS = {
     "cache": "SEAMLESS_CACHE",
+    "cache_max": "SEAMLESS_CACHE_MAX",
     "execution": "SEAMLESS_EXECUTION",
     "nparallel": "SEAMLESS_NPARALLEL",
     "scheduler": "SEAMLESS_SCHEDULER",
@@ -107,6 +113,16 @@ _MEMORY_TEXT = ("memory_cache must be a number of bytes, a size with a unit such
 _SCHEDULER_TEXT = "scheduler must be a Dask scheduler address such as 'tcp://host:8786'"
 _CACHE_TEXT = "cache must be a directory path, true or false"
 _PY_CACHE_TEXT = "cache must be a directory path, True or False"
+# The persistent cache is on by default (docs/caching.md). SEAMLESS_CACHE accepts these words
+# besides a directory (a directory of such a name is written "./off").
+_CACHE_OFF_WORDS = ("off", "false", "no", "0", "none")
+_CACHE_ON_WORDS = ("on", "true", "yes", "1")
+# cache_max: the cap of the implicit default directory, as ccache's default (5 GiB) and for
+# the same reason: large enough for a working set of results, small enough that a user who
+# never configured anything does not find gigabytes more of their disk gone.
+DEFAULT_CACHE_MAX = 5 * 2**30
+_CACHE_MAX_TEXT = ("cache_max must be a number of bytes or a size with a unit such as '5GiB' or "
+                   "'500MB' (units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB); 0 means no cap")
 
 
 class Setting(NamedTuple):
@@ -158,11 +174,12 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep     # .../sea
 
 
 def init(*, workdir=None, cache=None, execution=None, workers=None, nparallel=None,
-         scheduler=None, dask_client=None, memory_cache=None) -> None:
+         scheduler=None, dask_client=None, memory_cache=None, cache_max=None) -> None:
     """Read (or re-read) the files and environment, then apply the keywords at rank 1.
 
     A keyword left at ``None`` is not set by this call; ``cache=False`` turns the persistent cache
-    off.  ``dask_client`` implies ``execution='remote'``.  Nothing changes when a check fails.
+    off (it is on by default, docs/caching.md).  ``dask_client`` implies
+    ``execution='remote'``.  Nothing changes when a check fails.
     Inside a pool worker it does nothing: workers take their settings from the parent (and
     must never open the persistent cache).
     """
@@ -184,6 +201,8 @@ def init(*, workdir=None, cache=None, execution=None, workers=None, nparallel=No
         updates["scheduler"] = _py_scheduler(scheduler)
     if memory_cache is not None:
         updates["memory_cache"] = _py_memory_cache(memory_cache)
+    if cache_max is not None:
+        updates["cache_max"] = _py_cache_max(cache_max)
     if dask_client is not None:
         _py_dask_client(dask_client)
         if execution is not None and execution != "remote":
@@ -326,7 +345,8 @@ def command_cache_dir() -> str:
     ``set_workdir()`` do not apply: the commands run in their working directory.
     """
     env = os.environ.get("SEAMLESS_CACHE")
-    if env:
+    if env and env.strip().lower() not in _CACHE_OFF_WORDS + _CACHE_ON_WORDS:
+        # The commands always have a cache: "off" (for the Python API) falls through.
         return os.path.abspath(os.path.expanduser(env))
     cwd = _current_dir()
     if (os.path.exists(os.path.join(cwd, PROJECT_FILE))
@@ -338,6 +358,39 @@ def command_cache_dir() -> str:
         if isinstance(value, str):
             return value
     return default_cache_dir()
+
+
+def cache_is_implicit() -> bool:
+    """Whether the persistent cache in force is the default directory that nobody configured
+    (``cache: true`` or ``SEAMLESS_CACHE=on`` choose it explicitly)."""
+    setting = get_setting("cache")
+    return setting.value is not None and setting.source == "default"
+
+
+def command_cache_max(directory: str):
+    """The cap (bytes, or ``None``: none) of ``seamless-cache trim`` for ``directory``:
+    ``SEAMLESS_CACHE_MAX``, else ``cache_max:`` of the files in the cwd, else the default cap
+    when ``directory`` is the default directory (an explicit one has no cap unless given)."""
+    chosen = None
+    env = os.environ.get("SEAMLESS_CACHE_MAX")
+    if env:
+        try:
+            chosen = _env_value("cache_max", env)
+        except _BadValue as exc:
+            raise ConfigurationError(f"environment variable SEAMLESS_CACHE_MAX: {exc.args[0]}",
+                                     source="SEAMLESS_CACHE_MAX", line=None, key="cache_max",
+                                     value=env) from None
+    else:
+        cwd = _current_dir()
+        if (os.path.exists(os.path.join(cwd, PROJECT_FILE))
+                or os.path.exists(os.path.join(cwd, PROFILE_FILE))):
+            for key, entry in _read_files(cwd):
+                if key == "cache_max":
+                    chosen = entry.value
+    if chosen is not None:
+        return chosen or None
+    same = os.path.abspath(directory) == os.path.abspath(default_cache_dir())
+    return DEFAULT_CACHE_MAX if same else None
 
 
 def default_cache_dir() -> str:
@@ -426,7 +479,14 @@ def _env_value(key: str, raw: str):
             raise _BadValue(f"execution must be one of {', '.join(EXECUTIONS)}, got {raw!r}")
         return raw
     if key == "cache":
+        word = raw.strip().lower()
+        if word in _CACHE_OFF_WORDS:
+            return False
+        if word in _CACHE_ON_WORDS:
+            return True
         return os.path.abspath(os.path.expanduser(raw))
+    if key == "cache_max":
+        return _cache_max_value(raw.strip())
     return raw      # scheduler
 
 
@@ -483,12 +543,21 @@ def _resolve(python: dict, client, env_layer: dict, file_layer: list, workdir: s
     settings["execution"] = pick("execution", "process")
     settings["workers"] = pick("workers", usable_cpu_count)
     settings["nparallel"] = pick("nparallel", NPARALLEL_DEPTH * settings["workers"].value)
-    cache = pick("cache", False)
+    cache = pick("cache", True)
     if cache.value is True:
         cache = Setting(default_cache_dir(), cache.source)
     elif cache.value is False:
         cache = Setting(None, cache.source)
     settings["cache"] = cache
+    cap = pick("cache_max", None)
+    if cap.value is None:
+        # The default directory nobody chose is capped; a configured one is as large as its
+        # owner lets it grow, unless cache_max says otherwise.
+        implicit = cache.value is not None and cache.source == "default"
+        cap = Setting(DEFAULT_CACHE_MAX if implicit else None, cap.source)
+    elif cap.value == 0:
+        cap = Setting(None, cap.source)
+    settings["cache_max"] = cap
     settings["scheduler"] = pick("scheduler", None)
     memory = chosen["memory_cache"]
     if memory is None or memory.value is None:
@@ -673,8 +742,9 @@ class _FileParser:
                                  f"here")
         elif key == "persistent":
             self.warn(line, key, "key 'persistent' is an upstream Seamless setting and is "
-                                 "ignored here; for a persistent cache use '- cache: DIR' "
-                                 "(or '- cache: true' for the default directory)")
+                                 "ignored here; the persistent cache is on by default "
+                                 "('- cache: DIR' chooses its directory, '- cache: off' "
+                                 "turns it off)")
         elif key == "remote" and value == "daskserver":
             self.warn(line, key, "'remote: daskserver' is an upstream Seamless setting and is "
                                  "ignored here; Dask is the only remote backend (use "
@@ -778,7 +848,11 @@ def _file_value(key: str, value, directory: str):
             return value
         if not isinstance(value, str) or not value.strip():
             raise _BadValue(f"{_CACHE_TEXT}, got {value!r}")
+        if value.strip().lower() in ("off", "none"):
+            return False
         return os.path.normpath(os.path.join(directory, os.path.expanduser(value)))
+    if key == "cache_max":
+        return _cache_max_value(value)
     return _memory_value(value)
 
 
@@ -800,6 +874,20 @@ def _memory_value(value):
             return ("bytes", round(float(m.group(1)) * _UNITS[m.group(2).lower()]))
         raise _BadValue(f"{_MEMORY_TEXT}, got {value!r}")
     raise _BadValue(f"{_MEMORY_TEXT}, got {value!r} ({_type_note(value)})")
+
+
+def _cache_max_value(value) -> int:
+    """``cache_max``: bytes (0: no cap).  Raises _BadValue; a percentage is refused because
+    the size of the file system under a shared directory is not a fixed quantity."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip())
+    try:
+        parsed = _memory_value(value)
+    except _BadValue:
+        raise _BadValue(f"{_CACHE_MAX_TEXT}, got {value!r}") from None
+    if parsed[0] != "bytes":
+        raise _BadValue(f"{_CACHE_MAX_TEXT}, got {value!r} (a percentage is not accepted)")
+    return parsed[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -888,6 +976,16 @@ def _py_memory_cache(value):
         raise ValueError(f"{exc.args[0]} ({fix})") from None
 
 
+def _py_cache_max(value):
+    fix = "use seamless.config.init(cache_max='5GiB')"
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"{_CACHE_MAX_TEXT}, got {value!r} ({_type_note(value)}; {fix})")
+    try:
+        return _cache_max_value(value)
+    except _BadValue as exc:
+        raise ValueError(f"{exc.args[0]} ({fix})") from None
+
+
 def _py_dask_client(value):
     if isinstance(value, str):
         raise TypeError(f"dask_client must be a distributed.Client, got {value!r} (a str; for "
@@ -901,6 +999,7 @@ def _py_dask_client(value):
 
 _PY_CHECKS = {
     "cache": _py_cache,
+    "cache_max": _py_cache_max,
     "execution": _py_execution,
     "memory_cache": _py_memory_cache,
     "nparallel": lambda v: _py_positive_int("nparallel", v, "seamless.config.init(nparallel={})"),

@@ -32,6 +32,7 @@ from .encoding import Encoded, PendingChecksum, decode, resolved
 from .errors import (RemoteTraceback, SeamlessError, TransformationCancelledError,
                      TransformationError, WorkerCrashedError, error_class)
 from .execution import dispatch
+from .execution.backend import materialize
 from .execution.runner import Failure, Outcome, Work
 
 __all__ = ["Transformation"]
@@ -415,7 +416,7 @@ class Transformation:
         if status == DONE:
             if self._value is _NO_VALUE:
                 result: Encoded = self._outcome.result
-                self._value = decode(result.kind, result.buffer, result.checksum)
+                self._value = decode(result.kind, materialize(result.buffer), result.checksum)
             return self._value
         if status in (FAILED, CANCELLED):
             raise self._error()

@@ -281,12 +281,13 @@ def spawn(N=None) -> None:
         if N <= 0:
             raise ValueError(f"spawn() needs a positive integer number of workers, got {N!r}; "
                              f"use spawn() for the default worker count")
-    if dispatch._worker_backend is not None:
+    if dispatch.in_worker():
         raise RuntimeError("spawn() cannot be called inside a pool worker: nested "
                            "transformations already use the parent's pool")
-    if dispatch.has_spawned():
+    pool = dispatch.live_backend("spawn")
+    if pool is not None:
         raise RuntimeError(
-            f"spawn() was already called: a pool of {dispatch.pool_size()} workers is active "
+            f"spawn() was already called: {pool.describe()} is active "
             f"(call spawn() once, check has_spawned() first, or seamless.close() the pool "
             f"before spawning a new one)")
     if config.get("execution") == "remote":
@@ -297,7 +298,7 @@ def spawn(N=None) -> None:
     if N is not None:
         config._set_python("workers", N)
     config._set_python("execution", "spawn")
-    dispatch.start_pool(config.get("workers"))
+    dispatch.backend("spawn")
 
 
 def has_spawned() -> bool:

@@ -1,8 +1,19 @@
-"""Test-wide checks: the installed package is tested, on the backend the run asked for."""
+"""Test-wide checks: the installed package is tested, on the backend the run asked for, and
+never with the user's own cache.
+
+The persistent cache is on by default (docs/caching.md), in ``$XDG_CACHE_HOME/seamless``. For
+the whole session ``XDG_CACHE_HOME`` points at a temp directory this file creates and removes,
+and ``SEAMLESS_CACHE=off``, so a test (and every process it starts, which inherits the
+environment) computes what it computes: a result of another test, or of an earlier run, is
+never a hit. A test about the persistent cache configures its own directory, or for the
+default one sets ``XDG_CACHE_HOME`` and removes ``SEAMLESS_CACHE`` in its own environment.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -18,6 +29,22 @@ def _requested_backend() -> str:
 def pytest_report_header(config):
     return (f"seamless {seamless.__version__} from {os.path.dirname(seamless.__file__)}; "
             f"_ipc backend {seamless._ipc.BACKEND} {seamless._ipc.backends()}")
+
+
+_PRIVATE_XDG_CACHE = None
+
+
+def pytest_configure(config):
+    """Before any test module is imported: no test can reach the user's cache."""
+    global _PRIVATE_XDG_CACHE
+    _PRIVATE_XDG_CACHE = tempfile.mkdtemp(prefix="seamless-tests-xdg-cache-")
+    os.environ["XDG_CACHE_HOME"] = _PRIVATE_XDG_CACHE
+    os.environ["SEAMLESS_CACHE"] = "off"
+
+
+def pytest_unconfigure(config):
+    if _PRIVATE_XDG_CACHE is not None:
+        shutil.rmtree(_PRIVATE_XDG_CACHE, ignore_errors=True)
 
 
 def pytest_sessionstart(session):

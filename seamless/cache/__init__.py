@@ -4,11 +4,17 @@
 - ``memory_buffers``: a ``BufferCache`` whose byte bound follows ``seamless.config``'s
   ``memory_cache``: every ``get``/``put`` compares ``config.generation()`` with the generation it
   last applied and, when it changed, re-reads the bound (shrinking evicts at once).
-- ``persistent()``: the ``PersistentCache`` of ``config.get("cache")``, or ``None`` when the
-  persistent cache is off. One instance per directory, opened on first use and kept for the life
-  of the process (a directory that was configured earlier may still have queued writes). A
-  directory that cannot be opened gives one ``CacheWarning`` and ``None`` for the rest of the
-  process; the Python API then works from memory only.
+- ``persistent()``: the ``PersistentCache`` of ``config.get("cache")`` (on by default: the
+  default directory), or ``None`` when the persistent cache is off. It also hands the instance
+  its size cap, ``config.get("cache_max")``, which its writer thread enforces. One instance per
+  directory, opened on first use and kept for the life of the process (a directory that was
+  configured earlier may still have queued writes). A directory that cannot be opened gives one
+  ``CacheWarning`` and ``None`` for the rest of the process; the Python API then works from
+  memory only.
+- ``store_result(...)``: what the dispatcher calls for every new result: a queued write to
+  ``persistent()``, except results above ``IMPLICIT_RESULT_MAX`` bytes while the directory is
+  the implicit default (they stay in memory: a user who configured nothing should not find
+  multi-gigabyte arrays copied to their home directory; configuring a directory stores all).
 - ``flush()``: waits for the queued writes of every open persistent cache; registered with
   ``atexit`` (and called by ``seamless.close()``).
 
@@ -34,7 +40,7 @@ import _thread  # not threading: a command-line hit loads this package
 from seamless.cache.memory import BufferCache, ResultMap
 
 __all__ = [
-    "memory_results", "memory_buffers", "persistent", "flush",
+    "memory_results", "memory_buffers", "persistent", "store_result", "flush",
     "ResultMap", "BufferCache", "PersistentCache",
 ]
 
@@ -125,20 +131,30 @@ class _ConfiguredBufferCache(BufferCache):
 memory_results = ResultMap()
 memory_buffers = _ConfiguredBufferCache()
 
+# Results larger than this are not written to the implicit default directory. Not a setting:
+# configuring the directory (cache: DIR, or cache: true) is how to say "store everything".
+IMPLICIT_RESULT_MAX = 64 << 20
+
 _lock = _thread.allocate_lock()
 _caches: dict = {}  # directory -> PersistentCache
 _failed: set[str] = set()
-_last = (None, None)  # (config generation, what persistent() returned for it)
+# (config generation, what persistent() returned for it, whether that is the implicit default)
+_last = (None, None, False)
 
 
 def persistent():
     """The persistent cache configured now, or ``None`` (off, or unusable: warned once)."""
+    return _persistent_and_implicit()[0]
+
+
+def _persistent_and_implicit():
+    """``(persistent(), whether it is the implicit default directory)``."""
     global _last
     config = _config()
     generation = config.generation()
-    last_generation, last = _last
+    last_generation, last, implicit = _last
     if generation == last_generation:
-        return last
+        return last, implicit
     directory = config.get("cache")
     error = None
     cache = None
@@ -156,14 +172,32 @@ def persistent():
                     error = e
                 else:
                     _caches[directory] = cache
-    _last = (generation, cache)
+    if cache is not None:
+        cache.max_bytes = config.get("cache_max")
+    implicit = cache is not None and config.cache_is_implicit()
+    _last = (generation, cache, implicit)
     if error is not None:
         warn_cache(
             f"could not open the persistent cache at {directory} ({error}); results stay in "
             "memory only for the rest of this process (fix the directory, or choose another "
             "one with SEAMLESS_CACHE or seamless.config.init(cache=...))"
         )
-    return cache
+    return cache, implicit
+
+
+def store_result(tf_cs, kind, result_cs, buffer, duration, label) -> None:
+    """Queue a new result for the persistent cache in force (see the module docstring)."""
+    store, implicit = _persistent_and_implicit()
+    if store is None:
+        return
+    if implicit and memoryview(buffer).nbytes > IMPLICIT_RESULT_MAX:
+        from seamless.cache.persistent import _log
+
+        _log.debug("result %s of %s (%d bytes) stays in memory: larger than %d bytes and the "
+                   "cache directory is the implicit default", result_cs, label,
+                   memoryview(buffer).nbytes, IMPLICIT_RESULT_MAX)
+        return
+    store.write(tf_cs, kind, result_cs, buffer, duration, label=label)
 
 
 def flush() -> None:
@@ -186,7 +220,7 @@ def _reset_for_tests() -> None:
         opened = list(_caches.values())
         _caches.clear()
         _failed.clear()
-        _last = (None, None)
+        _last = (None, None, False)
     for cache in opened:
         cache.close()
     memory_results.clear()

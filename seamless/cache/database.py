@@ -13,7 +13,9 @@ connections: a pid check makes it open its own.
 Transactions are short and explicit (autocommit mode, ``BEGIN IMMEDIATE`` for writes, so a
 writer takes the write lock up front and ``busy_timeout`` = 30 s serialises writers across
 processes). Failures to open, create or validate the database raise ``CacheError``; a database
-whose ``meta.schema`` is unknown is not modified at all.
+whose ``meta.schema`` is unknown is not modified at all. A database of this schema written
+before ``results.label`` existed gets the column on first open (``_add_label``); its old rows
+have no label.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ CREATE TABLE IF NOT EXISTS results (transformation TEXT PRIMARY KEY,
                                     result TEXT NOT NULL,
                                     kind TEXT NOT NULL,
                                     created REAL NOT NULL,
-                                    duration REAL) WITHOUT ROWID;
+                                    duration REAL,
+                                    label TEXT) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS results_by_result ON results(result);
 CREATE TABLE IF NOT EXISTS buffers (checksum TEXT PRIMARY KEY,
                                     size INTEGER NOT NULL,
@@ -196,7 +199,10 @@ class Database:
             self._check_schema(schema)
             if schema is not None:
                 # Ours already: created in WAL mode, which is persistent. Opening takes no
-                # write lock (the command line's cache-hit path opens it on every run).
+                # write lock (the command line's cache-hit path opens it on every run) unless
+                # the database predates the ``label`` column.
+                if not self._has_label(conn):
+                    self._add_label()
                 return
             mode = self._enable_wal(conn)
             if mode != "wal":
@@ -222,6 +228,21 @@ class Database:
         except sqlite3.Error as e:
             self.close()
             raise self._open_error(e) from e
+
+    @staticmethod
+    def _has_label(conn) -> bool:
+        return any(row[1] == "label" for row in conn.execute("PRAGMA table_info(results)"))
+
+    def _add_label(self) -> None:
+        """Upgrade a database written before results had a ``label`` in place.
+
+        Additive, so the schema number stays (older versions of seamless name their columns
+        and keep working on it). Several processes may open it at once: the write lock
+        serialises them and the column is re-checked under it, so exactly one adds it.
+        """
+        with self.transaction() as c:
+            if not self._has_label(c):
+                c.execute("ALTER TABLE results ADD COLUMN label TEXT")
 
     def _open_error(self, e: sqlite3.Error) -> CacheError:
         text = str(e)

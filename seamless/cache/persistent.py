@@ -17,7 +17,19 @@ Data flow:
   reference to the caller's buffer until it is written, then drops it. The thread is started on
   the first job and ends after ``_IDLE_EXIT`` seconds without work (so an idle process has no
   cache thread); the next job starts a new one. ``flush()`` waits until this instance's queued
-  jobs are done. The writer also applies ``last_used`` updates, at most one per buffer per hour.
+  jobs are done. The writer also applies ``last_used`` updates (a hit records its time in
+  ``_touches``; one job writes all recorded ones in one transaction), at most one per buffer
+  per ``RECENCY_INTERVAL``.
+- **Size cap** (``max_bytes``, set by ``seamless.cache.persistent()`` from ``cache_max``): after
+  each queued write the writer thread adds the bytes to an estimate of the directory's total;
+  when the estimate passes the cap, or was last measured more than ``_MEASURE_EVERY`` ago, it
+  sums the ``buffers`` rows, and a total above the cap is trimmed (``trim``) to
+  ``TRIM_TO`` of it, least recently used first. Several processes may trim at once: a row is
+  deleted only if its ``last_used`` is still the one read, and a file is unlinked only by the
+  process whose delete removed its row. A process that found a row just before it went reads
+  a missing file: ``BufferMissing``, the rows are dropped, the lookup is a miss, the result is
+  computed again. Synchronous writes (``write_now``, ``write_stream_now``: the command line)
+  never trim; ``seamless-cache trim`` does it on demand.
 - **Failed writes** (no space, file too large, read-only, permission, quota, SQLite errors) leave
   no temp file and no row. The writer thread never warns itself: a warning raised there would be
   invisible to the user, and under ``-W error`` it would kill the thread. It records the failure
@@ -28,8 +40,8 @@ Data flow:
   the seamless package.
 
 The ``stats``/``verify``/``clear``/``gc``/``entries``/``remove`` methods are the primitives
-of the ``seamless-cache`` command (section 4.7); each is safe while other processes use the
-directory.
+of the ``seamless-cache`` command (docs/cli.md, "seamless-cache"); each is safe while other
+processes use the directory.
 
 After ``os.fork()`` the child starts with an empty queue, no writer thread and no connections
 (the parent's pending jobs stay the parent's).
@@ -50,7 +62,7 @@ import weakref
 from seamless.cache.buffers import (
     BufferCorrupt, BufferMissing, BufferStore, check_checksum, makedirs_0700,
 )
-from seamless.cache.database import TOUCH_INTERVAL, Database
+from seamless.cache.database import Database
 from seamless.cache.result_index import ResultIndex
 from seamless.checksum import Checksum
 from seamless.errors import CacheError, CacheWarning
@@ -72,6 +84,14 @@ _log = _LazyLogger()
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _IDLE_EXIT = 5.0
 _TEMP_MAX_AGE = 3600.0
+# A hit refreshes its buffer's last_used (what trim and gc evict by) at most this often.
+RECENCY_INTERVAL = 60.0
+# A trim leaves this fraction of the cap, so the next one is many writes away.
+TRIM_TO = 0.9
+_MEASURE_EVERY = 60.0
+_LABEL_MAX = 200  # characters of a label kept (it is only shown by seamless-cache list)
+# Timestamps of rows; tests replace it with a counter to order events exactly.
+_clock = time.time
 
 _LOOKUP = (
     "SELECT r.kind, r.result, b.size, b.last_used FROM results AS r "
@@ -229,7 +249,11 @@ class PersistentCache:
         self._pending_cond = threading.Condition(threading.Lock())
         self._warnings: list[str] = []
         self._warn_lock = threading.Lock()
-        self._touching: set = set()
+        self._touches: dict = {}  # buffer checksum -> time of its latest unrecorded hit
+        self._touch_queued = False
+        self.max_bytes = None     # the size cap (bytes) of queued writes; None: no cap
+        self._estimate = None     # bytes in the directory: last sum plus writes since
+        self._measured_at = 0.0
         _instances.add(self)
 
     def __repr__(self):
@@ -384,32 +408,36 @@ class PersistentCache:
         )
 
     def _maybe_touch(self, cs: str, last_used) -> None:
-        now = time.time()
-        if last_used is not None and now - last_used < TOUCH_INTERVAL:
+        """Record a hit of ``cs``; the writer thread stores the recorded hits in one batch."""
+        now = _clock()
+        if last_used is not None and now - last_used < RECENCY_INTERVAL:
             return
         with self._state_lock:
-            if cs in self._touching or self._closed:
+            if self._closed:
                 return
-            self._touching.add(cs)
-            self._submit(self._do_touch, (cs,))
+            self._touches[cs] = now
+            if not self._touch_queued:
+                self._touch_queued = True
+                self._submit(self._do_touches, ())
 
-    def _do_touch(self, cs: str) -> None:
-        now = time.time()
+    def _do_touches(self) -> None:
+        with self._state_lock:
+            touches, self._touches = self._touches, {}
+            self._touch_queued = False
         try:
             with self._db.transaction() as c:
-                c.execute(
+                c.executemany(
                     "UPDATE buffers SET last_used = ? WHERE checksum = ? AND last_used < ?",
-                    (now, cs, now - TOUCH_INTERVAL),
+                    [(when, cs, when) for cs, when in touches.items()],
                 )
         except sqlite3.Error as e:
-            _log.debug("could not update last_used of %s in %s: %s", cs, self.directory, e)
-        finally:
-            with self._state_lock:
-                self._touching.discard(cs)
+            _log.debug("could not update last_used of %d buffers in %s: %s", len(touches),
+                       self.directory, e)
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _check_write_args(self, tf_cs, kind, result_cs, buffer, duration, replace):
+    def _check_write_args(self, tf_cs, kind, result_cs, buffer, duration, replace, label=None):
+        _check_label(label)
         check_checksum("tf_cs", tf_cs)
         check_checksum("result_cs", result_cs)
         if not isinstance(kind, str) or not kind:
@@ -426,43 +454,49 @@ class PersistentCache:
                     "bytes(buffer))"
                 )
 
-    def write(self, tf_cs, kind, result_cs, buffer, duration=None, replace=False) -> None:
+    def write(self, tf_cs, kind, result_cs, buffer, duration=None, replace=False,
+              label=None) -> None:
         """Queue the storage of a successful result; returns at once (see ``flush``).
 
         ``buffer`` (bytes or a C-contiguous buffer of exactly the canonical bytes of
         ``result_cs``) is referenced until written and must not change meanwhile.
         ``replace=True`` overwrites an existing results row (``seamless-run --no-cache``).
+        ``label``: what ``seamless-cache list`` shows for it (a function name, a command).
         """
-        self._check_write_args(tf_cs, kind, result_cs, buffer, duration, replace)
+        self._check_write_args(tf_cs, kind, result_cs, buffer, duration, replace, label)
         with self._state_lock:
             if self._closed:
                 raise RuntimeError(f"{self!r} is closed; open a new PersistentCache")
-            self._submit(self._job_write, (tf_cs, kind, result_cs, buffer, duration, replace))
+            self._submit(self._job_write,
+                         (tf_cs, kind, result_cs, buffer, duration, replace, label))
         self._emit_warnings()
 
-    def write_now(self, tf_cs, kind, result_cs, buffer, duration=None, replace=False) -> bool:
+    def write_now(self, tf_cs, kind, result_cs, buffer, duration=None, replace=False,
+                  label=None) -> bool:
         """Store a result synchronously; ``True`` when its rows are in place.
 
         A failure is reported like a queued one (one ``CacheWarning`` per directory and errno,
         emitted here) and returns ``False``.
         """
-        self._check_write_args(tf_cs, kind, result_cs, buffer, duration, replace)
+        self._check_write_args(tf_cs, kind, result_cs, buffer, duration, replace, label)
         if self._closed:
             raise RuntimeError(f"{self!r} is closed; open a new PersistentCache")
-        ok, message = self._do_write(tf_cs, kind, result_cs, buffer, duration, replace)
+        ok, message = self._do_write(tf_cs, kind, result_cs, buffer, duration, replace, label)
         if message is not None:
             warn_cache(message)
         return ok
 
-    def write_stream_now(self, tf_cs, kind, pieces, size_hint, duration=None, replace=False):
+    def write_stream_now(self, tf_cs, kind, pieces, size_hint, duration=None, replace=False,
+                         label=None):
         """Store a result given as pieces of its canonical bytes (about ``size_hint`` bytes),
         synchronously; returns its checksum, or ``None`` when the write failed (reported like
-        ``write_now``).
+        ``write_now``). ``label``: as for ``write`` (seamless-run passes the command).
 
         For the command line, whose results (a command's stdout, its output files) are streamed
         from files rather than held in memory.
         """
         check_checksum("tf_cs", tf_cs)
+        _check_label(label)
         if self._closed:
             raise RuntimeError(f"{self!r} is closed; open a new PersistentCache")
         try:
@@ -472,7 +506,7 @@ class PersistentCache:
             if message is not None:
                 warn_cache(message)
             return None
-        ok, message = self._do_rows(tf_cs, kind, result_cs, size, duration, replace)
+        ok, message = self._do_rows(tf_cs, kind, result_cs, size, duration, replace, label)
         if message is not None:
             warn_cache(message)
         return Checksum(result_cs) if ok else None
@@ -489,12 +523,33 @@ class PersistentCache:
                 self._pending_cond.notify_all()
 
     def _job_write(self, *args) -> None:
-        _, message = self._do_write(*args)
+        ok, message = self._do_write(*args)
         if message is not None:
             with self._warn_lock:
                 self._warnings.append(message)
+        if ok and self.max_bytes is not None:
+            self._keep_under_cap(memoryview(args[3]).nbytes)
 
-    def _do_write(self, tf_cs, kind, result_cs, buffer, duration, replace):
+    def _keep_under_cap(self, written: int) -> None:
+        """On the writer thread, after a write of ``written`` bytes: trim when over the cap."""
+        cap = self.max_bytes
+        now = time.monotonic()
+        if self._estimate is not None:
+            self._estimate += written
+        try:
+            if (self._estimate is None or self._estimate > cap
+                    or now - self._measured_at > _MEASURE_EVERY):
+                self._estimate = self.total_bytes()
+                self._measured_at = now
+            if self._estimate > cap:
+                done = self.trim(cap)
+                self._estimate = done["total"]
+        except (sqlite3.Error, OSError) as e:
+            # The directory stays over its cap until the next write tries again.
+            _log.debug("could not trim the persistent cache at %s: %s", self.directory, e)
+            self._estimate = None
+
+    def _do_write(self, tf_cs, kind, result_cs, buffer, duration, replace, label=None):
         """Write file then rows; return ``(ok, message)``: ``message`` is the warning text of a
         failure reported for the first time, else ``None`` (repeats are logged at DEBUG)."""
         try:
@@ -502,12 +557,14 @@ class PersistentCache:
         except OSError as e:
             return False, self._failure_message(e)
         return self._do_rows(tf_cs, kind, result_cs, memoryview(buffer).nbytes, duration,
-                             replace)
+                             replace, label)
 
-    def _do_rows(self, tf_cs, kind, result_cs, size, duration, replace):
+    def _do_rows(self, tf_cs, kind, result_cs, size, duration, replace, label=None):
         """Insert the rows of a stored buffer; ``(ok, message)`` as ``_do_write``."""
+        if label is not None and len(label) > _LABEL_MAX:
+            label = label[:_LABEL_MAX - 1] + "…"
         try:
-            now = time.time()
+            now = _clock()
             verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
             with self._db.transaction() as c:
                 c.execute(
@@ -516,11 +573,12 @@ class PersistentCache:
                 )
                 c.execute(
                     "UPDATE buffers SET last_used = ? WHERE checksum = ? AND last_used < ?",
-                    (now, result_cs, now - TOUCH_INTERVAL),
+                    (now, result_cs, now - RECENCY_INTERVAL),
                 )
                 c.execute(
-                    f"{verb} INTO results (transformation, result, kind, created, duration) "
-                    "VALUES (?, ?, ?, ?, ?)", (tf_cs, result_cs, kind, now, duration),
+                    f"{verb} INTO results (transformation, result, kind, created, duration, "
+                    "label) VALUES (?, ?, ?, ?, ?, ?)",
+                    (tf_cs, result_cs, kind, now, duration, label),
                 )
                 # What the row says now (an older result stays unless ``replace``).
                 row = c.execute(_LOOKUP, (tf_cs,)).fetchone()
@@ -590,7 +648,9 @@ class PersistentCache:
         self._pending_cond = threading.Condition(threading.Lock())
         self._warn_lock = threading.Lock()
         self._warnings = []
-        self._touching = set()
+        self._touches = {}
+        self._touch_queued = False
+        self._estimate = None
         self._db.after_fork_in_child()
 
     # -- primitives for `seamless-cache` (docs/caching.md) ---------------------------------------
@@ -613,12 +673,13 @@ class PersistentCache:
     def entries(self) -> list:
         """Every result, newest first, for ``seamless-cache list``: dicts with
         ``transformation``, ``result``, ``kind``, ``size`` (``None`` when its buffer row is
-        gone), ``created`` and ``duration``. The database records no name or command."""
+        gone), ``created``, ``duration`` and ``label`` (the function's name or the command;
+        ``None`` for rows stored before labels were recorded)."""
         rows = self._db.conn().execute(
-            "SELECT r.transformation, r.result, r.kind, b.size, r.created, r.duration "
+            "SELECT r.transformation, r.result, r.kind, b.size, r.created, r.duration, r.label "
             "FROM results AS r LEFT JOIN buffers AS b ON b.checksum = r.result "
             "ORDER BY r.created DESC, r.transformation ASC").fetchall()
-        names = ("transformation", "result", "kind", "size", "created", "duration")
+        names = ("transformation", "result", "kind", "size", "created", "duration", "label")
         return [dict(zip(names, row)) for row in rows]
 
     def transformations_starting(self, prefix: str, limit: int = 2) -> list:
@@ -739,6 +800,53 @@ class PersistentCache:
                 continue
         return removed
 
+    def total_bytes(self) -> int:
+        """The recorded size of every buffer, summed."""
+        (total,) = self._db.conn().execute(
+            "SELECT coalesce(sum(size), 0) FROM buffers").fetchone()
+        return total
+
+    def trim(self, max_bytes: int, keep=TRIM_TO) -> dict:
+        """When the total is above ``max_bytes``, drop least recently used buffers (with their
+        results rows and index entries) until it is at most ``keep * max_bytes``.
+
+        Safe beside other processes (see the module docstring). Returns ``{"buffers": n,
+        "bytes": freed, "total": bytes left}``.
+        """
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(f"max_bytes must be an integer >= 0, got {max_bytes!r}")
+        total = self.total_bytes()
+        if total <= max_bytes:
+            return {"buffers": 0, "bytes": 0, "total": total}
+        goal = total - int(max_bytes * keep)
+        victims, planned = [], 0
+        for cs, size, last_used in self._db.conn().execute(
+                "SELECT checksum, size, last_used FROM buffers "
+                "ORDER BY last_used ASC, checksum ASC"):
+            if planned >= goal:
+                break
+            victims.append((cs, size, last_used))
+            planned += size
+        freed = dropped = 0
+        for start in range(0, len(victims), 256):
+            gone, tfs = [], []
+            with self._db.transaction() as c:
+                for cs, size, last_used in victims[start:start + 256]:
+                    # Used again (or replaced) since it was chosen: it stays.
+                    if c.execute("DELETE FROM buffers WHERE checksum = ? AND last_used = ?",
+                                 (cs, last_used)).rowcount:
+                        tfs += self._delete_result_rows(c, cs)
+                        gone.append((cs, size))
+            self._remove_index(tfs)
+            for cs, size in gone:
+                try:
+                    os.unlink(self._store.path(cs))
+                except FileNotFoundError:  # removed by another process meanwhile
+                    continue
+                dropped += 1
+                freed += size
+        return {"buffers": dropped, "bytes": freed, "total": self.total_bytes()}
+
     def gc(self, max_bytes: int) -> dict:
         """Drop least recently used buffers (and their results rows and index entries) until the
         total is at most ``max_bytes``; remove temp files older than one hour.
@@ -776,6 +884,12 @@ class PersistentCache:
             except FileNotFoundError:
                 continue
         return {"buffers": dropped, "bytes": freed, "temp_files": temps}
+
+
+def _check_label(label) -> None:
+    if label is not None and not isinstance(label, str):
+        raise TypeError(f"label must be a str (a function name or a command) or None, "
+                        f"got {label!r}")
 
 
 def _sqlite_name(e: sqlite3.Error) -> str:

@@ -1,7 +1,12 @@
 """``seamless-cache``: inspect and maintain the persistent cache (docs/cli.md).
 
 ``seamless-cache [--cache DIR] stats | verify | list | size | rm CHECKSUM | clear [--yes] |
-gc --max-size SIZE``
+gc --max-size SIZE | trim``
+
+``trim`` applies the directory's size cap (``config.command_cache_max``:
+``SEAMLESS_CACHE_MAX``, else ``cache_max:`` of seamless.yaml, else 5 GiB for the default
+directory and no cap for another one); the Python API applies the same cap by itself after
+its writes (docs/caching.md).
 
 Data flow and ownership:
 
@@ -11,9 +16,9 @@ Data flow and ownership:
 - The files under ``buffers/`` and the rows of ``seamless.db`` belong to the cache directory,
   shared with every other process that uses it. This command removes or registers them only
   through the ``PersistentCache`` primitives (``stats``, ``verify``, ``entries``, ``remove``,
-  ``clear``, ``gc``), which are safe while other processes use the directory (docs/caching.md,
-  "The persistent cache"). The read-only subcommands (``READ_ONLY``) open a directory only when
-  it already holds a cache, so they create nothing.
+  ``clear``, ``gc``, ``trim``), which are safe while other processes use the directory
+  (docs/caching.md, "The persistent cache"). The read-only subcommands (``READ_ONLY``) open a
+  directory only when it already holds a cache, so they create nothing.
 - It creates no file, temp file, thread or process of its own. It reads stdin only for the
   ``clear`` question on a terminal. Results go to stdout; messages, including the
   ``CacheWarning``s the primitives raise (captured, never shown as Python warnings), go to
@@ -21,7 +26,8 @@ Data flow and ownership:
 
 Exit status: 0 success; 1 an unusable or missing cache, a failed operation, ``verify`` dropped
 something, ``rm`` found no such result, or ``clear`` was declined; 2 a usage error (a bad
-``--max-size`` or ``rm`` checksum, or ``clear`` without ``--yes`` when stdin is not a terminal).
+``--max-size`` or ``rm`` checksum, ``clear`` without ``--yes`` when stdin is not a terminal, or
+``trim`` on a directory without a cap).
 """
 
 from __future__ import annotations
@@ -134,7 +140,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}",
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command",
-                                metavar="{stats,verify,list,size,rm,clear,gc}", required=True)
+                                metavar="{stats,verify,list,size,rm,clear,gc,trim}", required=True)
     sub.add_parser("stats", parents=[cache_option],
                    help="directory, number of results and buffers, bytes, oldest and newest use",
                    description="Print the directory, the number of results and buffers, their "
@@ -145,11 +151,12 @@ def _build_parser() -> argparse.ArgumentParser:
                                "that point to them, drop rows whose file is missing, register "
                                "valid files without a row. Exit 1 if anything was dropped.")
     sub.add_parser("list", parents=[cache_option],
-                   help="every result, newest first: checksum, size, age, kind",
+                   help="every result, newest first: checksum, size, age, kind, name",
                    description="Print one line per result, newest first: the transformation "
-                               "checksum (what rm takes), the result's size, its age and its "
+                               "checksum (what rm takes), the result's size, its age, its "
                                "kind (tree: a seamless-run command; otherwise the encoding of "
-                               "a Python result).")
+                               "a Python result) and its name: the function's name or the "
+                               "command ('-' for results stored before names were recorded).")
     sub.add_parser("size", parents=[cache_option], help="total bytes of the stored buffers",
                    description="Print the total bytes of the stored buffers, then the number "
                                "of buffers.")
@@ -171,6 +178,13 @@ def _build_parser() -> argparse.ArgumentParser:
                                     "temp files older than one hour.")
     gc.add_argument("--max-size", metavar="SIZE", required=True,
                     help="largest total to keep: " + _SIZE_HELP)
+    sub.add_parser("trim", parents=[cache_option],
+                   help="apply the size cap now (least recently used entries go)",
+                   description="When the total is above the directory's size cap "
+                               "(SEAMLESS_CACHE_MAX, else cache_max: of seamless.yaml, else "
+                               "5 GiB for the default directory), drop least recently "
+                               "used buffers until it is at most 90%% of the cap, as the "
+                               "Python API does after its writes.")
     return parser
 
 
@@ -183,6 +197,17 @@ def _max_size(text: str) -> int:
 
 
 # -- subcommands ---------------------------------------------------------------------------------
+
+
+def _cap(directory: str):
+    """The size cap of ``directory`` (bytes, or ``None``), as ``CommandError`` on bad settings."""
+    from seamless.config import command_cache_max
+    from seamless.errors import ConfigurationError
+
+    try:
+        return command_cache_max(directory)
+    except ConfigurationError as e:
+        raise CommandError(str(e)) from None
 
 
 def _stats(cache, args) -> int:
@@ -214,11 +239,12 @@ def _verify(cache, args) -> int:
 
 def _list(cache, args) -> int:
     now = time.time()
-    print(f"{'TRANSFORMATION':<64}  {'SIZE':>10}  {'AGE':>5}  KIND")
+    print(f"{'TRANSFORMATION':<64}  {'SIZE':>10}  {'AGE':>5}  {'KIND':<6}  NAME")
     for e in cache.entries():
         size = "-" if e["size"] is None else human_size(e["size"])
+        label = "-" if not e["label"] else " ".join(e["label"].split())  # one line each
         print(f"{e['transformation']:<64}  {size:>10}  {human_age(now - e['created']):>5}  "
-              f"{e['kind']}")
+              f"{e['kind']:<6}  {label}")
     return 0
 
 
@@ -294,8 +320,20 @@ def _gc(cache, args) -> int:
     return 0
 
 
+def _trim(cache, args) -> int:
+    cap = _cap(cache.directory)
+    if cap is None:
+        raise CommandError(f"trim: {cache.directory} has no size cap; set one with "
+                           "SEAMLESS_CACHE_MAX=SIZE (or '- cache_max: SIZE' in seamless.yaml), "
+                           "or use gc --max-size SIZE", USAGE)
+    done = cache.trim(cap)
+    print(f"freed {_size_and_human(done['bytes'])} in {_plural(done['buffers'], 'buffer')}; "
+          f"{_size_and_human(done['total'])} left (cap {_size_and_human(cap)})")
+    return 0
+
+
 _SUBCOMMANDS = {"stats": _stats, "verify": _verify, "list": _list, "size": _size, "rm": _rm,
-                "clear": _clear, "gc": _gc}
+                "clear": _clear, "gc": _gc, "trim": _trim}
 READ_ONLY = frozenset({"stats", "verify", "list", "size"})
 
 
@@ -329,7 +367,7 @@ def _run(args) -> int:
     from seamless.errors import CacheError
 
     directory = _directory(args)
-    if args.command in READ_ONLY:
+    if args.command in READ_ONLY or args.command == "trim":  # trim has nothing to create
         _check_exists(directory)
     cache = open_cache(directory)
     try:

@@ -20,7 +20,12 @@ Ownership:
   ``Failure`` outcome when it crashed, was stopped or the backend closed).  A job it drops
   unclaimed is handed back through ``hooks.forget`` or by ``close()``.
 - The result buffer in the ``Outcome`` goes to the caches and the handles; the backend keeps
-  nothing of it (a pool segment is released by whoever holds it last).
+  nothing of it (a pool segment is released by whoever holds it last).  A backend whose results
+  stay where they were computed (a cluster) gives a *remote buffer* instead: an object with
+  ``_seamless_remote = True``, ``nbytes`` and a thread-safe ``fetch()`` that moves the bytes
+  once and itself puts them in the memory and persistent caches.  The dispatcher records only
+  the checksum mapping for it; ``materialize()`` is called where bytes are read (a handle's
+  ``.value``, an argument of a body that runs here).
 - The backend owns its threads, processes, descriptors and connections, and frees them in
   ``close()``; in a forked child ``forget_after_fork()`` drops them without touching the
   parent's.
@@ -36,7 +41,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["Backend", "Hooks", "Backends", "MODES"]
+__all__ = ["Backend", "Hooks", "Backends", "MODES", "is_remote", "materialize"]
 
 #: The execution modes of the configuration, each served by one backend.
 MODES = ("process", "spawn", "remote")
@@ -73,6 +78,10 @@ class Backend(Protocol):
     #: True: the backend's runner looks the persistent cache up itself (through
     #: ``hooks.execute``); False: the dispatcher looks up first, and a hit submits nothing.
     looks_up_cache: bool
+    #: True: ``abandon`` stops a claimed job (it then completes with a failure), so the
+    #: dispatcher forgets the job first and a later handle of that checksum runs it afresh;
+    #: False: an abandoned job runs to its end, and later handles latch on to it.
+    stops_abandoned: bool
 
     def submit(self, job) -> None:
         """Queue a new job (any thread, never blocks); completion comes through ``hooks``."""
@@ -90,7 +99,8 @@ class Backend(Protocol):
         """A thread of this backend is about to wait for ``job``: run it here if still queued."""
 
     def close(self) -> list:
-        """Stop (bounded wait) and free everything; return the jobs that never started."""
+        """Stop (bounded wait) and free everything; return the jobs it will not complete (the
+        dispatcher cancels their handles)."""
 
     def forget_after_fork(self) -> None:
         """In a forked child: close this copy's descriptors; touch nothing the parent owns."""
@@ -100,6 +110,16 @@ class Backend(Protocol):
 
     def default_nparallel(self) -> int | None:
         """The ``parallel()`` bound when none is chosen (None: the ``nparallel`` setting)."""
+
+
+def is_remote(buffer) -> bool:
+    """Whether ``buffer`` is a remote buffer (its bytes are elsewhere until fetched)."""
+    return getattr(buffer, "_seamless_remote", False) is True
+
+
+def materialize(buffer):
+    """The bytes of ``buffer``: a remote buffer is fetched (once), any other is returned."""
+    return buffer.fetch() if is_remote(buffer) else buffer
 
 
 # ---------------------------------------------------------------- the registry
@@ -138,9 +158,10 @@ _FACTORIES: dict[str, Callable[[Hooks, Any], Backend]] = {
 class Backends:
     """The live backends of this process, at most one per mode, made on first use."""
 
-    def __init__(self, hooks: Hooks, settings):
+    def __init__(self, hooks: Hooks, settings, on_new: Callable[[], None]):
         self._hooks = hooks
         self._settings = settings  # seamless.config: get(), get_setting(), _set_python()
+        self._on_new = on_new  # called after a backend is made (the dispatcher's exit hook)
         self._live: dict = {}
         self._lock = threading.Lock()
         self._segments: int | None = None
@@ -155,6 +176,7 @@ class Backends:
                     backend = _FACTORIES[mode](self._hooks, self._settings)
                     self._live[mode] = backend
                     self._use_segments()
+            self._on_new()
         elif mode == "process" and backend.nthreads != self._settings.get("workers"):
             backend.resize(self._settings.get("workers"))  # threads follow ``workers``
         return backend

@@ -10,10 +10,12 @@ Lookup order (docs/caching.md, "The persistent cache"):
     backend: in-process threads call execute(job); the pool sends it to a worker
     complete(job, outcome): success ─► memory maps + queued persistent write; job.finish()
 
-Backends: ``inprocess.InProcessExecutor`` (``execution: process`` and ``.local``), the worker
-pool ``pool.Pool`` (``spawn``), and inside a pool worker the parent itself (children go up as
-``nested-submit``).  Interface: ``submit(job)``, ``withdraw(job)``, ``abandon(job)``,
-``run_here(job)``, ``close() -> unstarted jobs``.
+Backends (``backend.Backend``; made per execution mode by ``backend.Backends``): ``.local``
+runs in-process whatever the mode; inside a backend's worker process every child goes to the
+backend given to ``nest_into`` (a pool worker: the parent, ``parent.ParentPool``).  Backends report back through ``backend.Hooks`` (``complete``,
+``execute``, ``forget``, ``nested``, ``detach``), so none imports this module.  A backend that
+does not look the persistent cache up itself (``looks_up_cache``) gets only the misses of the
+lookup thread here: a hit submits nothing.
 
 Ownership: ``_running`` holds each job from submission until it finishes; the job holds its
 argument buffers until then; the caches and the handles hold the result buffer afterwards.
@@ -38,108 +40,94 @@ import threading
 from .. import cache, config
 from ..checksum import _trusted
 from ..encoding import Encoded, PendingChecksum
-from .inprocess import InProcessExecutor, in_executor_thread
+from .backend import Backend, Backends, Hooks, is_remote, materialize
+from .inprocess import in_executor_thread
 from .job import Job
 from .runner import Failure, Outcome, run
 
-__all__ = ["start", "execute", "complete", "help_run", "withdraw", "close", "start_pool",
-           "has_spawned", "pool_size"]
+__all__ = ["start", "execute", "complete", "help_run", "withdraw", "close", "backend",
+           "live_backend", "default_nparallel", "has_spawned", "in_worker", "become_worker", "nest_into"]
 
 _log = logging.getLogger("seamless")
 _running: dict = {}
 _lock = threading.RLock()
-_backends: dict = {}
 
-#: Inside a pool worker: the backend that sends children to the parent, and the function a
-#: waiting thread blocks in (it runs children the parent declined).  None in a parent.
+#: Inside a backend's worker process (``nest_into``): the backend its bodies' children go to,
+#: and the function a waiting body blocks in.  None in a client process.
 _worker_backend = None
 wait_hook = None
+_in_pool_worker = False
 
 
 # ---------------------------------------------------------------- backends
 
-def _in_process() -> InProcessExecutor:
-    workers = config.get("workers")
-    backend = _backends.get("process")
-    if backend is None:
-        with _lock:
-            backend = _backends.get("process")
-            if backend is None:
-                backend = InProcessExecutor(workers, execute)
-                _backends["process"] = backend
-    elif backend.nthreads != workers:
-        backend.resize(workers)
-    return backend
+def backend(mode: str) -> Backend:
+    """The backend of an execution mode ("process", "spawn", "remote"), made on first use."""
+    return _backends.get(mode)
 
 
-def start_pool(n: int):
-    """Create the worker pool (``spawn()``); it launches its workers in the background."""
-    from .. import encoding
-    from ..pool.pool import Pool
-    from ..pool.wire import INLINE_MAX
-
-    with _lock:
-        pool = _backends.get("spawn")
-        if pool is None:
-            encoding.use_segments(INLINE_MAX)  # large inputs are born in shared memory
-            pool = Pool(n, complete)
-            _backends["spawn"] = pool
-            _register_exit_hook()
-    return pool
-
-
-_exit_hook_registered = False
-
-
-def _register_exit_hook():
-    """At interpreter exit: cancel pool work, stop the workers (2 s, then SIGKILL).
-
-    Registered after the cache's own flush hook, so it runs first (atexit is LIFO) and the
-    cache then writes what finished."""
-    global _exit_hook_registered
-    if not _exit_hook_registered:
-        import atexit
-
-        atexit.register(close)
-        _exit_hook_registered = True
+def live_backend(mode: str) -> Backend | None:
+    """The backend of ``mode`` if one exists now (nothing is made)."""
+    return _backends.peek(mode)
 
 
 def has_spawned() -> bool:
-    return _worker_backend is not None or "spawn" in _backends
+    """True while a worker pool exists here, and inside a pool worker."""
+    return _in_pool_worker or _backends.peek("spawn") is not None
 
 
-def pool_size():
-    pool = _backends.get("spawn")
-    return pool.n if pool is not None else None
+def in_worker() -> bool:
+    """True inside a worker process of a backend (its children go to that backend)."""
+    return _worker_backend is not None
 
 
-def become_worker(backend, hook, index: int):
-    """Called once by a pool worker: children go to the parent through ``backend``."""
-    from .. import encoding
+def become_worker(channel_backend, hook, index: int):
+    """Called once by a pool worker: children go to the parent through ``channel_backend``."""
     from ..pool.wire import INLINE_MAX
+    from .parent import ParentPool
+
+    global _in_pool_worker
+    _in_pool_worker = True
+    nest_into(ParentPool(channel_backend, INLINE_MAX), hook)
+
+
+def nest_into(backend: Backend, hook):
+    """Called once in a worker process of a backend: every transformation a body starts here
+    goes to ``backend``, and a body waiting for one blocks in ``hook(handle)`` (which may run
+    declined children, or leave the worker's thread while it waits)."""
+    from .. import encoding
 
     global _worker_backend, wait_hook
     _worker_backend = backend
     wait_hook = hook
-    encoding.use_segments(INLINE_MAX)
+    encoding.use_segments(backend.segment_threshold)
 
 
-def _backend_for(handle):
-    """``.local`` and ``execution: process`` stay in-process; ``spawn`` uses the pool."""
+def default_nparallel() -> int | None:
+    """The backend's ``parallel()`` bound when none is chosen (None: the setting's default)."""
+    if _worker_backend is not None:
+        return _worker_backend.default_nparallel()
+    return _backends.get(config.get("execution")).default_nparallel()
+
+
+def _register_exit_hook():
+    """At interpreter exit: cancel unfinished work, stop the backends (a pool: 2 s, then
+    SIGKILL).  Registered anew whenever a backend is made, so it runs before the hooks that
+    were registered earlier (atexit is LIFO), such as the cache's flush."""
+    import atexit
+
+    atexit.unregister(close)
+    atexit.register(close)
+
+
+def _backend_for(handle) -> Backend:
+    """``.local`` stays in-process; in a pool worker children go to the parent; otherwise the
+    ``execution`` setting decides."""
     if handle._local:
-        return _in_process()
+        return _backends.get("process")
     if _worker_backend is not None:
         return _worker_backend
-    mode = config.get("execution")
-    if mode == "process":
-        return _in_process()
-    if mode == "spawn":
-        return _backends.get("spawn") or start_pool(config.get("workers"))
-    from ..errors import ConfigurationError
-
-    raise ConfigurationError(
-        f"execution {mode!r} is not available in this version of seamless; use execution: "
-        f"process (the default) or spawn", key="execution", value=mode)
+    return _backends.get(config.get("execution"))
 
 
 # ---------------------------------------------------------------- starting
@@ -213,9 +201,8 @@ def _dispatch(handle):
         job.attach(handle)
         handle._job = job
         _running[checksum] = job
-    if isinstance(backend, InProcessExecutor) or _worker_backend is not None \
-            or _cache_step(cache.persistent) is None:
-        backend.submit(job)  # in-process threads look the persistent cache up themselves
+    if backend.looks_up_cache or _cache_step(cache.persistent) is None:
+        backend.submit(job)
     else:
         _lookups().submit(job)
 
@@ -303,6 +290,8 @@ def _persistent_hit(checksum):
 def _record(checksum, outcome: Outcome):
     result = outcome.result
     cache.memory_results.put(checksum, result.kind, result.checksum)
+    if is_remote(result.buffer):
+        return  # its fetch() fills the buffer caches (execution/backend.py)
     if not _is_segment(result.buffer):  # the memory cache never keeps a segment alive
         cache.memory_buffers.put(result.checksum, result.buffer)
     store = _cache_step(cache.persistent)
@@ -324,10 +313,19 @@ def _is_segment(buffer) -> bool:
 
 def execute(job: Job):
     """Run a claimed job here (an executor thread, or a waiting thread: run-here)."""
-    outcome = _cache_step(_persistent_hit, job.checksum) if _worker_backend is None else None
+    outcome = _cache_step(_persistent_hit, job.checksum)
     if outcome is None:
-        outcome = run(job.work)
+        outcome = run(_with_local_arguments(job.work))
     complete(job, outcome)
+
+
+def _with_local_arguments(work):
+    """``work`` whose argument buffers are all here: remote results (a cluster's) are fetched."""
+    arguments = work.arguments
+    if not any(is_remote(arg.buffer) for arg in arguments.values()):
+        return work
+    return work._replace(arguments={name: arg._replace(buffer=materialize(arg.buffer))
+                                    for name, arg in arguments.items()})
 
 
 def complete(job: Job, outcome: Outcome):
@@ -350,9 +348,9 @@ def complete(job: Job, outcome: Outcome):
     job.finish(outcome)
 
 
-def nested_from_worker(checksum, work, proxy, run_elsewhere: bool):
-    """A child that a pool worker's body started: answer from memory, latch on, queue it ahead
-    of top-level work on an idle worker, or tell the requester to run it itself."""
+def nested_from_worker(checksum, work, proxy, backend: Backend, run_elsewhere: bool):
+    """A child that a body running on ``backend`` started: answer from memory, latch on, queue
+    it ahead of top-level work, or tell the requester to run it itself."""
     hit = _memory_hit(checksum)
     if hit is not None:
         proxy._job_finished(hit)
@@ -365,30 +363,39 @@ def nested_from_worker(checksum, work, proxy, run_elsewhere: bool):
         if not run_elsewhere:
             proxy.run_here()
             return
-        pool = _backends["spawn"]
-        job = Job(checksum, work, pool)
+        job = Job(checksum, work, backend)
         job.attach(proxy)
         proxy.job = job
         _running[checksum] = job
-    pool.submit_front(job)
+    backend.submit_nested(job)
 
 
 def detach_proxy(proxy):
     job = getattr(proxy, "job", None)
-    if job is not None and job.detach(proxy) and job.state == "running":
-        job.backend.abandon(job)
+    if job is not None:
+        _leave(job, proxy)
+
+
+def _leave(job: Job, waiter) -> bool:
+    """``waiter`` leaves ``job``; a running job nobody wants any more is abandoned (and
+    forgotten first when the backend stops it, so nobody latches on to a dying job).
+    True when the job is queued and nobody wants it."""
+    with _lock:
+        if not job.detach(waiter):
+            return False
+        if job.state != "running":
+            return job.state == "queued"
+        if job.backend.stops_abandoned and _running.get(job.checksum) is job:
+            del _running[job.checksum]
+    job.backend.abandon(job)
+    return False
 
 
 def withdraw(handle):
     """A cancelled handle leaves its job; a job that nobody wants any more is stopped."""
     job = handle._job
-    if job is None or not job.detach(handle):
-        return
-    if job.state == "queued":
-        if job.backend.withdraw(job) and job.drop():
-            forget(job)
-    elif job.state == "running":
-        job.backend.abandon(job)
+    if job is not None and _leave(job, handle) and job.backend.withdraw(job) and job.drop():
+        forget(job)
 
 
 def forget(job: Job):
@@ -411,21 +418,11 @@ def help_run(handle):
 
 def close():
     """Stop the backends; the handles of work that had not finished are cancelled."""
-    with _lock:
-        backends = list(_backends.values())
-        _backends.clear()
-    if any(b.name == "spawn" for b in backends):
-        from .. import encoding
-
-        encoding.use_segments(None)
-        if config.get_setting("execution").source == "python":
-            config._set_python("execution", None)  # spawn() set it; spawn() sets it anew
-    for backend in backends:
-        for job in backend.close():
-            with job.lock:
-                handles = list(job.handles)
-            for handle in handles:
-                handle.cancel()
+    for job in _backends.close():
+        with job.lock:
+            handles = list(job.handles)
+        for handle in handles:
+            handle.cancel()
 
 
 # ---------------------------------------------------------------- os.fork()
@@ -436,12 +433,7 @@ def _after_fork_in_child():
     global _lock, _lookup_thread
     _lock = threading.RLock()
     _lookup_thread = None
-    backends = list(_backends.values())
-    _backends.clear()
-    for backend in backends:
-        forget_pool = getattr(backend, "forget_after_fork", None)  # the in-process executor
-        if forget_pool is not None:                                # holds nothing to close
-            forget_pool()
+    _backends.after_fork_in_child()
     jobs = list(_running.values())
     _running.clear()
     if not jobs:
@@ -462,4 +454,7 @@ def _after_fork_in_child():
         job.finish(Outcome(None, failure, 0.0))
 
 
+_backends = Backends(Hooks(complete=complete, execute=execute, forget=forget,
+                           nested=nested_from_worker, detach=detach_proxy),
+                     config, on_new=_register_exit_hook)
 os.register_at_fork(after_in_child=_after_fork_in_child)

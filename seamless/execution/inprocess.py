@@ -8,10 +8,9 @@ Nesting never deadlocks: a body that waits for a job still in the queue takes it
 on its own thread (``run_here``), so a full executor whose threads all wait on children keeps
 making progress.
 
-Backend interface (shared with the pool and, later, the cluster): ``submit(job)`` queues a job
-and returns at once; ``withdraw(job)`` removes a queued job nobody wants; ``run_here(job)`` runs
-a queued job on the calling thread if it has not started; ``close()`` stops taking work.
-Whoever runs a job calls ``dispatch.execute(job)``, which does the cache work around the body.
+Implements ``execution.backend.Backend``.  Whoever runs a job calls the dispatcher's
+``execute(job)`` (given at construction), which looks the persistent cache up, runs the body
+and completes the job.  Argument buffers stay plain bytes: nothing leaves the process.
 """
 
 from __future__ import annotations
@@ -30,7 +29,12 @@ def in_executor_thread() -> bool:
 
 
 class InProcessExecutor:
+    """A FIFO of jobs and the threads serving it (``execution.backend.Backend``)."""
+
     name = "process"
+    segment_threshold = None  # bodies read the caller's own buffers
+    looks_up_cache = True  # ``execute`` looks up on the executor thread, off the caller's path
+    stops_abandoned = False  # threads cannot be interrupted: the body runs on (``abandon``)
 
     def __init__(self, nthreads: int, execute):
         self.nthreads = nthreads
@@ -52,6 +56,11 @@ class InProcessExecutor:
                 t.start()
             self._cond.notify()
 
+    def submit_nested(self, job):
+        """A child of a body: the waiting body runs it itself if no thread takes it first
+        (``run_here``), so plain FIFO order cannot deadlock."""
+        self.submit(job)
+
     def withdraw(self, job) -> bool:
         with self._cond:
             try:
@@ -72,6 +81,18 @@ class InProcessExecutor:
         """A running job nobody wants: threads cannot be interrupted, so the body runs to its
         end and its result is still cached (docs/transformations.md)."""
         return None
+
+    def describe(self) -> str:
+        return f"{self.nthreads} in-process thread{'s' if self.nthreads != 1 else ''}"
+
+    def default_nparallel(self):
+        """The ``nparallel`` setting decides (docs/parallel.md)."""
+        return None
+
+    def forget_after_fork(self):
+        """In a forked child the threads do not exist and nothing else is held: new threads
+        start with the child's next submission to a new executor."""
+        self._closed = True
 
     def resize(self, nthreads: int):
         """Follow a new ``workers`` setting: grow lazily, shrink as threads fall idle."""

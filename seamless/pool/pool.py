@@ -8,7 +8,7 @@ Data flow (docs/worker-pool.md):
                                         first) ─► least-loaded worker:
                                         send submit (+ segment fds) ──────────►  run body
                                         result / error ◄─────────────────────  send result
-                                        dispatch.complete(job, outcome)
+                                        hooks.complete(job, outcome)
                                         (caches, handles, dependants)
     handle.cancel() ─► abandon(job) ─►  SIGKILL the worker running it ─► replaced
 
@@ -20,7 +20,7 @@ Ownership:
   its socketpair (both closed when it is replaced or the pool closes), and a stderr pipe whose
   bytes are forwarded to our stderr and whose last 64 KiB explain a crash or a failed start.
 - A job belongs to the dispatcher's running map; the pool holds it from ``submit`` until it
-  hands the outcome to ``dispatch.complete``.  Input segments stay alive through the job's
+  hands the outcome to ``hooks.complete``.  Input segments stay alive through the job's
   ``Work`` until then; result segments come back as descriptors owned by the parent's mapping.
 
 Scheduling is not decided here: ``scheduling.Scheduler`` (a state machine without I/O) gets
@@ -32,6 +32,10 @@ Crashes are seen through channel EOF and the pidfd (no polling); the frames a de
 are read first, then the shared word of the last body it started decides what failed.  Three
 failed starts in a row break the pool: every waiting job then fails with the last worker's
 stderr tail.
+
+The pool is an ``execution.backend.Backend``: it never imports the dispatcher; everything it
+reports (outcomes, dropped jobs, nested children and their cancellation) goes through the
+``Hooks`` it is built with.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import time
 from ..encoding import PendingChecksum
 from ..execution.runner import Failure, Outcome
 from . import wire
+from ..execution.backend import Hooks
 from .env import usable_cpu_count
 from .protocol import EXIT_CHANNEL_LOST, MAX_FDS, OUTBOX_OFFSET, Channel, ProtocolError
 from .scheduling import MAX_START_FAILURES, Fail, Forget, Kill, Launch, Revoke, Scheduler, Send
@@ -100,13 +105,16 @@ class _Worker:
 
 
 class Pool:
-    """A pool of ``n`` worker processes; a dispatch backend (see ``execution.inprocess``)."""
+    """A pool of ``n`` worker processes (``execution.backend.Backend``)."""
 
     name = "spawn"
+    segment_threshold = wire.INLINE_MAX  # large inputs are born in shared memory
+    looks_up_cache = False  # workers have no cache: the dispatcher looks up before submit
+    stops_abandoned = True  # ``abandon`` revokes the job or kills its worker
 
-    def __init__(self, n: int, complete):
+    def __init__(self, n: int, hooks: Hooks):
         self.n = n
-        self._complete = complete
+        self._hooks = hooks
         self._inbox: collections.deque = collections.deque()
         self._wake_pending = False
         self._io_asleep = True  # until the I/O thread runs: posts must wake it
@@ -139,7 +147,8 @@ class Pool:
     def submit(self, job):
         self._post(("submit", job))
 
-    def submit_front(self, job):
+    def submit_nested(self, job):
+        """A child a worker's body waits for goes ahead of top-level work."""
         self._post(("submit-front", job))
 
     def withdraw(self, job) -> bool:
@@ -153,7 +162,15 @@ class Pool:
         self._post(("abandon", job))
 
     def run_here(self, job) -> bool:
+        """Only the pool's own threads wait inside the pool: callers never run its jobs."""
         return False
+
+    def describe(self) -> str:
+        return f"a pool of {self.n} workers"
+
+    def default_nparallel(self):
+        """The ``nparallel`` setting decides (docs/parallel.md)."""
+        return None
 
     def close(self) -> list:
         """Cancel everything, stop the workers (2 s, then SIGKILL); return unstarted jobs."""
@@ -313,9 +330,7 @@ class Pool:
                 elif type(action) is Fail:
                     self._fail(action)
                 elif type(action) is Forget:
-                    from ..execution import dispatch
-
-                    dispatch.forget(action.job)
+                    self._hooks.forget(action.job)
                 elif type(action) is Kill:
                     self._kill_unwanted(self._workers[action.worker])
                 elif type(action) is Launch:
@@ -643,13 +658,11 @@ class Pool:
                                                  time.monotonic())
 
     def _frame_nested_submit(self, worker, frame):
-        from ..execution import dispatch
-
         checksum, work = wire.unpack_work(frame)
         proxy = _NestedProxy(self, worker, frame.id)
         self._nested_proxies[(worker.index, frame.id)] = proxy
         idle = self._scheduler.has_idle_worker(besides=worker.index)
-        dispatch.nested_from_worker(checksum, work, proxy, run_elsewhere=idle)
+        self._hooks.nested(checksum, work, proxy, self, idle)
 
     def _frame_nested_cancel(self, worker, frame):
         proxy = self._nested_proxies.pop((worker.index, frame.id), None)
@@ -676,7 +689,7 @@ class Pool:
                 seg.close()
 
     def _finish(self, job, outcome: Outcome):
-        self._complete(job, outcome)
+        self._hooks.complete(job, outcome)
 
     # ------------------------------------------------------------ shutdown
 
@@ -744,10 +757,8 @@ class _NestedProxy:
         self.worker.send([("nested-reply", self.rid, {"reply": "run-here"}, [], [])])
 
     def cancel(self):
-        from ..execution import dispatch
-
         self.done = True
-        dispatch.detach_proxy(self)
+        self.pool._hooks.detach(self)
 
     def __repr__(self):
         return f"<nested request {self.rid:#x} of worker {self.worker.index}>"

@@ -15,7 +15,7 @@ from cachehelpers import no_leaks, opened, sha, tf_checksum  # noqa: F401 (no_le
 
 from seamless.cli.cache_cmd import human_age
 
-HEADER = f"{'TRANSFORMATION':<64}  {'SIZE':>10}  {'AGE':>5}  KIND"
+HEADER = f"{'TRANSFORMATION':<64}  {'SIZE':>10}  {'AGE':>5}  {'KIND':<6}  NAME"
 
 
 def store(directory, items) -> None:
@@ -55,9 +55,9 @@ def test_list_newest_first(cli):
         query(cli.cache, "UPDATE results SET created = ? WHERE transformation = ?",
               (now - age, tf_checksum(n)))
     rows = rows_of(cli.run("seamless-cache", "list", check=0))
-    assert rows == [[tf_checksum(2), "4", "B", "1m", "bytes"],
-                    [tf_checksum(1), "2.0", "KiB", "2h", "bytes"],
-                    [tf_checksum(0), "3", "B", "3d", "bytes"]]
+    assert rows == [[tf_checksum(2), "4", "B", "1m", "bytes", "-"],  # stored without a label
+                    [tf_checksum(1), "2.0", "KiB", "2h", "bytes", "-"],
+                    [tf_checksum(0), "3", "B", "3d", "bytes", "-"]]
 
 
 def test_list_empty_cache_prints_the_header(cli):
@@ -69,7 +69,7 @@ def test_list_empty_cache_prints_the_header(cli):
 def test_list_shows_a_seamless_run_result(cli):
     cli.run("seamless-run", "echo hello", check=0)
     (row,) = rows_of(cli.run("seamless-cache", "list", check=0))
-    assert row[-1] == "tree" and row[-2] in ("0s", "1s", "2s", "3s")
+    assert row[4] == "tree" and row[3] in ("0s", "1s", "2s", "3s")
     assert os.path.exists(index_path(cli.cache, row[0]))
 
 

@@ -1,4 +1,5 @@
-"""The persistent cache (identity-and-cache.md, section 4): format, hits, corruption, failures.
+"""The persistent cache (docs/design/identity-and-cache.md, "The persistent cache"): format,
+hits, corruption, failures.
 
 We run as root, so "cannot write" is produced without permission bits: a regular file in the way
 of the directory, RLIMIT_FSIZE in a child process, and read-only bind mounts / a tiny tmpfs in a
@@ -93,7 +94,7 @@ def test_layout_schema_and_modes(tmp_path):
         names = {n for (n,) in query(directory, "SELECT name FROM sqlite_master")}
         assert {"meta", "results", "buffers", "results_by_result"} <= names
         cols = [r[1] for r in query(directory, "PRAGMA table_info(results)")]
-        assert cols == ["transformation", "result", "kind", "created", "duration"]
+        assert cols == ["transformation", "result", "kind", "created", "duration", "label"]
         cols = [r[1] for r in query(directory, "PRAGMA table_info(buffers)")]
         assert cols == ["checksum", "size", "created", "last_used"]
         conn = c._db.conn()
@@ -124,8 +125,8 @@ def test_round_trip(cache):
     path = os.path.join(cache.directory, "buffers", cs[:2], cs)
     with open(path, "rb") as f:
         assert f.read() == data
-    [(t, r, k, created, duration)] = query(cache.directory, "SELECT * FROM results")
-    assert (t, r, k, duration) == (tf("a"), cs, "bytes", 1.5)
+    [(t, r, k, created, duration, label)] = query(cache.directory, "SELECT * FROM results")
+    assert (t, r, k, duration, label) == (tf("a"), cs, "bytes", 1.5, None)
     assert before <= created <= time.time()
     [(c, size, _, _)] = query(cache.directory, "SELECT * FROM buffers")
     assert (c, size) == (cs, len(data))
@@ -749,11 +750,14 @@ def test_cache_works_in_a_forked_child(tmp_path):
 
 class FakeConfig:
     def __init__(self, cache):
-        self.values = {"cache": cache, "memory_cache": 1 << 20}
+        self.values = {"cache": cache, "memory_cache": 1 << 20, "cache_max": None}
         self.gen = 1
 
     def get(self, key):
         return self.values[key]
+
+    def cache_is_implicit(self):
+        return False
 
     def generation(self):
         return self.gen

@@ -61,14 +61,15 @@ def test_defaults_without_any_configuration():
     assert settings["execution"] == Setting("process", "default")
     assert settings["workers"] == Setting(workers, "default")
     assert settings["nparallel"] == Setting(8 * workers, "default")
-    assert settings["cache"] == Setting(None, "default")
+    assert settings["cache"] == Setting(config.default_cache_dir(), "default")
+    assert settings["cache_max"] == Setting(5 * GiB, "default")
     assert settings["scheduler"] == Setting(None, "default")
     expected_memory = min(2 * GiB, pool_env.physical_memory() // 4)
     assert settings["memory_cache"] == Setting(expected_memory, "default")
     assert config.get_nparallel() == 8 * workers
     assert config.get("dask_client") is None
-    assert sorted(settings) == ["cache", "execution", "memory_cache", "nparallel", "scheduler",
-                                "workers"]
+    assert sorted(settings) == ["cache", "cache_max", "execution", "memory_cache", "nparallel",
+                                "scheduler", "workers"]
 
 
 def test_get_settings_is_read_only_mapping_of_named_tuples():
@@ -123,7 +124,7 @@ def test_precedence_python_env_profile_project_default(fresh_config, monkeypatch
     assert settings["workers"] == Setting(3, "SEAMLESS_WORKERS")
     assert settings["scheduler"] == Setting("tcp://profile:1", "seamless.profile.yaml:3")
     assert settings["execution"] == Setting("spawn", "seamless.yaml:3")
-    assert settings["cache"] == Setting(None, "default")
+    assert settings["cache"] == Setting(config.default_cache_dir(), "default")
 
 
 def test_later_item_in_a_file_replaces_earlier(fresh_config):
@@ -146,7 +147,7 @@ def test_empty_environment_variable_counts_as_unset(fresh_config, monkeypatch):
     monkeypatch.setenv("SEAMLESS_CACHE", "")
     assert config.get_settings()["nparallel"] == Setting(2, "seamless.yaml:1")
     assert config.get("execution") == "spawn"
-    assert config.get("cache") is None
+    assert config.get("cache") == config.default_cache_dir()
 
 
 def test_environment_values(monkeypatch, fresh_config):
@@ -335,7 +336,7 @@ def test_null_means_the_default(fresh_config):
     settings = config.get_settings()
     assert settings["nparallel"] == Setting(8 * config.get("workers"), "seamless.profile.yaml:1")
     assert settings["execution"] == Setting("process", "seamless.profile.yaml:2")
-    assert settings["cache"] == Setting(None, "seamless.profile.yaml:3")
+    assert settings["cache"] == Setting(config.default_cache_dir(), "seamless.profile.yaml:3")
     assert settings["memory_cache"].source == "seamless.profile.yaml:4"
 
 
@@ -400,7 +401,7 @@ def test_error_unknown_key(fresh_config):
     err = config_error("- nparallel: 2\n- frobnicate: 1\n")
     assert isinstance(err, ValueError)
     assert str(err) == ("seamless.yaml, line 2: unknown key 'frobnicate' (accepted keys: cache, "
-                        "execution, inherit_from_parent, memory_cache, nparallel, scheduler, "
+                        "cache_max, execution, inherit_from_parent, memory_cache, nparallel, scheduler, "
                         "workers)")
     assert (err.source, err.line, err.key, err.value) == (
         str(fresh_config / "seamless.yaml"), 2, "frobnicate", 1)
@@ -694,9 +695,9 @@ def test_persistent_warns_to_use_cache(fresh_config):
         config.get_nparallel()
     assert [str(w.message) for w in record] == [
         "seamless.yaml, line 1: key 'persistent' is an upstream Seamless setting and is ignored "
-        "here; for a persistent cache use '- cache: DIR' (or '- cache: true' for the default "
-        "directory)"]
-    assert config.get("cache") is None
+        "here; the persistent cache is on by default ('- cache: DIR' chooses its directory, "
+        "'- cache: off' turns it off)"]
+    assert config.get("cache") == config.default_cache_dir()
 
 
 def test_remote_daskserver_warns(fresh_config):
@@ -1195,8 +1196,8 @@ def test_physical_memory_from_meminfo_and_cgroup(tmp_path):
 def test_error_unknown_key_suggests_the_close_one(fresh_config, key):
     err = config_error(f"- {key}: 2\n")
     assert str(err) == (f"seamless.yaml, line 1: unknown key {key!r}; did you mean 'workers'? "
-                        "(accepted keys: cache, execution, inherit_from_parent, memory_cache, "
-                        "nparallel, scheduler, workers)")
+                        "(accepted keys: cache, cache_max, execution, inherit_from_parent, "
+                        "memory_cache, nparallel, scheduler, workers)")
     assert (err.line, err.key, err.value) == (1, key, 2)
 
 

@@ -1,0 +1,75 @@
+"""The ``backend`` fixture of the contract tests: one execution mode per parameter.
+
+- "process": the default in-process executor (bodies run in this process's threads).
+- "spawn": ``spawn(2)``, a pool of two worker processes.
+- "remote": ``seamless.config.init(dask_client=client)`` on one session-wide
+  ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`` (made on first use, always
+  closed at the end of the session); skipped, with the reason, while ``distributed`` or
+  ``seamless.dask.backend`` is missing.
+
+After each test the backends are closed (their processes stopped), the settings reset and the
+memory caches emptied; no child process of this one may outlive the test (the cluster's own
+processes are the session's, and are not counted).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+import seamless
+import seamless.cache
+import seamless.config
+from procs import live_processes
+from seamless.transformer import spawn
+
+MODES = ("process", "spawn", "remote")
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """One LocalCluster for every remote test of the session, with its client."""
+    pytest.importorskip("distributed", reason='the remote backend needs Dask: pip install '
+                                              '".[dask]"')
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           host="127.0.0.1", dashboard_address=None)
+    try:
+        client = Client(cluster, set_as_default=False)
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(params=MODES)
+def backend(request) -> str:
+    """Configure seamless for one execution mode; yields the mode's name."""
+    mode = request.param
+    client = None
+    if mode == "remote":
+        pytest.importorskip("seamless.dask.backend",
+                            reason="the Dask backend (seamless.dask.backend) is not built yet")
+        client = request.getfixturevalue("dask_client")
+    allowed = set(live_processes(1, os.getpid()))  # the session cluster's nannies, if any
+    if client is not None:
+        seamless.config.init(dask_client=client)
+    elif mode == "spawn":
+        spawn(2)
+    yield mode
+    seamless.close()
+    seamless.config._reset_for_tests()
+    seamless.cache._reset_for_tests()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _strays(allowed):
+        time.sleep(0.05)
+    assert not _strays(allowed), "child processes outlived the test"
+
+
+def _strays(allowed: set) -> list:
+    return [p for p in live_processes(1, os.getpid()) if p not in allowed]
