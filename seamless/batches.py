@@ -460,8 +460,7 @@ class _Observer:
         tl._counted.add(index)
         if handle.status == _FAILED:
             tl._failed[index] = handle
-        outcome = handle._outcome
-        if outcome is not None and outcome.from_cache:
+        if handle.cached:
             tl._cached.add(index)
         if self.bar is not None:
             self.bar.set_postfix(failed=len(tl._failed), cached=len(tl._cached), refresh=False)

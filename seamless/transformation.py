@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 import time
 from hashlib import sha256
@@ -36,6 +37,8 @@ from .execution.backend import materialize
 from .execution.runner import Failure, Outcome, Work
 
 __all__ = ["Transformation"]
+
+_log = logging.getLogger("seamless")
 
 def _our_frames_hidden(method):
     """Re-raise seamless's own usage errors (a bad configuration, a full /dev/shm ...) with
@@ -210,6 +213,8 @@ class Transformation:
             self._outcome = outcome
             if failure is None:
                 self._status = DONE
+                if outcome.from_cache and _log.isEnabledFor(logging.INFO):
+                    _log.info("%s: cache hit", self._label())
             else:
                 how = ": " if failure.crash is not None else " with "
                 self._failure_line = f"{self._label()} failed{how}{failure.summary}"
@@ -465,6 +470,13 @@ class Transformation:
     @property
     def status(self) -> str:
         return self._status
+
+    @property
+    def cached(self) -> bool:
+        """True when this handle is done and its result came from a cache (this process's
+        memory or the persistent cache) instead of a run; False otherwise, and before it is
+        done (docs/caching.md)."""
+        return self._status == DONE and self._outcome.from_cache
 
     def cancel(self) -> bool:
         """Cancel a pending or running handle (terminal); False if it had finished."""

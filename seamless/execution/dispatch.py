@@ -12,8 +12,9 @@ Lookup order (docs/caching.md, "The persistent cache"):
 
 Backends (``backend.Backend``; made per execution mode by ``backend.Backends``): ``.local``
 runs in-process whatever the mode; inside a backend's worker process every child goes to the
-backend given to ``nest_into`` (a pool worker: the parent, ``parent.ParentPool``).  Backends report back through ``backend.Hooks`` (``complete``,
-``execute``, ``forget``, ``nested``, ``detach``), so none imports this module.  A backend that
+backend given to ``nest_into`` (a pool worker: the parent, ``parent.ParentPool``).  Backends
+report back through ``backend.Hooks`` (``complete``, ``execute``, ``forget``, ``nested``,
+``detach``), so none imports this module.  A backend that
 does not look the persistent cache up itself (``looks_up_cache``) gets only the misses of the
 lookup thread here: a hit submits nothing.
 
@@ -46,7 +47,8 @@ from .job import Job
 from .runner import Failure, Outcome, run
 
 __all__ = ["start", "execute", "complete", "help_run", "withdraw", "close", "backend",
-           "live_backend", "default_nparallel", "has_spawned", "in_worker", "become_worker", "nest_into"]
+           "live_backend", "default_nparallel", "has_spawned", "in_worker", "become_worker",
+           "nest_into"]
 
 _log = logging.getLogger("seamless")
 _running: dict = {}
@@ -287,17 +289,16 @@ def _persistent_hit(checksum):
     return Outcome(Encoded(kind, result_checksum, buffer), None, 0.0, True)
 
 
-def _record(checksum, outcome: Outcome):
+def _record(checksum, outcome: Outcome, label):
+    """``label``: the function's name, which ``seamless-cache list`` shows."""
     result = outcome.result
     cache.memory_results.put(checksum, result.kind, result.checksum)
     if is_remote(result.buffer):
         return  # its fetch() fills the buffer caches (execution/backend.py)
     if not _is_segment(result.buffer):  # the memory cache never keeps a segment alive
         cache.memory_buffers.put(result.checksum, result.buffer)
-    store = _cache_step(cache.persistent)
-    if store is not None:
-        _cache_step(store.write, checksum, result.kind, result.checksum, result.buffer,
-                    outcome.duration)
+    _cache_step(cache.store_result, checksum, result.kind, result.checksum, result.buffer,
+                outcome.duration, label)
 
 
 def _is_segment(buffer) -> bool:
@@ -337,10 +338,11 @@ def complete(job: Job, outcome: Outcome):
         result = outcome.result
         if result is not None and not outcome.from_cache:
             if type(result.checksum) is PendingChecksum:
+                label = job.work.name
                 result.checksum.add_callback(lambda cs: _record(
-                    job.checksum, outcome._replace(result=result._replace(checksum=cs))))
+                    job.checksum, outcome._replace(result=result._replace(checksum=cs)), label))
             else:
-                _record(job.checksum, outcome)
+                _record(job.checksum, outcome, job.work.name)
     finally:
         with _lock:
             if _running.get(job.checksum) is job:
