@@ -16,10 +16,10 @@ Threads and data flow::
 - Jobs are claimed at ``submit``: Dask queues them, not us; ``parallel()`` bounds how many
   are submitted.  ``abandon`` cancels this client's interest in the key (a task other clients
   still want runs on); the watcher then completes the job as failed.
-- A large result stays on the cluster: its ``Outcome`` holds a ``RemoteBuffer`` when the
-  dispatcher accepts lazy buffers (``execution.backend.materialize`` exists), else the bytes
-  are fetched at completion.  Small results are always fetched whole: that costs no more than
-  their metadata.
+- A large result stays on the cluster: its ``Outcome`` holds a ``RemoteBuffer`` (a remote
+  buffer of execution/backend.py), fetched when the value is read, which then fills the
+  caches.  Small results are fetched whole, in batches: that costs no more than their
+  metadata.
 - The completion thread is the only one that completes jobs, and it never runs on the event
   loop, so completions may block (fetch, scatter, submit more work) without stalling Dask.
 - Ownership: ``_inflight`` holds each submitted job and its future until completion; erred
@@ -37,7 +37,6 @@ from .. import cache, config
 from ..checksum import _trusted
 from ..encoding import Encoded
 from ..errors import ConfigurationError
-from ..execution import backend as _contract
 from ..execution.runner import Failure, Outcome
 from . import connect, sharedfs, task
 from .failures import failure_from_error
@@ -46,7 +45,6 @@ from .ship import Shipper, task_key
 
 __all__ = ["DaskBackend", "create"]
 
-_LAZY = hasattr(_contract, "materialize")
 _CLOSE_TIMEOUT_S = 10
 
 
@@ -81,7 +79,6 @@ class DaskBackend:
     name = "remote"
     segment_threshold = None  # arguments are plain bytes: Dask serialises them itself
     looks_up_cache = False
-    accepts_remote_buffers = True
 
     def __init__(self, hooks, client, owned: bool, in_worker: bool):
         self._hooks = hooks
@@ -98,6 +95,8 @@ class DaskBackend:
         self._thread = threading.Thread(target=self._serve, daemon=True,
                                         name="seamless-dask-completion")
         self._thread.start()
+        self._to_gather: list = []  # (job, future) finished, not yet gathered (loop thread)
+        self._gathering = False
         self._shared_for = None  # (cache directory, its id), per config generation
         self._shared_generation = None
 
@@ -184,24 +183,54 @@ class DaskBackend:
     # ------------------------------------------------------------ watching a task
 
     async def _watch(self, job, future):
-        """On the client's event loop: wait for the key, fetch what completion needs."""
+        """On the client's event loop: wait for the key, fetch what completion needs.
+
+        Small results join the next batched gather: one request for all the keys that
+        finished meanwhile, as ``client.gather`` does.  A large one (or one of unknown type:
+        the key was already in memory for another client) gets its metadata only."""
         try:
             await future._state.wait()
             status = future.status
             if status == "finished":
                 if future.type is SmallResult:
-                    what = ("small", await future._result())
-                else:
-                    meta = self._client.submit(task.metadata, future, pure=False,
-                                               key=f"seamless-meta-{job.checksum}")
-                    what = ("large", await meta._result())
-                    meta.release()
+                    self._to_gather.append((job, future))
+                    if not self._gathering:
+                        self._gathering = True
+                        await self._gather_batches()
+                    return
+                meta = self._client.submit(task.metadata, future, pure=False,
+                                           key=f"seamless-meta-{job.checksum}")
+                what = ("large", await meta._result())
+                meta.release()
             elif status == "error":
                 what = ("error", await future._exception())
             else:
                 what = ("cancelled", None)
         except BaseException as exc:  # the connection went, or the data was lost meanwhile
             what = ("error", exc)
+        self._deliver(job, what)
+
+    async def _gather_batches(self):
+        """Gather every queued finished key, batch after batch, until none waits."""
+        try:
+            while self._to_gather:
+                batch, self._to_gather = self._to_gather, []
+                try:
+                    values = await self._client._gather([f for _, f in batch])
+                    results = [("whole", v) for v in values]
+                except BaseException:  # one key lost: fetch them one by one, to know which
+                    results = []
+                    for _, future in batch:
+                        try:
+                            results.append(("whole", await future._result()))
+                        except BaseException as exc:
+                            results.append(("error", exc))
+                for (job, _), what in zip(batch, results):
+                    self._deliver(job, what)
+        finally:
+            self._gathering = False
+
+    def _deliver(self, job, what):
         with self._cond:
             self._done.append((job, what))
             self._cond.notify()
@@ -229,13 +258,13 @@ class DaskBackend:
 
     def _outcome(self, job, future, what) -> Outcome:
         kind, value = what
-        if kind == "small":
+        if kind == "whole":
             return Outcome(Encoded(value.kind, _trusted(value.checksum), value.buffer), None,
                            value.duration)
         if kind == "large":
             result_kind, checksum, nbytes, duration, stored = value
             rb = RemoteBuffer(future, result_kind, checksum, nbytes, stored, self._read_shared,
-                              self._on_fetch(job.checksum, result_kind, duration))
+                              self._on_fetch(job.checksum, result_kind, duration, job.work.name))
             self._held[job.checksum] = rb
             return self._large_outcome(job, rb, duration)
         if kind == "cancelled":
@@ -246,9 +275,7 @@ class DaskBackend:
 
     @staticmethod
     def _large_outcome(job, rb: RemoteBuffer, duration: float, from_cache=False) -> Outcome:
-        buffer = rb if _LAZY else rb.fetch()
-        return Outcome(Encoded(rb.kind, _trusted(rb.checksum), buffer), None, duration,
-                       from_cache)
+        return Outcome(Encoded(rb.kind, _trusted(rb.checksum), rb), None, duration, from_cache)
 
     # ------------------------------------------------------------ caches
 
@@ -256,7 +283,8 @@ class DaskBackend:
         """``(directory, id)`` of the persistent cache the workers may share, or None."""
         generation = config.generation()
         if generation != self._shared_generation:
-            store = None if self._in_worker else cache.persistent()
+            store = None if self._in_worker or config.cache_is_implicit() \
+                else cache.persistent()
             shared = None
             if store is not None:
                 try:
@@ -270,16 +298,13 @@ class DaskBackend:
         shared = self._shared()
         return None if shared is None else sharedfs.read(shared[0], checksum)
 
-    def _on_fetch(self, tf_checksum: str, kind: str, duration: float):
+    def _on_fetch(self, tf_checksum: str, kind: str, duration: float, label: str):
         """What a lazily fetched result does with its bytes: the caches keep them."""
-        if not _LAZY:
-            return None  # the dispatcher records the fetched bytes itself
 
         def record(checksum, buffer):
             cache.memory_buffers.put(checksum, buffer)
-            store = None if self._in_worker else cache.persistent()
-            if store is not None:
-                store.write(tf_checksum, kind, checksum, buffer, duration)
+            if not self._in_worker:
+                cache.store_result(tf_checksum, kind, checksum, buffer, duration, label)
 
         return record
 
