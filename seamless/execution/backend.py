@@ -106,7 +106,7 @@ class Backend(Protocol):
         """In a forked child: close this copy's descriptors; touch nothing the parent owns."""
 
     def describe(self) -> str:
-        """One line for messages, e.g. "a pool of 4 worker processes"."""
+        """A phrase for messages, e.g. "a pool of 4 workers"."""
 
     def default_nparallel(self) -> int | None:
         """The ``parallel()`` bound when none is chosen (None: the ``nparallel`` setting)."""

@@ -18,6 +18,8 @@ from overlap import interval, max_overlap
 
 import seamless
 from seamless.errors import TransformationError
+from seamless.execution import dispatch
+from seamless.execution.backend import Backend
 from seamless.transformer import delayed, parallel
 
 pytestmark = pytest.mark.integration
@@ -93,6 +95,44 @@ def _until(predicate, what: str):
     while not predicate():
         assert time.monotonic() < deadline, f"{what} did not happen within {WAIT} s"
         time.sleep(0.01)
+
+
+def test_the_backend_implements_the_protocol(backend):
+    """The configured mode's backend has every member of ``Backend``, and names its mode."""
+    made = dispatch.backend(backend)
+    assert isinstance(made, Backend)
+    assert made.name == backend
+    assert made.describe()
+
+
+def _imported_modules(module) -> set:
+    """Every module ``module``'s source imports, at any depth of its code (absolute names)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    package = module.rpartition(".")[0]
+    names = set()
+    with open(spec.origin) as f:
+        tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) \
+                if node.level else node.module
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_pool_and_the_dispatcher_do_not_import_each_other():
+    """Neither module imports the other, even inside a function: the pool reaches the
+    dispatcher only through the hooks it is built with, the dispatcher the pool only through
+    the backend registry."""
+    assert "seamless.execution.dispatch" not in _imported_modules("seamless.pool.pool")
+    assert "seamless.pool.pool" not in _imported_modules("seamless.execution.dispatch")
+    assert "seamless.pool.pool" in _imported_modules("seamless.execution.backend")
 
 
 def test_result_and_where_the_body_ran(backend):
