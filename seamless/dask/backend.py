@@ -46,6 +46,7 @@ from .ship import Shipper, task_key
 __all__ = ["DaskBackend", "create"]
 
 _CLOSE_TIMEOUT_S = 10
+_RESENDS = 3
 
 
 def create(hooks) -> "DaskBackend":
@@ -79,6 +80,7 @@ class DaskBackend:
     name = "remote"
     segment_threshold = None  # arguments are plain bytes: Dask serialises them itself
     looks_up_cache = False
+    stops_abandoned = True  # abandon() cancels the key: a later handle submits it afresh
 
     def __init__(self, hooks, client, owned: bool, in_worker: bool):
         self._hooks = hooks
@@ -87,6 +89,8 @@ class DaskBackend:
         self._in_worker = in_worker
         self._shipper = Shipper(client, config.get("memory_cache"))
         self._inflight: dict = {}  # job -> future, until the job completes
+        self._abandoned: set = set()  # in-flight jobs whose handles all left (cancelled)
+        self._resent: dict = {}  # job -> times resubmitted after a cancel nobody here asked
         self._held: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # tf cs -> rb
         self._lock = threading.Lock()
         self._done: collections.deque = collections.deque()
@@ -111,6 +115,10 @@ class DaskBackend:
             return
         if self._in_worker:
             task.secede_once()  # the body that submits this child will wait for it
+        self._send(job)
+
+    def _send(self, job):
+        """Submit a claimed job's task and watch it."""
         shared = self._shared()
         try:
             payload = self._shipper.payload(job.checksum, job.work, shared)
@@ -141,6 +149,8 @@ class DaskBackend:
     def abandon(self, job) -> None:
         with self._lock:
             future = self._inflight.get(job)
+            if future is not None:
+                self._abandoned.add(job)
         if future is not None:
             future.cancel()
 
@@ -148,14 +158,14 @@ class DaskBackend:
         return False
 
     def close(self) -> list:
+        """Cancel this client's interest in every key still running and hand those jobs back
+        (the dispatcher cancels their handles); close the client if seamless made it."""
         with self._lock:
             self._closed = True
             jobs = list(self._inflight.items())
             self._inflight.clear()
-        for job, future in jobs:
-            future.release()
-            self._hooks.complete(job, _failed(
-                "seamless.close() stopped the Dask backend before it finished"))
+        for _job, future in jobs:
+            future.cancel()
         with self._cond:
             self._cond.notify_all()
         self._thread.join(_CLOSE_TIMEOUT_S)
@@ -163,7 +173,7 @@ class DaskBackend:
         self._held.clear()
         if self._owned:
             self._client.close(timeout=_CLOSE_TIMEOUT_S)
-        return []
+        return [job for job, _future in jobs]
 
     def forget_after_fork(self) -> None:
         """The client's loop thread does not exist in a forked child: drop it, close nothing."""
@@ -246,8 +256,22 @@ class DaskBackend:
                 job, what = self._done.popleft()
             with self._lock:
                 future = self._inflight.pop(job, None)
+                abandoned = job in self._abandoned
+                self._abandoned.discard(job)
+                resend = what[0] == "cancelled" and not abandoned and not self._closed \
+                    and self._resent.get(job, 0) < _RESENDS
+                if resend:
+                    self._resent[job] = self._resent.get(job, 0) + 1
+                else:
+                    self._resent.pop(job, None)
             if future is None:
-                continue  # closed meanwhile: already completed
+                continue  # closed meanwhile: handed back by close()
+            if resend:
+                # Cancelled by nobody here: the scheduler's late notice of an earlier
+                # abandoned run of the same key, or another client's forced cancel.
+                self._release_now(future)
+                self._send(job)
+                continue
             try:
                 outcome = self._outcome(job, future, what)
             except Exception as exc:  # e.g. fetching a result whose worker just died
@@ -267,11 +291,20 @@ class DaskBackend:
                               self._on_fetch(job.checksum, result_kind, duration, job.work.name))
             self._held[job.checksum] = rb
             return self._large_outcome(job, rb, duration)
+        self._release_now(future)  # a new submission of the key must not find this one
         if kind == "cancelled":
             return _failed(f"the Dask scheduler at {self._address()} cancelled it "
                            f"(.cancel(), or the scheduler restarted)")
-        future.release()
         return Outcome(None, failure_from_error(value, self._client), 0.0)
+
+    def _release_now(self, future):
+        """Release an erred or cancelled future and wait until the client has dropped the key:
+        ``client.submit`` of the same key would otherwise hand back this stale state."""
+        future.release()
+        try:
+            self._client.sync(_loop_turn)  # runs after the release queued on the loop
+        except Exception:  # the client is closing: no submission can follow anyway
+            return
 
     @staticmethod
     def _large_outcome(job, rb: RemoteBuffer, duration: float, from_cache=False) -> Outcome:
@@ -307,6 +340,10 @@ class DaskBackend:
                 cache.store_result(tf_checksum, kind, checksum, buffer, duration, label)
 
         return record
+
+
+async def _loop_turn():
+    return None
 
 
 def _failed(summary: str) -> Outcome:
