@@ -85,12 +85,11 @@ def in_worker() -> bool:
 
 def become_worker(channel_backend, hook, index: int):
     """Called once by a pool worker: children go to the parent through ``channel_backend``."""
-    from ..pool.wire import INLINE_MAX
     from .parent import ParentPool
 
     global _in_pool_worker
     _in_pool_worker = True
-    nest_into(ParentPool(channel_backend, INLINE_MAX), hook)
+    nest_into(ParentPool(channel_backend), hook)
 
 
 def nest_into(backend: Backend, hook):

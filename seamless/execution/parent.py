@@ -9,6 +9,8 @@ holds the argument buffers until the parent's reply completes it.
 
 from __future__ import annotations
 
+from ..pool.wire import INLINE_MAX
+
 __all__ = ["ParentPool"]
 
 
@@ -18,10 +20,10 @@ class ParentPool:
     name = "parent"
     looks_up_cache = False  # the parent answers from its memory cache before queueing
     stops_abandoned = True  # the parent is told to drop the child (``nested-cancel``)
+    segment_threshold = INLINE_MAX  # large arguments travel up without a copy
 
-    def __init__(self, channel_backend, segment_threshold: int):
+    def __init__(self, channel_backend):
         self._channel = channel_backend  # submit / withdraw / abandon over the worker channel
-        self.segment_threshold = segment_threshold  # arguments travel up without a copy
 
     def submit(self, job):
         self._channel.submit(job)
