@@ -20,9 +20,9 @@ pytest.importorskip("distributed", reason="the Dask backend needs the dask extra
                                           'pip install ".[dask]"')
 
 
-def _local_cluster(**config):
+def _local_cluster(memory_limit="auto", **config):
     """A 2-worker, 1-thread-per-worker LocalCluster with its client (``config``: dask settings
-    in force while it starts: the scheduler reads them then)."""
+    in force while it starts: the scheduler and the nannies read them then)."""
     import dask
     from distributed import Client, LocalCluster
 
@@ -31,6 +31,7 @@ def _local_cluster(**config):
         # 8787 by default and warn when another cluster has it: a free loopback port instead.
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=None,
+                               memory_limit=memory_limit,
                                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
     try:
         client = Client(cluster, set_as_default=False)
@@ -41,8 +42,8 @@ def _local_cluster(**config):
 
 
 @contextlib.contextmanager
-def own_cluster(**config):
-    cluster, client = _local_cluster(**config)
+def own_cluster(memory_limit="auto", **config):
+    cluster, client = _local_cluster(memory_limit, **config)
     try:
         yield client
     finally:

@@ -83,3 +83,31 @@ def test_an_unreachable_scheduler_fails_within_the_connect_timeout(tmp_path):
     assert f"cannot reach the Dask scheduler at {address} within 2 s" in out.stdout, out.stdout
     elapsed = float(out.stdout.split("ELAPSED")[1])
     assert elapsed < 60, f"took {elapsed:.1f} s for a 2 s connect timeout"  # hang detector
+
+
+@delayed
+def hog(megabytes):
+    import time
+
+    import numpy as np
+
+    block = np.ones(megabytes * 2**20 // 8)  # touched: resident
+    time.sleep(30)  # the nanny kills the worker long before this ends
+    return float(block.sum())
+
+
+def test_a_worker_killed_for_memory_names_the_nanny_report():
+    settings = {"distributed.scheduler.allowed-failures": 0,
+                "distributed.worker.memory.monitor-interval": "50ms"}
+    with own_cluster(memory_limit="300MB", **settings) as client:
+        seamless.config.init(dask_client=client)
+        handle = hog(600)
+        try:
+            handle.run(timeout=60)
+        except WorkerCrashedError as err:
+            message = str(err)
+        else:
+            raise AssertionError("the memory hog did not fail")
+        assert "its nanny restarted it because its memory" in message, message
+        assert "distributed.worker.memory.terminate" in message
+        seamless.close()
