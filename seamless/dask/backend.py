@@ -15,13 +15,18 @@ Threads and data flow::
   (a live ``RemoteBuffer``) is answered from it, also without submitting.
 - Jobs are claimed at ``submit``: Dask queues them, not us; ``parallel()`` bounds how many
   are submitted.  ``abandon`` cancels this client's interest in the key (a task other clients
-  still want runs on); the watcher then completes the job as failed.
+  still want runs on; ``stops_abandoned``: the dispatcher forgets the job first); the watcher
+  then completes the job as failed.  A cancel that nobody here asked for (the scheduler's late
+  notice about an earlier, abandoned run of the same key) resubmits the job, at most
+  ``_RESENDS`` times.  ``close()`` cancels the keys still in flight and hands their jobs back.
 - A large result stays on the cluster: its ``Outcome`` holds a ``RemoteBuffer`` (a remote
   buffer of execution/backend.py), fetched when the value is read, which then fills the
   caches.  Small results are fetched whole, in batches: that costs no more than their
   metadata.
-- The completion thread is the only one that completes jobs, and it never runs on the event
-  loop, so completions may block (fetch, scatter, submit more work) without stalling Dask.
+- Jobs are completed by the completion thread, which is not the event loop, so completions
+  may block (fetch, scatter, submit more work) without stalling Dask; only a job that never
+  reached Dask (answered from a held result, or refused by ``client.submit``) is completed
+  by ``submit`` itself.
 - Ownership: ``_inflight`` holds each submitted job and its future until completion; erred
   futures are released at once, so the scheduler forgets their keys and tracebacks.  A client
   seamless made (``scheduler`` setting) is closed by ``close()``; the user's is left open.
@@ -168,7 +173,8 @@ class DaskBackend:
             future.cancel()
         with self._cond:
             self._cond.notify_all()
-        self._thread.join(_CLOSE_TIMEOUT_S)
+        if threading.current_thread() is not self._thread:  # closed from a completion
+            self._thread.join(_CLOSE_TIMEOUT_S)
         self._shipper.clear()
         self._held.clear()
         if self._owned:

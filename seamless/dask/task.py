@@ -25,8 +25,8 @@ from __future__ import annotations
 import marshal
 import threading
 
-from ..code import FunctionCode, ModuleEntry
 from ..checksum import _trusted
+from ..code import FunctionCode, ModuleEntry
 from ..encoding import Encoded
 from ..execution.runner import Work, run
 from . import sharedfs
@@ -94,11 +94,12 @@ def _buffer(buffers: dict, checksum: str, shared):
     if type(value) in (SmallResult, LargeResult):
         return value.buffer
     if value is None:
-        data = sharedfs.read(shared[0], checksum) if shared is not None else None
+        data = sharedfs.read(shared[0], checksum)
         if data is None:
             raise RuntimeError(
-                f"input buffer {checksum} is not in the cache directory {shared[0] if shared else '?'}"
-                f" that this worker shares with the client (removed meanwhile?); run it again")
+                f"input buffer {checksum} is missing or corrupt in the cache directory "
+                f"{shared[0]} that this worker shares with the client (removed meanwhile?); "
+                f"run the transformation again")
         return data
     return value
 
