@@ -6,16 +6,20 @@
   closes it in ``Backend.close()`` (``seamless.close()`` or interpreter exit).  An unreachable
   scheduler is a ``SeamlessError`` naming the address and the timeout, never a hang.
 
-On connecting, every worker is asked for its seamless version (one ``client.run``); a worker
-with another version is a ``ConfigurationError`` naming it and both versions, since the
-workers execute with their own copy of seamless.
+On connecting, a worker plugin checks the seamless version of every worker, now and of each
+worker that joins later; a worker with another version is a ``ConfigurationError`` naming it
+and both versions (the workers execute with their own copy of seamless).  A worker that joins
+later with another version can only log the plugin's error: there is no caller to raise to.
 """
 
 from __future__ import annotations
 
+from distributed import Client, WorkerPlugin
+
 from ..errors import ConfigurationError, SeamlessError
 
-__all__ = ["client_from_config", "connect_timeout", "check_versions", "cluster_threads"]
+__all__ = ["client_from_config", "connect_timeout", "check_versions", "cluster_threads",
+           "VersionCheck"]
 
 
 def connect_timeout() -> float:
@@ -46,11 +50,9 @@ def client_from_config(config) -> tuple:
 
 
 def _connect(address: str):
-    import distributed
-
     timeout = connect_timeout()
     try:
-        return distributed.Client(address, timeout=timeout, set_as_default=False)
+        return Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         raise SeamlessError(
             f"cannot reach the Dask scheduler at {address} within {timeout:g} s "
@@ -58,28 +60,47 @@ def _connect(address: str):
             f"the 'scheduler' setting (SEAMLESS_SCHEDULER or seamless.yaml)") from exc
 
 
-def _worker_version() -> str:
+_PLUGIN_NAME = "seamless-version-check"
+
+
+class VersionCheck(WorkerPlugin):
+    """On every worker, now and when it joins later: the same seamless as the client.  Pickled
+    by reference (this module's name): the workers import it from their own seamless."""
+
+    name = _PLUGIN_NAME
+
+    def __init__(self, wanted: str):
+        self.wanted = wanted
+
+    def setup(self, worker):
+        check_worker_version(worker.address, self.wanted)
+
+
+def check_worker_version(address: str, wanted: str):
     import seamless
 
-    return seamless.__version__
+    if seamless.__version__ != wanted:
+        raise ConfigurationError(
+            f"Dask worker {address} runs seamless {seamless.__version__}, the client "
+            f"{wanted}; install the same version on the workers and the client")
 
 
 def check_versions(client):
-    """Refuse a cluster whose workers run another version of seamless."""
+    """Register the version check on the workers (existing ones answer at once); a worker with
+    another version, or without seamless, is a ``ConfigurationError``."""
     import seamless
 
     mine = seamless.__version__
     try:
-        versions = client.run(_worker_version)
+        client.register_plugin(VersionCheck(mine), name=_PLUGIN_NAME)
+    except ConfigurationError:
+        client.unregister_worker_plugin(_PLUGIN_NAME)
+        raise
     except ImportError as exc:
+        client.unregister_worker_plugin(_PLUGIN_NAME)
         raise ConfigurationError(
             f"the Dask workers cannot import seamless ({exc}); install seamless {mine} on the "
             f"workers") from exc
-    for worker, version in sorted(versions.items()):
-        if version != mine:
-            raise ConfigurationError(
-                f"Dask worker {worker} runs seamless {version}, this client {mine}; install "
-                f"the same version on the workers and the client")
 
 
 def cluster_threads(client) -> int:

@@ -111,3 +111,21 @@ def test_a_worker_killed_for_memory_names_the_nanny_report():
         assert "its nanny restarted it because its memory" in message, message
         assert "distributed.worker.memory.terminate" in message
         seamless.close()
+
+
+def test_a_worker_with_another_seamless_version_is_refused(monkeypatch):
+    """The client pretends to be another version: every worker is then a mismatch, named."""
+    from seamless.errors import ConfigurationError
+
+    with own_cluster() as client:
+        monkeypatch.setattr(seamless, "__version__", "0.0.0-test")
+        seamless.config.init(dask_client=client)
+        try:
+            fragile(0).run(timeout=60)
+        except ConfigurationError as err:
+            message = str(err)
+        else:
+            raise AssertionError("the version mismatch was not refused")
+        assert "runs seamless" in message and "the client 0.0.0-test" in message
+        assert "Dask worker tcp://127.0.0.1:" in message
+        seamless.close()
