@@ -35,8 +35,11 @@ def dask_client():
                                               '".[dask]"')
     from distributed import Client, LocalCluster
 
+    # dashboard_address=None still leaves the scheduler's HTTP routes on port 8787, which
+    # warns when another cluster has that port: a free loopback port instead.
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           host="127.0.0.1", dashboard_address=None)
+                           host="127.0.0.1", dashboard_address=None,
+                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
     try:
         client = Client(cluster, set_as_default=False)
         try:
