@@ -90,6 +90,7 @@ class DaskBackend:
     def __init__(self, hooks, client, owned: bool, in_worker: bool):
         self._hooks = hooks
         self._client = client
+        self._scheduler_address = getattr(client.scheduler, "address", None) or "(unknown)"
         self._owned = owned
         self._in_worker = in_worker
         self._shipper = Shipper(client, config.get("memory_cache"))
@@ -132,7 +133,8 @@ class DaskBackend:
                                          key=task_key(job.checksum), pure=False)
         except Exception as exc:
             self._hooks.complete(job, _failed(
-                f"it could not be submitted to the Dask cluster ({type(exc).__name__}: {exc})"))
+                f"it could not be submitted to the Dask scheduler at {self._address()} "
+                f"({type(exc).__name__}: {exc})"))
             return
         with self._lock:
             if self._closed:
@@ -191,7 +193,7 @@ class DaskBackend:
         return f"the Dask cluster at {self._address()}"
 
     def _address(self) -> str:
-        return getattr(self._client.scheduler, "address", None) or "(unknown address)"
+        return self._scheduler_address
 
     def default_nparallel(self) -> int | None:
         return connect.cluster_threads(self._client)
@@ -281,8 +283,8 @@ class DaskBackend:
             try:
                 outcome = self._outcome(job, future, what)
             except Exception as exc:  # e.g. fetching a result whose worker just died
-                outcome = _failed(f"its result could not be fetched from the Dask cluster "
-                                  f"({type(exc).__name__}: {exc})")
+                outcome = _failed(f"its result could not be fetched from the Dask cluster at "
+                                  f"{self._address()} ({type(exc).__name__}: {exc})")
             del future
             self._hooks.complete(job, outcome)
 
@@ -352,6 +354,8 @@ async def _loop_turn():
     return None
 
 
-def _failed(summary: str) -> Outcome:
+def _failed(reason: str) -> Outcome:
+    """The outcome of a job the machinery failed (not its body)."""
+    summary = f"SeamlessError: {reason}"
     return Outcome(None, Failure(summary, summary + "\n",
                                  exception_type="seamless.errors.SeamlessError"), 0.0)

@@ -1,8 +1,10 @@
 """Fixtures of the Dask backend's tests (docs/scale-out.md).
 
-- ``cluster``: one ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`` for the
-  session, with its own client; always closed at the end of the session (its worker processes
-  with it).  Tests that kill a worker make their own cluster with ``own_cluster`` instead.
+- ``cluster``: one ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`` for
+  the session, with its own client; always closed, with its worker processes, after the last
+  test of this directory (the suites that run later fail a test that leaves child processes)
+  and at the latest when the session ends.  Tests that kill a worker make their own cluster
+  with ``own_cluster`` instead.
 - ``remote``: seamless configured with the session's client (``init(dask_client=...)``); the
   root conftest's ``fresh_seamless_state`` closes the backend and resets the settings after
   each test (the client stays: it is the session's).
@@ -13,6 +15,7 @@ Every module here is skipped, with the reason, when ``distributed`` is not insta
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import pytest
 
@@ -49,12 +52,44 @@ def own_cluster(memory_limit="auto", **config):
     finally:
         client.close()
         cluster.close()
+        if not _shared:
+            _stop_resource_tracker()
+
+
+_shared: list = []  # [(cluster, client)] while the shared cluster runs
+
+
+def _close_shared():
+    while _shared:
+        cluster, client = _shared.pop()
+        client.close()
+        cluster.close()
+    _stop_resource_tracker()
+
+
+def _stop_resource_tracker():
+    """Starting worker processes started multiprocessing's resource tracker, a child of this
+    process that would otherwise live until the session ends."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker._resource_tracker._stop()
 
 
 @pytest.fixture(scope="session")
 def cluster():
-    with own_cluster() as client:
-        yield client
+    _shared.append(_local_cluster())
+    try:
+        yield _shared[-1][1]
+    finally:
+        _close_shared()
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Close the shared cluster after the last test of this directory: the suites after it
+    fail a test that leaves child processes, and its workers are children of this process."""
+    here = Path(__file__).parent
+    if nextitem is None or Path(nextitem.path).parent != here:
+        _close_shared()
 
 
 @pytest.fixture

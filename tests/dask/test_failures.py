@@ -129,3 +129,44 @@ def test_a_worker_with_another_seamless_version_is_refused(monkeypatch):
         assert "runs seamless" in message and "the client 0.0.0-test" in message
         assert "Dask worker tcp://127.0.0.1:" in message
         seamless.close()
+
+
+@delayed
+def sleeps(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_losing_the_scheduler_fails_the_work_in_flight():
+    """The cluster goes away under a running task: the handle fails, naming the scheduler,
+    once the client gave up reconnecting (2 s here); it does not wait for the task."""
+    import time
+
+    import dask
+
+    from seamless.errors import TransformationError
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}), own_cluster() as client:
+        address = client.scheduler.address
+        seamless.config.init(dask_client=client)
+        handle = sleeps(30).start()
+
+        def processing(dask_scheduler):
+            return sum(len(ws.processing) for ws in dask_scheduler.workers.values())
+
+        deadline = time.monotonic() + 60  # hang detector
+        while client.run_on_scheduler(processing) == 0:
+            assert handle.status == "running" and time.monotonic() < deadline
+            time.sleep(0.05)
+        client.cluster.close()
+        try:
+            handle.run(timeout=60)  # hang detector: the task itself would take 30 s
+        except TimeoutError:
+            raise AssertionError("the handle waited after the scheduler was gone") from None
+        except TransformationError as err:
+            assert address in str(err), str(err)
+        else:
+            raise AssertionError("the handle succeeded without its scheduler")
+        seamless.close()
