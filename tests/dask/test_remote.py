@@ -144,3 +144,29 @@ def test_default_nparallel_is_the_cluster_threads(remote):
     from seamless import batches
 
     assert batches._nparallel(None)[0] == sum(remote.nthreads().values())
+
+
+def _helper(v):
+    return v * 10
+
+
+@delayed
+def uses_globals(x):
+    # names that only .globals and .modules provide, on the worker
+    return localmod_dask.twice(_helper(x) + offset) + math.floor(0.5)  # noqa: F821
+
+
+def test_globals_and_modules_travel_as_data(remote, tmp_path, monkeypatch):
+    """A helper by source, a value, a standard module by name and a local module embedded by
+    source: all reach the worker, which has the local module nowhere on its path."""
+    import math
+
+    (tmp_path / "localmod_dask.py").write_text("def twice(v):\n    return 2 * v\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import localmod_dask
+
+    uses_globals.globals._helper = _helper
+    uses_globals.globals.offset = 1
+    uses_globals.modules.math = math
+    uses_globals.modules.localmod_dask = localmod_dask
+    assert uses_globals(2).run() == 42
