@@ -170,3 +170,12 @@ def test_globals_and_modules_travel_as_data(remote, tmp_path, monkeypatch):
     uses_globals.modules.math = math
     uses_globals.modules.localmod_dask = localmod_dask
     assert uses_globals(2).run() == 42
+
+
+def test_task_awaits_in_the_event_loop(remote):
+    import asyncio
+
+    async def main():
+        return await asyncio.gather(compute(100).task(), compute(101).task())
+
+    assert [value for value, _pid in asyncio.run(main())] == [200, 202]
