@@ -72,6 +72,7 @@ def checked_count(n, function: str) -> int:
 
 
 def check_on_release(on_release) -> None:
+    """``Segment.from_fd``'s callback, called with the descriptor when the segment goes."""
     if on_release is not None and not callable(on_release):
         raise TypeError(f"on_release must be callable, got {type(on_release).__name__}")
 
