@@ -28,6 +28,9 @@ Data flow and ownership:
 - The eventfd is created by the first ``fileno()``, owned by the slab, emptied by
   ``drain()`` and closed by ``close()`` (idempotent, also when the slab dies).
 
+The word layout, state names, limits and error texts are seamless/_ipc/policy/flags.py's
+(the layout's C enum in flags.pxd is generated from it).
+
 Mechanism only: no configuration, logging or retry; callers pass sizes and timeouts.
 """
 
@@ -40,6 +43,9 @@ from posix.unistd cimport close as _close, read as _read, write as _write
 
 import os
 
+from seamless._ipc.policy import flags as policy
+from seamless._ipc.policy.flags import CANCELLED, DONE, EMPTY, FAILED, PENDING, RUNNING
+
 cdef extern from "<sys/eventfd.h>" nogil:
     int eventfd(unsigned int initval, int flags)
     int EFD_NONBLOCK
@@ -47,18 +53,7 @@ cdef extern from "<sys/eventfd.h>" nogil:
 
 __all__ = ["CANCELLED", "DONE", "EMPTY", "FAILED", "PENDING", "RUNNING", "Slab"]
 
-EMPTY = _EMPTY
-PENDING = _PENDING
-RUNNING = _RUNNING
-DONE = _DONE
-FAILED = _FAILED
-CANCELLED = _CANCELLED
-
-_NAMES = ("EMPTY", "PENDING", "RUNNING", "DONE", "FAILED", "CANCELLED", "state 6", "state 7")
-_MAX_SLOTS = (1 << 31) - 1
-
-# Longest single FUTEX_WAIT: signal handlers (Ctrl-C) run at least this often while waiting.
-cdef long long _SLICE_NS = 100_000_000
+cdef long long _SLICE_NS = policy.WAIT_SLICE_NS
 
 
 cdef inline uint32_t _gen(uint32_t word) noexcept nogil:
@@ -76,8 +71,7 @@ cdef inline uint32_t _word(uint32_t generation, uint32_t state) noexcept nogil:
 cdef uint32_t _generation_arg(object generation) except? 0xFFFFFFFF:
     cdef long long g = generation
     if g < 0 or g > _GENERATION_MASK:
-        raise ValueError(f"generation must be in 0..{_GENERATION_MASK}, got {g} "
-                         f"(pass the generation returned by acquire() or reset())")
+        raise policy.generation_out_of_range(g)
     return <uint32_t>g
 
 
@@ -87,8 +81,8 @@ cdef class Slab:
     def __cinit__(self, nslots=4096, *, buffer=None):
         self.efd = -1
         cdef long long n = nslots
-        if n < 1 or n > _MAX_SLOTS:
-            raise ValueError(f"nslots must be in 1..{_MAX_SLOTS}, got {n}")
+        if n < 1 or n > policy.MAX_SLOTS:
+            raise policy.nslots_out_of_range(n)
         self.n = <uint32_t>n
         if buffer is None:
             self.words = <uint32_t *>calloc(self.n, sizeof(uint32_t))
@@ -98,15 +92,12 @@ cdef class Slab:
             try:
                 PyObject_GetBuffer(buffer, &self.view, PyBUF_WRITABLE)
             except BufferError as exc:
-                raise ValueError(f"buffer must be a writable contiguous buffer (e.g. a shared "
-                                 f"mmap of a memfd), got {type(buffer).__name__}: {exc}") from None
+                raise policy.buffer_not_writable(buffer, exc) from None
             self.has_view = True
             if self.view.len < 4 * n:
-                raise ValueError(f"buffer holds {self.view.len} bytes, a slab of {n} slots needs "
-                                 f"{4 * n} (4 per slot); pass a larger buffer or fewer nslots")
+                raise policy.buffer_too_small(self.view.len, n)
             if (<uintptr_t>self.view.buf) % 4:
-                raise ValueError("buffer must start at a 4-byte aligned address "
-                                 "(futex words); map it from offset 0 or a multiple of 4")
+                raise ValueError(policy.BUFFER_MISALIGNED)
             self.words = <uint32_t *>self.view.buf
             self.shared = True
         self.free = <uint32_t *>malloc(self.n * sizeof(uint32_t))
@@ -139,8 +130,7 @@ cdef class Slab:
     cdef uint32_t _slot(self, object slot) except? 0xFFFFFFFF:
         cdef long long i = slot
         if i < 0 or i >= self.n:
-            raise IndexError(f"slot {i} out of range for a flag slab of {self.n} slots "
-                             f"(use a slot returned by acquire())")
+            raise policy.slot_out_of_range(i, self.n)
         return <uint32_t>i
 
     cdef int _wake(self, uint32_t slot) except -1:
@@ -152,7 +142,7 @@ cdef class Slab:
             return 0
         cdef int rc = seamless_futex_wake_all(&self.words[slot], self.shared)
         if rc:
-            raise OSError(rc, f"FUTEX_WAKE on flag slot {slot} failed: {os.strerror(rc)}")
+            raise policy.futex_failed("FUTEX_WAKE", slot, rc)
         return 0
 
     cdef int _signal(self, uint32_t slot) except -1:
@@ -172,8 +162,7 @@ cdef class Slab:
         A word found non-EMPTY (a shared buffer written before) gets a fresh
         generation, so a holder of the old one is stale."""
         if self.nfree == 0:
-            raise IndexError(f"flag slab full: all {self.n} slots are acquired (release() the "
-                             f"slots of finished work, or create another Slab)")
+            raise policy.slab_full(self.n)
         self.nfree -= 1
         cdef uint32_t slot = self.free[self.nfree]
         cdef uint32_t word = seamless_load_acquire(&self.words[slot])
@@ -190,8 +179,7 @@ cdef class Slab:
         """Give an acquired slot back: its word becomes EMPTY with the next generation."""
         cdef uint32_t s = self._slot(slot)
         if not self.in_use[s]:
-            raise ValueError(f"slot {s} of this flag slab is not acquired "
-                             f"(release() each slot from acquire() once)")
+            raise policy.not_acquired(s)
         cdef uint32_t generation = (_gen(seamless_load_acquire(&self.words[s])) + 1) & _GENERATION_MASK
         seamless_exchange(&self.words[s], _word(generation, _EMPTY))
         self.in_use[s] = 0
@@ -221,10 +209,7 @@ cdef class Slab:
                 if seamless_cas(p, &word, _word(generation, _RUNNING)):
                     return True
                 continue  # a terminal transition raced us; word holds it now
-            raise ValueError(
-                f"start(slot={slot}, generation={generation}): the word is "
-                f"{_NAMES[_state(word)]}; start() moves a PENDING word to RUNNING once, "
-                f"by its one writer (acquire() or reset() the slot first)")
+            raise policy.start_refused(slot, generation, _state(word))
 
     def start(self, slot, generation):
         """PENDING -> RUNNING (one writer); False if the generation is stale or the word
@@ -238,9 +223,7 @@ cdef class Slab:
             if _gen(word) != generation or _state(word) >= _DONE:
                 return False
             if _state(word) == _EMPTY:
-                raise ValueError(
-                    f"finish(slot={slot}, generation={generation}): the word is EMPTY, "
-                    f"not acquired in this generation (acquire() the slot first)")
+                raise policy.finish_on_empty(slot, generation)
             # Release on success: what the caller published before is visible to readers.
             if seamless_cas(p, &word, _word(generation, state)):
                 self._signal(slot)
@@ -250,14 +233,12 @@ cdef class Slab:
         """Terminal transition by compare-and-swap: True if this call won, False if the
         word was already terminal in `generation` or the generation is stale."""
         if state not in (_DONE, _FAILED, _CANCELLED):
-            raise ValueError(f"finish() takes a terminal state, DONE (3), FAILED (4) or "
-                             f"CANCELLED (5), got {state!r}")
+            raise policy.not_terminal("finish", state)
         return self._finish(self._slot(slot), _generation_arg(generation), state)
 
     cdef uint32_t _reset(self, uint32_t slot) except? 0xFFFFFFFF:
         if not self.in_use[slot]:
-            raise ValueError(f"reset(slot={slot}): the slot is not acquired in this process "
-                             f"(only the owner that acquire()d a slot resets it)")
+            raise policy.reset_not_owner(slot)
         cdef uint32_t generation = (_gen(seamless_load_acquire(&self.words[slot])) + 1) & _GENERATION_MASK
         seamless_exchange(&self.words[slot], _word(generation, _PENDING))
         self._wake(slot)
@@ -288,7 +269,7 @@ cdef class Slab:
                 rc = seamless_futex_wait(p, word, pause, shared)
             self.nwaiters -= 1
             if rc and rc != EAGAIN and rc != ETIMEDOUT and rc != EINTR:
-                raise OSError(rc, f"FUTEX_WAIT on flag slot {slot} failed: {os.strerror(rc)}")
+                raise policy.futex_failed("FUTEX_WAIT", slot, rc)
             PyErr_CheckSignals()
             word = seamless_load_acquire(p)
         return _state(word)
@@ -299,16 +280,13 @@ cdef class Slab:
         at least every 100 ms, so Ctrl-C interrupts the wait."""
         cdef long long timeout_ns = -1
         if timeout is not None:
-            if not timeout >= 0:
-                raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
-            timeout_ns = <long long>(min(float(timeout), 1e9) * 1e9)
+            timeout_ns = policy.timeout_ns(timeout)
         return self._wait(self._slot(slot), _generation_arg(generation), timeout_ns)
 
     def fileno(self):
         """The slab's eventfd (created on first call): readable after a terminal transition."""
         if self.closed:
-            raise ValueError("this flag slab is closed, it has no eventfd any more "
-                             "(call fileno() before close())")
+            raise policy.closed_eventfd("this flag slab")
         if self.efd < 0:
             self.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
             if self.efd < 0:

@@ -53,6 +53,10 @@ Fused copy-and-hash
     ``hasher.update`` reference the held export of ``src``, so a hasher that keeps one keeps
     valid memory.  After an exception the contents of ``dst`` are unspecified.
 
+What both backends share outside the copy loops (chunk size, argument checks, the memory
+check and the error texts, trim hooks) lives in seamless/_ipc/policy/segments.py; the
+allocator's memory check (``_memory_allows``) is its C twin, as it runs without the GIL.
+
 Mechanism only: no configuration, logging or retry; callers pass sizes in.
 """
 
@@ -71,16 +75,12 @@ from libc.stdlib cimport calloc, free, malloc, realloc, strtoull
 from libc.string cimport memcpy, memset, strdup, strstr
 
 import contextvars
-import errno as _errno
-import operator
 import os
-import resource
-import threading
 
 import numpy
 
-from seamless.cgroup import cgroup_paths, dirs_upwards, read_int, read_text
-from seamless.errors import SharedMemoryError
+from seamless._ipc.policy import segments as policy
+from seamless._ipc.policy.segments import CHUNK_BYTES, SAFETY_MARGIN, available_memory
 
 cnp.import_array()
 
@@ -183,9 +183,7 @@ __all__ = [
     "install_allocator", "uninstall_allocator", "allocator_installed", "claim",
 ]
 
-# Granularity of hasher.update() calls and of the helper thread's memcpy (and of
-# its stop checks).  Part of the contract: both backends feed the same chunks.
-CHUNK_BYTES = 1 << 20
+# CHUNK_BYTES (policy): also the helper thread's memcpy piece, between its stop checks.
 cdef Py_ssize_t _CHUNK = CHUNK_BYTES
 
 # From this size on the copy runs on a helper thread.  Measured on the 2-core
@@ -196,17 +194,9 @@ cdef Py_ssize_t _CHUNK = CHUNK_BYTES
 _THREAD_MIN_BYTES = 4 << 20
 cdef Py_ssize_t _thread_min = _THREAD_MIN_BYTES
 
-# Bytes kept free beyond the segment's size when checking available memory.
-SAFETY_MARGIN = 64 << 20
-
-# Where the memory check reads; module attributes so tests can point them at a fake tree.
-_MEMINFO = "/proc/meminfo"
-_CGROUP_ROOT = "/sys/fs/cgroup"
-_PROC_CGROUP = "/proc/self/cgroup"
-
-# cgroup v1 reports "no limit" as a huge page-rounded number; anything above this is no limit.
-_UNLIMITED = 1 << 60
-cdef unsigned long long _C_UNLIMITED = 1ULL << 60
+# Above this a cgroup v1 limit means "no limit" (policy.UNLIMITED, as a C integer for the
+# allocator's memory check, which runs without the GIL).
+cdef unsigned long long _C_UNLIMITED = policy.UNLIMITED
 
 
 # --- process-wide C state ----------------------------------------------------------------------
@@ -456,22 +446,15 @@ def bytes_hashed():
     return _atomic_add(&_hashed, 0)
 
 
-def _checked_count(n, function):
-    n = operator.index(n)
-    if n < 0:
-        raise ValueError(f"{function}() needs a byte count >= 0, got {n}")
-    return n
-
-
 def add_copied(n):
     """Add ``n`` bytes to ``bytes_copied()`` (the pool reports worker-side copies with it)."""
-    cdef long long k = _checked_count(n, "add_copied")
+    cdef long long k = policy.checked_count(n, "add_copied")
     _atomic_add(&_copied, k)
 
 
 def add_hashed(n):
     """Add ``n`` bytes to ``bytes_hashed()``."""
-    cdef long long k = _checked_count(n, "add_hashed")
+    cdef long long k = policy.checked_count(n, "add_hashed")
     _atomic_add(&_hashed, k)
 
 
@@ -488,32 +471,12 @@ def reset_counters():
 
 # --- free list -----------------------------------------------------------------------------------
 
-def _check_size(size, what):
-    if isinstance(size, bool):
-        raise TypeError(f"{what} must be an int >= 0, got bool {size!r}")
-    try:
-        size = operator.index(size)
-    except TypeError:
-        raise TypeError(f"{what} must be an int >= 0, got {type(size).__name__} "
-                        f"{size!r}") from None
-    if size < 0:
-        raise ValueError(f"{what} must be >= 0, got {size}")
-    return size
-
-
-def _check_fd(fd):
-    if isinstance(fd, bool) or not isinstance(fd, int):
-        raise TypeError(f"fd must be an int, got {type(fd).__name__} {fd!r}")
-    if fd < 0:
-        raise ValueError(f"fd must be a descriptor >= 0, got {fd}")
-
-
 def size_class(size):
     """The file size given to a new segment of ``size`` bytes: a page multiple below 1 MiB, a
     MiB multiple below 64 MiB, then a multiple of 1/8 of the power of two at or below
     ``size`` (so at most 12.5 % is wasted and freed segments fit later values of similar size).
     """
-    cdef size_t n = _check_size(size, "size")
+    cdef size_t n = policy.check_size(size, "size")
     return _class_of(n)
 
 
@@ -521,7 +484,7 @@ def set_free_list_budget(nbytes):
     """Bound the free list to ``nbytes`` (default: 25 % of physical RAM).  Entries beyond a
     lowered budget are closed, least recently used first."""
     global _budget
-    cdef size_t n = _check_size(nbytes, "nbytes")
+    cdef size_t n = policy.check_size(nbytes, "nbytes")
     with nogil:
         pthread_mutex_lock(&_lock)
         _budget = n
@@ -562,7 +525,7 @@ def trim_idle(max_age_s):
 def recycle(fd):
     """Adopt a descriptor handed back (a result segment returned by the parent) into the free
     list.  Takes ownership: it is closed instead (False) when over budget or not a memfd."""
-    _check_fd(fd)
+    policy.check_fd(fd)
     cdef int c_fd = fd
     cdef stat st
     cdef bint kept
@@ -588,8 +551,9 @@ def prewarm(nbytes):
             base = <char *>mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         if base == <char *>MAP_FAILED:
             seg.close()
-            raise _allocation_error(n, "a prewarmed segment",
-                                    _os_reason("mmap", OSError(errno, os.strerror(errno))), None)
+            raise policy.allocation_error(
+                n, "a prewarmed segment",
+                policy.os_reason("mmap", OSError(errno, os.strerror(errno))), None)
         with nogil:
             memset(base, 0, n)
             munmap(base, n)
@@ -601,24 +565,17 @@ def prewarm(nbytes):
 
 # --- trim ----------------------------------------------------------------------------------------
 
-_hooks_lock = threading.Lock()
-_trim_hooks = []
+_trim_hooks = policy.TrimHooks()
 
 
 def register_trim_hook(fn):
     """Have ``trim()`` call ``fn()`` (once per registration; registering again is a no-op)."""
-    if not callable(fn):
-        raise TypeError(f"register_trim_hook() needs a callable, got {type(fn).__name__}")
-    with _hooks_lock:
-        if fn not in _trim_hooks:
-            _trim_hooks.append(fn)
+    _trim_hooks.register(fn)
 
 
 def unregister_trim_hook(fn):
     """Stop calling ``fn`` from ``trim()``; a hook that is not registered is ignored."""
-    with _hooks_lock:
-        if fn in _trim_hooks:
-            _trim_hooks.remove(fn)
+    _trim_hooks.unregister(fn)
 
 
 def trim():
@@ -628,115 +585,10 @@ def trim():
     """
     with nogil:
         _free_close(1e300, SIZE_MAX)
-    with _hooks_lock:
-        hooks = list(_trim_hooks)
-    first_error = None
-    for hook in hooks:
-        try:
-            hook()
-        except Exception as exc:  # the rest still run; the first failure is reported below
-            if first_error is None:
-                first_error = exc
-    if first_error is not None:
-        raise first_error
+    _trim_hooks.run()
 
 
-# --- memory check ----------------------------------------------------------------------------
-
-def _mem_available(meminfo):
-    text = read_text(meminfo)
-    if text is None:
-        return None
-    for line in text.splitlines():
-        if line.startswith("MemAvailable:"):
-            fields = line.split()
-            if len(fields) >= 2 and fields[1].isdigit():
-                return int(fields[1]) * 1024
-    return None
-
-
-def _limit_files(cgroup_root, proc_cgroup):
-    """(limit file, usage file, limit name) for the process's cgroup and each ancestor."""
-    v2, v1_paths = cgroup_paths(proc_cgroup)
-    v1 = v1_paths.get("memory")
-    files = []
-    for root in (cgroup_root, os.path.join(cgroup_root, "unified")):
-        for d in dirs_upwards(root, v2):
-            files.append((os.path.join(d, "memory.max"), os.path.join(d, "memory.current"),
-                          "memory.max"))
-    for d in dirs_upwards(os.path.join(cgroup_root, "memory"), v1):
-        files.append((os.path.join(d, "memory.limit_in_bytes"),
-                      os.path.join(d, "memory.usage_in_bytes"), "memory.limit_in_bytes"))
-    return files
-
-
-def available_memory(cgroup_root=None, meminfo=None, proc_cgroup=None):
-    """Bytes that can still be allocated, and a phrase naming the binding limit.
-
-    The smallest of ``MemAvailable`` and, in the process's cgroup and each ancestor, the cgroup
-    headroom (v2 ``memory.max - memory.current``, v1 ``memory.limit_in_bytes -
-    memory.usage_in_bytes``).  ``(None, "")`` when nothing could be read.  Read afresh on every
-    call; the paths default to the live system.
-    """
-    cgroup_root = _CGROUP_ROOT if cgroup_root is None else cgroup_root
-    meminfo = _MEMINFO if meminfo is None else meminfo
-    proc_cgroup = _PROC_CGROUP if proc_cgroup is None else proc_cgroup
-    best = None
-    avail = _mem_available(meminfo)
-    if avail is not None:
-        best = (avail, f"(MemAvailable in {meminfo})")
-    for limit_file, usage_file, limit_name in _limit_files(cgroup_root, proc_cgroup):
-        limit = read_int(limit_file)
-        if limit is None or limit >= _UNLIMITED:
-            continue
-        usage = read_int(usage_file) or 0
-        headroom = max(0, limit - usage)
-        if best is None or headroom < best[0]:
-            best = (headroom, f"under the cgroup limit {limit_name} = {_human(limit)}")
-    if best is None:
-        return None, ""
-    return best
-
-
-def _human(n):
-    """Binary units with one decimal: 419430400 -> '400.0 MiB'."""
-    if n < 1024:
-        return f"{n} bytes"
-    value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        value /= 1024.0
-        if value < 1024.0 or unit == "PiB":
-            return f"{value:.1f} {unit}"
-    raise AssertionError("unreachable")
-
-
-def _allocation_error(size, what, reason, name):
-    target = f" for {what}" if what else ""
-    fixes = ("drop arrays and handles you no longer need, call seamless.close() to release "
-             "cached segments")
-    fixes += f", raise the limit, or set {name}.local = True" if name else ", or raise the limit"
-    return SharedMemoryError(
-        f"could not allocate {_human(size)} ({size} bytes) of shared memory{target}: "
-        f"{reason} ({fixes})", size=size)
-
-
-def _os_reason(call, exc):
-    reason = f"{call} failed with [Errno {exc.errno}] {exc.strerror or os.strerror(exc.errno)}"
-    if exc.errno == _errno.EFBIG:
-        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        if soft != resource.RLIM_INFINITY:
-            reason += f": the file size limit RLIMIT_FSIZE (ulimit -f) is {_human(soft)}"
-    return reason
-
-
-def _check_memory(size, margin, what, name):
-    available, where = available_memory()
-    if available is not None and size + margin > available:
-        reason = f"{_human(available)} available {where}"
-        if size <= available:
-            reason += f", of which {_human(margin)} is kept as a safety margin"
-        raise _allocation_error(size, what, reason, name)
-
+# --- test hook -------------------------------------------------------------------------------
 
 def _fail_next_create(error=None, *, count=1):
     """Test hook: the next ``count`` creations of a new memfd (``Segment.create``, ``prewarm``,
@@ -745,14 +597,8 @@ def _fail_next_create(error=None, *, count=1):
     ``count=0`` clears the hook.
     """
     global _inject_count, _inject_errno
-    if error is None:
-        error = OSError(_errno.ENOSPC, os.strerror(_errno.ENOSPC))
-    if not isinstance(error, OSError) or error.errno is None:
-        raise TypeError(f"_fail_next_create() needs an OSError with an errno, got {error!r}")
-    count = operator.index(count)
-    if count < 0:
-        raise ValueError(f"_fail_next_create() needs count >= 0, got {count}")
-    cdef int c_count = count, c_errno = error.errno
+    cdef int c_errno, c_count
+    c_errno, c_count = policy.injection(error, count)
     pthread_mutex_lock(&_lock)
     _inject_count = c_count
     _inject_errno = c_errno
@@ -821,8 +667,8 @@ cdef class Segment:
         available memory or the cgroup's headroom, or when ``memfd_create``/``ftruncate``/
         ``fallocate`` fail; no descriptor is left open then.
         """
-        size = _check_size(size, "size")
-        margin = _check_size(margin, "margin")
+        size = policy.check_size(size, "size")
+        margin = policy.check_size(margin, "margin")
         cdef size_t n = size, capacity = 0
         cdef int fd = -1, err = 0, call = 0
         cdef stat st
@@ -833,18 +679,19 @@ cdef class Segment:
             _from_free_list = fd >= 0
         if fd < 0:
             if n:
-                _check_memory(size, margin, what, name)
+                policy.check_memory(size, margin, what, name)
             capacity = _class_of(n)
             with nogil:
                 fd = _new_memfd(n, capacity, &err, &call)
             if fd < 0:
                 exc = OSError(err, os.strerror(err))
-                raise _allocation_error(size, what, _os_reason(_CALL_NAMES[call], exc),
-                                        name) from exc
+                raise policy.allocation_error(
+                    size, what, policy.os_reason(_CALL_NAMES[call], exc), name) from exc
         if fstat(fd, &st) < 0:
             exc = OSError(errno, os.strerror(errno))
             close(fd)
-            raise _allocation_error(size, what, _os_reason("fstat", exc), name) from exc
+            raise policy.allocation_error(size, what, policy.os_reason("fstat", exc),
+                                          name) from exc
         seg = _adopt(fd, n, &st, 0, recycle, None)
         seg._reused = _from_free_list
         return seg
@@ -861,25 +708,16 @@ cdef class Segment:
         Only a ``fd`` that is not a descriptor at all (not an int, or negative) is refused
         without closing anything.
         """
-        _check_fd(fd)
+        policy.check_fd(fd)
         cdef int c_fd = fd
         cdef stat st
         try:
-            size = _check_size(size, "size")
-            offset = _check_size(offset, "offset")
-            if on_release is not None and not callable(on_release):
-                raise TypeError(f"on_release must be callable, got "
-                                f"{type(on_release).__name__}")
+            size = policy.check_size(size, "size")
+            offset = policy.check_size(offset, "offset")
+            policy.check_on_release(on_release)
             if fstat(c_fd, &st) < 0:
                 raise OSError(errno, os.strerror(errno))
-            if not S_ISREG(st.st_mode):
-                raise ValueError(f"descriptor {fd} is not a shared-memory segment (not a "
-                                 f"regular file, mode {st.st_mode:o})")
-            if st.st_size < offset + size:
-                what = f"offset {offset} + logical size {size}" if offset else \
-                    f"logical size {size}"
-                raise ValueError(f"descriptor {fd} refers to a segment of {st.st_size} bytes, "
-                                 f"smaller than the {what}")
+            policy.check_received(fd, st.st_mode, st.st_size, size, offset)
         except BaseException:
             close(c_fd)
             raise
@@ -889,8 +727,7 @@ cdef class Segment:
     def fd(self):
         """The owned descriptor (ValueError once closed); send it, never close it yourself."""
         if self._fd < 0:
-            raise ValueError(f"segment {self._dev}:{self._ino} is closed: its descriptor "
-                             f"was released by close()")
+            raise policy.closed_segment((self._dev, self._ino))
         return self._fd
 
     @property
@@ -986,8 +823,7 @@ cdef class Segment:
         cdef _HeldBuffer s = _hold(src, "src")
         cdef Py_ssize_t n = s.view.len
         if n != self._size:
-            raise ValueError(f"src has {n} bytes but the segment's size is {self._size} "
-                             f"(fill needs exactly the segment's size)")
+            raise policy.fill_size_mismatch(n, self._size)
         cdef int fd
         cdef off_t start
         cdef size_t length
@@ -1090,15 +926,7 @@ def as_array(Segment segment, dtype, shape):
     ValueError when dtype and shape do not cover exactly the segment's size.
     """
     dtype = numpy.dtype(dtype)
-    shape = (operator.index(shape),) if not isinstance(shape, tuple) else \
-        tuple(operator.index(n) for n in shape)
-    count = 1
-    for n in shape:
-        count *= n
-    if count * dtype.itemsize != segment.size:
-        raise ValueError(f"an array of dtype {dtype} and shape {shape} needs "
-                         f"{count * dtype.itemsize} bytes but the segment's size is "
-                         f"{segment.size}")
+    shape, count = policy.array_count(dtype, shape, segment.size)
     return numpy.frombuffer(segment.readonly(), dtype=dtype, count=count).reshape(shape)
 
 
@@ -1192,7 +1020,7 @@ cdef bint _read_number(const char *path, unsigned long long *value) noexcept nog
 
 
 cdef bint _memory_allows(_Handler *h, size_t n) noexcept nogil:
-    """The C twin of _check_memory(): n + margin fits MemAvailable and every cgroup's headroom
+    """The C twin of policy.check_memory(): n + margin fits MemAvailable and every cgroup's headroom
     (unknown counts as room)."""
     cdef char buf[8192]
     cdef char *line
@@ -1352,16 +1180,16 @@ def install_allocator(threshold=1 << 20, headroom=4096):
     Smaller allocations, and any that cannot be served (memory short, memfd failure), go to the
     previous handler: the handler never fails where numpy's would not.  Returns True.
     """
-    threshold = _check_size(threshold, "threshold")
-    headroom = _check_size(headroom, "headroom")
+    threshold = policy.check_size(threshold, "threshold")
+    headroom = policy.check_size(headroom, "headroom")
     if headroom % 64:
         raise ValueError(f"headroom must be a multiple of 64 (data alignment), got {headroom}")
     current = _get_handler()
     cdef _Handler *cur = _handler_of(current)
     if cur.data.allocator.malloc == _h_malloc:
         current = <object>cur.prev_capsule    # replace ours, never stack on it
-    limits = [(limit, usage) for limit, usage, _ in _limit_files(_CGROUP_ROOT, _PROC_CGROUP)
-              if os.path.exists(limit)]
+    limits = [(limit, usage) for limit, usage, _ in
+              policy.limit_files(policy.CGROUP_ROOT, policy.PROC_CGROUP) if os.path.exists(limit)]
     cdef _Handler *h = <_Handler *>calloc(1, sizeof(_Handler))
     if h == NULL:
         raise MemoryError("install_allocator(): no memory for the handler")
@@ -1373,7 +1201,7 @@ def install_allocator(threshold=1 << 20, headroom=4096):
         for j in range(2):
             h.limits[2 * i + j] = strdup(os.fsencode(pair[j]))
     h.nlimits = len(limits)
-    h.meminfo = strdup(os.fsencode(_MEMINFO))
+    h.meminfo = strdup(os.fsencode(policy.MEMINFO))
     h.threshold = threshold
     h.headroom = headroom
     h.margin = SAFETY_MARGIN
@@ -1457,13 +1285,6 @@ def claim(array, prefix):
 
 # --- fused copy-and-hash ------------------------------------------------------------------------
 
-cdef str _type_name(object obj):
-    t = type(obj)
-    if t.__module__ == "builtins":
-        return t.__qualname__
-    return f"{t.__module__}.{t.__qualname__}"
-
-
 cdef class _HeldBuffer:
     """A buffer export held for the duration of one call, re-exported as flat read-only bytes."""
 
@@ -1492,9 +1313,7 @@ cdef _HeldBuffer _hold(object obj, str name):
     """Export ``obj`` (any layout, no item format: numpy refuses formats for datetime64);
     raise TypeError for a non-buffer and ValueError for a non-C-contiguous one."""
     if not PyObject_CheckBuffer(obj):
-        raise TypeError(
-            f"{name} must support the buffer protocol (bytes, bytearray, memoryview, "
-            f"numpy array, mmap), got {_type_name(obj)}")
+        raise policy.not_a_buffer(name, obj)
     cdef _HeldBuffer held = _HeldBuffer.__new__(_HeldBuffer)
     held.one = 1
     PyObject_GetBuffer(obj, &held.view, PyBUF_STRIDES)
@@ -1502,9 +1321,7 @@ cdef _HeldBuffer _hold(object obj, str name):
     if not PyBuffer_IsContiguous(&held.view, b'C'):
         shape = tuple([held.view.shape[i] for i in range(held.view.ndim)])
         strides = tuple([held.view.strides[i] for i in range(held.view.ndim)])
-        raise ValueError(
-            f"{name} must be C-contiguous, got a non-contiguous {_type_name(obj)} with shape "
-            f"{shape} and strides {strides} (copy it first, e.g. numpy.ascontiguousarray({name}))")
+        raise policy.not_contiguous(name, obj, shape, strides)
     return held
 
 
@@ -1579,19 +1396,13 @@ def copy_and_hash(src, dst, hasher):
     """
     cdef _HeldBuffer s = _hold(src, "src")
     cdef _HeldBuffer d = _hold(dst, "dst")
-    if d.view.readonly:
-        raise ValueError(
-            f"dst must be writable, got a read-only {_type_name(dst)} "
-            f"(pass a bytearray, a writable numpy array or a writable mmap)")
-    if d.view.len != s.view.len:
-        raise ValueError(
-            f"dst has {d.view.len} bytes but src has {s.view.len} "
-            f"(dst must have exactly src's nbytes)")
+    if d.view.readonly or d.view.len != s.view.len:
+        policy.check_copy(dst, d.view.readonly, d.view.len, s.view.len)
     cdef const unsigned char *sp = <const unsigned char *>s.view.buf
     cdef unsigned char *dp = <unsigned char *>d.view.buf
     cdef Py_ssize_t n = s.view.len
     if n > 0 and sp < dp + n and dp < sp + n:
-        raise ValueError("src and dst overlap in memory (copy into a separate buffer)")
+        raise ValueError(policy.OVERLAP)
     update = hasher.update
     _copy_feed(dp, sp, n, update, memoryview(s))
 

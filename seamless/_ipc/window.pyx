@@ -28,6 +28,9 @@ Data flow and ownership:
 - The eventfd (the slab's) is created by the first ``fileno()``, emptied by ``drain()`` and
   closed by ``close()`` (idempotent, also when the window dies).
 
+Limits and error texts are seamless/_ipc/policy/window.py's (the word layout,
+policy/flags.py's).
+
 Mechanism only: no configuration, logging or retry; callers pass capacities and timeouts.
 The window holds integers and flags only; the caller keeps its objects in a list by slot.
 """
@@ -40,12 +43,11 @@ from seamless._ipc.flags cimport (
     Slab, _CANCELLED, _DONE, _EMPTY, _FAILED, _GENERATION_MASK, _PENDING, _RUNNING,
     _STATE_BITS, _STATE_MASK, seamless_exchange, seamless_load_acquire)
 
-from seamless._ipc.flags import CANCELLED, DONE, EMPTY, FAILED, PENDING, RUNNING
+from seamless._ipc.policy import flags as flags_policy
+from seamless._ipc.policy import window as policy
+from seamless._ipc.policy.flags import CANCELLED, DONE, EMPTY, FAILED, PENDING, RUNNING
 
 __all__ = ["CANCELLED", "DONE", "EMPTY", "FAILED", "PENDING", "RUNNING", "Window"]
-
-_MAX_CAPACITY = (1 << 31) - 1
-_MAX_FIRST_SEQ = 1 << 62
 
 
 cdef inline long long _index(object value) except? -1:
@@ -60,11 +62,7 @@ cdef class Window:
     def __cinit__(self, capacity, *, first_seq=0):
         cdef long long n = _index(capacity)
         cdef long long first = _index(first_seq)
-        if n < 1 or n > _MAX_CAPACITY:
-            raise ValueError(f"Window capacity must be in 1..{_MAX_CAPACITY}, got {n} "
-                             f"(the number of items held at once)")
-        if first < 0 or first > _MAX_FIRST_SEQ:
-            raise ValueError(f"first_seq must be in 0..{_MAX_FIRST_SEQ}, got {first}")
+        policy.check_construction(n, first)
         self.slab = Slab(n)
         self.cap = n
         self.head_seq = first
@@ -97,7 +95,7 @@ cdef class Window:
         """The ring slot of ``seq`` (``seq % capacity``): where callers keep its objects."""
         cdef long long s = _index(seq)
         if s < 0:
-            raise ValueError(f"seq must be >= 0, got {s}")
+            raise policy.negative_seq(s)
         return self._slot(s)
 
     def state(self, seq):
@@ -110,8 +108,7 @@ cdef class Window:
 
     cdef long long _reserve(self) except -2:
         if self.closed:
-            raise ValueError("this Window is closed; reserve() needs an open one "
-                             "(make a new Window)")
+            raise policy.closed("reserve")
         cdef long long seq = self.tail_seq
         if seq - self.head_seq >= self.cap:
             return -1
@@ -136,14 +133,12 @@ cdef class Window:
             return False
         cdef uint32_t slot = self._slot(s)
         if (seamless_load_acquire(&self.slab.words[slot]) & _STATE_MASK) == _RUNNING:
-            raise ValueError(f"start({s}): item {s} is RUNNING already; start() moves a "
-                             f"PENDING item to RUNNING once, by its one writer")
+            raise policy.started_twice(s)
         return self.slab._start(slot, self._generation(s))
 
     cdef bint _complete(self, long long seq, long long state) except -1:
         if state != _DONE and state != _FAILED and state != _CANCELLED:
-            raise ValueError(f"complete() takes a terminal state, DONE (3), FAILED (4) or "
-                             f"CANCELLED (5), got {state!r}")
+            raise flags_policy.not_terminal("complete", state)
         if self.closed or seq < self.head_seq or seq >= self.tail_seq:
             return False
         return self.slab._finish(self._slot(seq), self._generation(seq), <uint32_t>state)
@@ -170,15 +165,11 @@ cdef class Window:
         100 ms, so Ctrl-C interrupts the wait; nothing is released then."""
         cdef long long timeout_ns = -1
         if self.closed:
-            raise ValueError("this Window is closed; next_ready() needs an open one "
-                             "(make a new Window)")
+            raise policy.closed("next_ready")
         if self.tail_seq == self.head_seq:
-            raise RuntimeError("next_ready(): the window holds nothing, so nothing can become "
-                               "ready (reserve() an item before waiting for it)")
+            raise RuntimeError(policy.NOTHING_HELD)
         if timeout is not None:
-            if not timeout >= 0:
-                raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
-            timeout_ns = <long long>(min(float(timeout), 1e9) * 1e9)
+            timeout_ns = flags_policy.timeout_ns(timeout)
         cdef long long seq = self.head_seq
         self.slab._wait(self._slot(seq), self._generation(seq), timeout_ns)
         return self._take()
@@ -187,8 +178,7 @@ cdef class Window:
         """``next_ready()`` without blocking: ``(seq, state)`` if the head is finished (it is
         released), None if it is not or nothing is held."""
         if self.closed:
-            raise ValueError("this Window is closed; try_next() needs an open one "
-                             "(make a new Window)")
+            raise policy.closed("try_next")
         if self.tail_seq == self.head_seq:
             return None
         return self._take()
@@ -197,8 +187,7 @@ cdef class Window:
         """The eventfd (created on first call), readable after each completion: an event loop
         watches it, then calls drain() and try_next()."""
         if self.closed:
-            raise ValueError("this Window is closed, it has no eventfd any more "
-                             "(call fileno() before close())")
+            raise flags_policy.closed_eventfd("this Window")
         return self.slab.fileno()
 
     def drain(self):

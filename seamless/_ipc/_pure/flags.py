@@ -28,6 +28,8 @@ Data flow and ownership:
   the slab, emptied by ``drain()`` and closed by ``close()`` (idempotent, also
   when the slab is collected).
 
+The word layout, state names, limits and error texts are seamless/_ipc/policy/flags.py's.
+
 Mechanism only: no configuration, logging or retry; callers pass sizes and timeouts.
 """
 
@@ -40,23 +42,14 @@ import os
 import threading
 import time
 
+from seamless._ipc.policy import flags as policy
+from seamless._ipc.policy.flags import (
+    CANCELLED, DONE, EMPTY, FAILED, GENERATION_MASK, PENDING, RUNNING, STATE_BITS, STATE_MASK,
+)
+
 __all__ = ["CANCELLED", "DONE", "EMPTY", "FAILED", "PENDING", "RUNNING", "Slab"]
 
-EMPTY = 0
-PENDING = 1
-RUNNING = 2
-DONE = 3
-FAILED = 4
-CANCELLED = 5
-
-_NAMES = ("EMPTY", "PENDING", "RUNNING", "DONE", "FAILED", "CANCELLED", "state 6", "state 7")
-_STATE_BITS = 3
-_STATE_MASK = 7
-_GENERATION_MASK = (1 << 29) - 1
-_MAX_SLOTS = (1 << 31) - 1
-
-# Longest single FUTEX_WAIT: signal handlers (Ctrl-C) run at least this often while waiting.
-_SLICE = 0.1
+_SLICE = policy.WAIT_SLICE_NS / 1e9
 
 # linux/futex.h
 _FUTEX_WAIT = 0
@@ -84,22 +77,21 @@ def _syscall():
 
 
 def _gen(word: int) -> int:
-    return word >> _STATE_BITS
+    return word >> STATE_BITS
 
 
 def _state(word: int) -> int:
-    return word & _STATE_MASK
+    return word & STATE_MASK
 
 
 def _word(generation: int, state: int) -> int:
-    return (generation << _STATE_BITS) | state
+    return (generation << STATE_BITS) | state
 
 
 def _generation_arg(generation) -> int:
     g = operator.index(generation)
-    if not 0 <= g <= _GENERATION_MASK:
-        raise ValueError(f"generation must be in 0..{_GENERATION_MASK}, got {g} "
-                         f"(pass the generation returned by acquire() or reset())")
+    if not 0 <= g <= GENERATION_MASK:
+        raise policy.generation_out_of_range(g)
     return g
 
 
@@ -114,8 +106,7 @@ class _LazyEventfd:
         """The eventfd (created on first call), readable after each terminal transition."""
         with self._cond:
             if self._closed:
-                raise ValueError(f"{self._WHAT} is closed, it has no eventfd any more "
-                                 f"(call fileno() before close())")
+                raise policy.closed_eventfd(self._WHAT)
             if self._efd < 0:
                 self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             return self._efd
@@ -156,8 +147,8 @@ class Slab(_LazyEventfd):
         self._efd = -1
         self._closed = False
         n = operator.index(nslots)
-        if not 1 <= n <= _MAX_SLOTS:
-            raise ValueError(f"nslots must be in 1..{_MAX_SLOTS}, got {n}")
+        if not 1 <= n <= policy.MAX_SLOTS:
+            raise policy.nslots_out_of_range(n)
         self._n = n
         self._futex = None
         if buffer is None:
@@ -165,18 +156,14 @@ class Slab(_LazyEventfd):
         else:
             with memoryview(buffer) as view:
                 if view.readonly or not view.c_contiguous:
-                    raise ValueError(f"buffer must be a writable contiguous buffer (e.g. a shared "
-                                     f"mmap of a memfd), got {type(buffer).__name__}: "
-                                     f"{'read-only' if view.readonly else 'not contiguous'}")
+                    raise policy.buffer_not_writable(
+                        buffer, "read-only" if view.readonly else "not contiguous")
                 if view.nbytes < 4 * n:
-                    raise ValueError(f"buffer holds {view.nbytes} bytes, a slab of {n} slots "
-                                     f"needs {4 * n} (4 per slot); pass a larger buffer or "
-                                     f"fewer nslots")
+                    raise policy.buffer_too_small(view.nbytes, n)
             self._words = (ctypes.c_uint32 * n).from_buffer(buffer)
             self._address = ctypes.addressof(self._words)
             if self._address % 4:
-                raise ValueError("buffer must start at a 4-byte aligned address "
-                                 "(futex words); map it from offset 0 or a multiple of 4")
+                raise ValueError(policy.BUFFER_MISALIGNED)
             self._futex = _syscall()
         self._free = list(range(n - 1, -1, -1))  # acquire() hands out 0, 1, 2, ... first
         self._in_use = bytearray(n)
@@ -192,8 +179,7 @@ class Slab(_LazyEventfd):
     def _slot(self, slot) -> int:
         i = operator.index(slot)
         if not 0 <= i < self._n:
-            raise IndexError(f"slot {i} out of range for a flag slab of {self._n} slots "
-                             f"(use a slot returned by acquire())")
+            raise policy.slot_out_of_range(i, self._n)
         return i
 
     def _futex_call(self, slot: int, op: int, value: int, timeout) -> int:
@@ -208,7 +194,7 @@ class Slab(_LazyEventfd):
         if self._futex is not None:
             rc = self._futex_call(slot, _FUTEX_WAKE, _INT_MAX, None)
             if rc:
-                raise OSError(rc, f"FUTEX_WAKE on flag slot {slot} failed: {os.strerror(rc)}")
+                raise policy.futex_failed("FUTEX_WAKE", slot, rc)
 
     def _signal(self, slot: int) -> None:
         """After a won terminal transition: wake the word's waiters, then the eventfd's
@@ -227,13 +213,12 @@ class Slab(_LazyEventfd):
         generation, so a holder of the old one is stale."""
         with self._cond:
             if not self._free:
-                raise IndexError(f"flag slab full: all {self._n} slots are acquired (release() "
-                                 f"the slots of finished work, or create another Slab)")
+                raise policy.slab_full(self._n)
             slot = self._free.pop()
             word = self._words[slot]
             generation = _gen(word)
             if _state(word) != EMPTY:
-                generation = (generation + 1) & _GENERATION_MASK
+                generation = (generation + 1) & GENERATION_MASK
             self._in_use[slot] = 1
             self._words[slot] = _word(generation, PENDING)
             if _gen(word) != generation:
@@ -244,14 +229,19 @@ class Slab(_LazyEventfd):
         """Give an acquired slot back: its word becomes EMPTY with the next generation."""
         s = self._slot(slot)
         with self._cond:
-            if not self._in_use[s]:
-                raise ValueError(f"slot {s} of this flag slab is not acquired "
-                                 f"(release() each slot from acquire() once)")
-            generation = (_gen(self._words[s]) + 1) & _GENERATION_MASK
-            self._words[s] = _word(generation, EMPTY)
+            self._next_generation(s, EMPTY, policy.not_acquired)
             self._in_use[s] = 0
             self._free.append(s)
             self._wake(s)
+
+    def _next_generation(self, slot: int, state: int, refusal) -> int:
+        """Owner only, lock held: move an acquired slot's word to the next generation in
+        ``state`` (its holders become stale); ``refusal(slot)`` is raised if not acquired."""
+        if not self._in_use[slot]:
+            raise refusal(slot)
+        generation = (_gen(self._words[slot]) + 1) & GENERATION_MASK
+        self._words[slot] = _word(generation, state)
+        return generation
 
     def state(self, slot) -> int:
         """The word's state."""
@@ -277,17 +267,13 @@ class Slab(_LazyEventfd):
             if _state(word) == PENDING:
                 self._words[s] = _word(g, RUNNING)
                 return True
-        raise ValueError(
-            f"start(slot={s}, generation={g}): the word is {_NAMES[_state(word)]}; start() "
-            f"moves a PENDING word to RUNNING once, by its one writer (acquire() or reset() "
-            f"the slot first)")
+        raise policy.start_refused(s, g, _state(word))
 
     def finish(self, slot, generation, state) -> bool:
         """Terminal transition by compare-and-swap: True if this call won, False if the
         word was already terminal in `generation` or the generation is stale."""
-        if state not in (DONE, FAILED, CANCELLED):
-            raise ValueError(f"finish() takes a terminal state, DONE (3), FAILED (4) or "
-                             f"CANCELLED (5), got {state!r}")
+        if state not in policy.TERMINAL:
+            raise policy.not_terminal("finish", state)
         s = self._slot(slot)
         g = _generation_arg(generation)
         with self._cond:
@@ -295,9 +281,7 @@ class Slab(_LazyEventfd):
             if _gen(word) != g or _state(word) >= DONE:
                 return False
             if _state(word) == EMPTY:
-                raise ValueError(
-                    f"finish(slot={s}, generation={g}): the word is EMPTY, "
-                    f"not acquired in this generation (acquire() the slot first)")
+                raise policy.finish_on_empty(s, g)
             self._words[s] = _word(g, operator.index(state))
             self._signal(s)
             return True
@@ -306,11 +290,7 @@ class Slab(_LazyEventfd):
         """Owner only: bump the generation, set PENDING, return the new generation."""
         s = self._slot(slot)
         with self._cond:
-            if not self._in_use[s]:
-                raise ValueError(f"reset(slot={s}): the slot is not acquired in this process "
-                                 f"(only the owner that acquire()d a slot resets it)")
-            generation = (_gen(self._words[s]) + 1) & _GENERATION_MASK
-            self._words[s] = _word(generation, PENDING)
+            generation = self._next_generation(s, PENDING, policy.reset_not_owner)
             self._wake(s)
             return generation
 
@@ -318,11 +298,10 @@ class Slab(_LazyEventfd):
         """Block until the word is terminal in `generation` or its generation moved on;
         return the state seen (the non-terminal one on timeout).  Signal handlers run
         while waiting, so Ctrl-C interrupts the wait."""
-        if timeout is not None and not timeout >= 0:
-            raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
+        pause_ns = None if timeout is None else policy.timeout_ns(timeout)
         s = self._slot(slot)
         g = _generation_arg(generation)
-        deadline = None if timeout is None else time.monotonic() + min(float(timeout), 1e9)
+        deadline = None if pause_ns is None else time.monotonic() + pause_ns / 1e9
         if self._futex is not None:
             return self._wait_futex(s, g, deadline)
         with self._cond:
@@ -349,7 +328,7 @@ class Slab(_LazyEventfd):
             pause.tv_sec, pause.tv_nsec = 0, int(seconds * 1e9)
             rc = self._futex_call(slot, _FUTEX_WAIT, word, ctypes.byref(pause))
             if rc not in (0, errno.EAGAIN, errno.ETIMEDOUT, errno.EINTR):
-                raise OSError(rc, f"FUTEX_WAIT on flag slot {slot} failed: {os.strerror(rc)}")
+                raise policy.futex_failed("FUTEX_WAIT", slot, rc)
             word = self._words[slot]  # pending signal handlers run on return to Python
         return _state(word)
 

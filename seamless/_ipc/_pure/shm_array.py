@@ -53,6 +53,9 @@ memory.usage_in_bytes``, in the process's cgroup and each ancestor) minus a safe
 memory or a failing call is a ``SharedMemoryError`` naming the size (docs/worker-pool.md), and
 nothing is left open.
 
+What both backends share (chunk size, argument checks, the memory check and the error texts,
+trim hooks) lives in seamless/_ipc/policy/segments.py.
+
 The numpy data-memory handler exists only in the compiled core: here ``install_allocator``
 returns False, ``allocator_installed()`` is False and ``claim()`` returns None.
 """
@@ -62,17 +65,15 @@ from __future__ import annotations
 import errno
 import fcntl
 import mmap
-import operator
 import os
-import resource
 import stat
 import sys
 import threading
 import time
 import weakref
 
-from seamless.cgroup import cgroup_paths, dirs_upwards, read_int, read_text
-from seamless.errors import SharedMemoryError
+from seamless._ipc.policy import segments as policy
+from seamless._ipc.policy.segments import CHUNK_BYTES, SAFETY_MARGIN, available_memory
 
 __all__ = [
     "CHUNK_BYTES", "copy_and_hash", "hash_into",
@@ -82,20 +83,6 @@ __all__ = [
     "recycle", "prewarm", "free_list", "set_free_list_budget", "size_class",
     "install_allocator", "uninstall_allocator", "allocator_installed", "claim",
 ]
-
-# Granularity of hasher.update() calls, identical in both backends.
-CHUNK_BYTES = 1 << 20
-
-# Bytes kept free beyond the segment's size when checking available memory.
-SAFETY_MARGIN = 64 << 20
-
-# Where the memory check reads; module attributes so tests can point them at a fake tree.
-_MEMINFO = "/proc/meminfo"
-_CGROUP_ROOT = "/sys/fs/cgroup"
-_PROC_CGROUP = "/proc/self/cgroup"
-
-# cgroup v1 reports "no limit" as a huge page-rounded number; anything above this is no limit.
-_UNLIMITED = 1 << 60
 
 _MMAP_KW = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 _PAGE = mmap.PAGESIZE
@@ -109,7 +96,7 @@ _copied = 0
 _hashed = 0
 _live = 0
 _injected: list = []          # OSErrors that the next create() calls raise instead of ftruncate's
-_trim_hooks: list = []
+_trim_hooks = policy.TrimHooks()
 _free: list = []              # free-list entries [fd, capacity, last_used (time.monotonic())]
 _free_bytes = 0
 _budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
@@ -117,39 +104,23 @@ _budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
 
 # --- copy and hash ---------------------------------------------------------------------------
 
-def _type_name(obj) -> str:
-    t = type(obj)
-    if t.__module__ == "builtins":
-        return t.__qualname__
-    return f"{t.__module__}.{t.__qualname__}"
-
-
-def _not_contiguous(name: str, obj, shape, strides) -> ValueError:
-    return ValueError(
-        f"{name} must be C-contiguous, got a non-contiguous {_type_name(obj)} with shape "
-        f"{tuple(shape)} and strides {tuple(strides)} "
-        f"(copy it first, e.g. numpy.ascontiguousarray({name}))")
-
-
 def _byte_view(obj, name: str) -> memoryview:
     """A flat memoryview (format "B") of obj's bytes; TypeError for a non-buffer,
     ValueError for a non-C-contiguous buffer."""
     try:
         view = memoryview(obj)
     except TypeError:
-        raise TypeError(
-            f"{name} must support the buffer protocol (bytes, bytearray, memoryview, "
-            f"numpy array, mmap), got {_type_name(obj)}") from None
+        raise policy.not_a_buffer(name, obj) from None
     except ValueError:
         # numpy refuses an item format for datetime64/timedelta64; their bytes are plain.
         numpy = sys.modules.get("numpy")
         if numpy is None or not isinstance(obj, numpy.ndarray):
             raise
         if not obj.flags.c_contiguous:
-            raise _not_contiguous(name, obj, obj.shape, obj.strides) from None
+            raise policy.not_contiguous(name, obj, obj.shape, obj.strides) from None
         return memoryview(obj.reshape(-1).view(numpy.uint8))
     if not view.c_contiguous:
-        raise _not_contiguous(name, obj, view.shape, view.strides)
+        raise policy.not_contiguous(name, obj, view.shape, view.strides)
     if view.nbytes == 0:
         # cast() refuses shapes containing 0; an empty view with the same writability.
         return memoryview(b"") if view.readonly else memoryview(bytearray())
@@ -175,16 +146,9 @@ def copy_and_hash(src, dst, hasher) -> None:
     exception from ``hasher.update`` ``dst`` holds unspecified bytes.
     """
     with _byte_view(src, "src") as s, _byte_view(dst, "dst") as d:
-        if d.readonly:
-            raise ValueError(
-                f"dst must be writable, got a read-only {_type_name(dst)} "
-                f"(pass a bytearray, a writable numpy array or a writable mmap)")
-        if d.nbytes != s.nbytes:
-            raise ValueError(
-                f"dst has {d.nbytes} bytes but src has {s.nbytes} "
-                f"(dst must have exactly src's nbytes)")
+        policy.check_copy(dst, d.readonly, d.nbytes, s.nbytes)
         if s.nbytes and _overlap(s, d):
-            raise ValueError("src and dst overlap in memory (copy into a separate buffer)")
+            raise ValueError(policy.OVERLAP)
         update = hasher.update
         chunks = s.toreadonly()
         for off in range(0, s.nbytes, CHUNK_BYTES):
@@ -217,17 +181,10 @@ def bytes_hashed() -> int:
     return _hashed
 
 
-def _checked_count(n, function: str) -> int:
-    n = operator.index(n)
-    if n < 0:
-        raise ValueError(f"{function}() needs a byte count >= 0, got {n}")
-    return n
-
-
 def add_copied(n: int) -> None:
     """Add ``n`` bytes to ``bytes_copied()`` (the pool reports worker-side copies with it)."""
     global _copied
-    n = _checked_count(n, "add_copied")
+    n = policy.checked_count(n, "add_copied")
     with _lock:
         _copied += n
 
@@ -235,7 +192,7 @@ def add_copied(n: int) -> None:
 def add_hashed(n: int) -> None:
     """Add ``n`` bytes to ``bytes_hashed()``."""
     global _hashed
-    n = _checked_count(n, "add_hashed")
+    n = policy.checked_count(n, "add_hashed")
     with _lock:
         _hashed += n
 
@@ -260,7 +217,7 @@ def size_class(size: int) -> int:
     MiB multiple below 64 MiB, then a multiple of 1/8 of the power of two at or below
     ``size`` (so at most 12.5 % is wasted and freed segments fit later values of similar size).
     """
-    size = _check_size(size, "size")
+    size = policy.check_size(size, "size")
     if size < (1 << 20):
         step = _PAGE
     elif size < (64 << 20):
@@ -326,7 +283,7 @@ def set_free_list_budget(nbytes: int) -> None:
     """Bound the free list to ``nbytes`` (default: 25 % of physical RAM).  Entries beyond a
     lowered budget are closed, least recently used first."""
     global _budget, _free_bytes
-    nbytes = _check_size(nbytes, "nbytes")
+    nbytes = policy.check_size(nbytes, "nbytes")
     with _lock:
         _budget = nbytes
         _free.sort(key=lambda entry: entry[2])
@@ -356,7 +313,7 @@ def trim_idle(max_age_s: float) -> int:
 def recycle(fd: int) -> bool:
     """Adopt a descriptor handed back (a result segment returned by the parent) into the free
     list.  Takes ownership: it is closed instead (False) when over budget or not a memfd."""
-    _check_fd(fd)
+    policy.check_fd(fd)
     try:
         st = os.fstat(fd)
         fcntl.fcntl(fd, fcntl.F_GET_SEALS)  # EINVAL unless a memfd (shmem file)
@@ -406,18 +363,12 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def register_trim_hook(fn) -> None:
     """Have ``trim()`` call ``fn()`` (once per registration; registering again is a no-op)."""
-    if not callable(fn):
-        raise TypeError(f"register_trim_hook() needs a callable, got {type(fn).__name__}")
-    with _lock:
-        if fn not in _trim_hooks:
-            _trim_hooks.append(fn)
+    _trim_hooks.register(fn)
 
 
 def unregister_trim_hook(fn) -> None:
     """Stop calling ``fn`` from ``trim()``; a hook that is not registered is ignored."""
-    with _lock:
-        if fn in _trim_hooks:
-            _trim_hooks.remove(fn)
+    _trim_hooks.unregister(fn)
 
 
 def trim() -> None:
@@ -426,115 +377,7 @@ def trim() -> None:
     Every hook runs even if an earlier one raises; the first exception is re-raised afterwards.
     """
     _free_close(lambda entry: False)
-    with _lock:
-        hooks = list(_trim_hooks)
-    first_error = None
-    for hook in hooks:
-        try:
-            hook()
-        except Exception as exc:  # the rest still run; the first failure is reported below
-            if first_error is None:
-                first_error = exc
-    if first_error is not None:
-        raise first_error
-
-
-# --- memory check ----------------------------------------------------------------------------
-
-def _mem_available(meminfo: str) -> int | None:
-    text = read_text(meminfo)
-    if text is None:
-        return None
-    for line in text.splitlines():
-        if line.startswith("MemAvailable:"):
-            fields = line.split()
-            if len(fields) >= 2 and fields[1].isdigit():
-                return int(fields[1]) * 1024
-    return None
-
-
-def _limit_files(cgroup_root: str, proc_cgroup: str) -> list[tuple[str, str, str]]:
-    """(limit file, usage file, limit name) for the process's cgroup and each ancestor."""
-    v2, v1_paths = cgroup_paths(proc_cgroup)
-    v1 = v1_paths.get("memory")
-    files = []
-    for root in (cgroup_root, os.path.join(cgroup_root, "unified")):
-        for d in dirs_upwards(root, v2):
-            files.append((os.path.join(d, "memory.max"), os.path.join(d, "memory.current"),
-                          "memory.max"))
-    for d in dirs_upwards(os.path.join(cgroup_root, "memory"), v1):
-        files.append((os.path.join(d, "memory.limit_in_bytes"),
-                      os.path.join(d, "memory.usage_in_bytes"), "memory.limit_in_bytes"))
-    return files
-
-
-def available_memory(cgroup_root: str | None = None, meminfo: str | None = None,
-                     proc_cgroup: str | None = None) -> tuple[int | None, str]:
-    """Bytes that can still be allocated, and a phrase naming the binding limit.
-
-    The smallest of ``MemAvailable`` and, in the process's cgroup and each ancestor, the cgroup
-    headroom (v2 ``memory.max - memory.current``, v1 ``memory.limit_in_bytes -
-    memory.usage_in_bytes``).  ``(None, "")`` when nothing could be read.  Read afresh on every
-    call; the paths default to the live system.
-    """
-    cgroup_root = _CGROUP_ROOT if cgroup_root is None else cgroup_root
-    meminfo = _MEMINFO if meminfo is None else meminfo
-    proc_cgroup = _PROC_CGROUP if proc_cgroup is None else proc_cgroup
-    best: tuple[int, str] | None = None
-    avail = _mem_available(meminfo)
-    if avail is not None:
-        best = (avail, f"(MemAvailable in {meminfo})")
-    for limit_file, usage_file, limit_name in _limit_files(cgroup_root, proc_cgroup):
-        limit = read_int(limit_file)
-        if limit is None or limit >= _UNLIMITED:
-            continue
-        usage = read_int(usage_file) or 0
-        headroom = max(0, limit - usage)
-        if best is None or headroom < best[0]:
-            best = (headroom, f"under the cgroup limit {limit_name} = {_human(limit)}")
-    if best is None:
-        return None, ""
-    return best
-
-
-def _human(n: int) -> str:
-    """Binary units with one decimal: 419430400 -> '400.0 MiB'."""
-    if n < 1024:
-        return f"{n} bytes"
-    value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        value /= 1024.0
-        if value < 1024.0 or unit == "PiB":
-            return f"{value:.1f} {unit}"
-    raise AssertionError("unreachable")
-
-
-def _allocation_error(size: int, what: str, reason: str, name: str | None) -> SharedMemoryError:
-    target = f" for {what}" if what else ""
-    fixes = ("drop arrays and handles you no longer need, call seamless.close() to release "
-             "cached segments")
-    fixes += f", raise the limit, or set {name}.local = True" if name else ", or raise the limit"
-    return SharedMemoryError(
-        f"could not allocate {_human(size)} ({size} bytes) of shared memory{target}: "
-        f"{reason} ({fixes})", size=size)
-
-
-def _os_reason(call: str, exc: OSError) -> str:
-    reason = f"{call} failed with [Errno {exc.errno}] {exc.strerror or os.strerror(exc.errno)}"
-    if exc.errno == errno.EFBIG:
-        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        if soft != resource.RLIM_INFINITY:
-            reason += f": the file size limit RLIMIT_FSIZE (ulimit -f) is {_human(soft)}"
-    return reason
-
-
-def _check_memory(size: int, margin: int, what: str, name: str | None) -> None:
-    available, where = available_memory()
-    if available is not None and size + margin > available:
-        reason = f"{_human(available)} available {where}"
-        if size <= available:
-            reason += f", of which {_human(margin)} is kept as a safety margin"
-        raise _allocation_error(size, what, reason, name)
+    _trim_hooks.run()
 
 
 def _fail_next_create(error: OSError | None = None, *, count: int = 1) -> None:
@@ -542,15 +385,9 @@ def _fail_next_create(error: OSError | None = None, *, count: int = 1) -> None:
     in the compiled core also the numpy allocator) fail as if ``ftruncate`` raised ``error``
     (default ``ENOSPC``), through the real error path.  ``count=0`` clears the hook.
     """
-    if error is None:
-        error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    if not isinstance(error, OSError) or error.errno is None:
-        raise TypeError(f"_fail_next_create() needs an OSError with an errno, got {error!r}")
-    count = operator.index(count)
-    if count < 0:
-        raise ValueError(f"_fail_next_create() needs count >= 0, got {count}")
+    code, count = policy.injection(error, count)
     with _lock:
-        _injected[:] = [OSError(error.errno, os.strerror(error.errno))] * count
+        _injected[:] = [OSError(code, os.strerror(code))] * count
 
 
 def _take_injected() -> OSError | None:
@@ -564,26 +401,6 @@ class _Mapping(mmap.mmap):
     """A mapping of a segment; holds the Segment so its descriptor outlives no mapping early."""
 
     __slots__ = ("segment",)
-
-
-def _check_size(size, what: str) -> int:
-    if isinstance(size, bool):
-        raise TypeError(f"{what} must be an int >= 0, got bool {size!r}")
-    try:
-        size = operator.index(size)
-    except TypeError:
-        raise TypeError(f"{what} must be an int >= 0, got {type(size).__name__} "
-                        f"{size!r}") from None
-    if size < 0:
-        raise ValueError(f"{what} must be >= 0, got {size}")
-    return size
-
-
-def _check_fd(fd) -> None:
-    if isinstance(fd, bool) or not isinstance(fd, int):
-        raise TypeError(f"fd must be an int, got {type(fd).__name__} {fd!r}")
-    if fd < 0:
-        raise ValueError(f"fd must be a descriptor >= 0, got {fd}")
 
 
 def _close_fd(fd: int) -> None:
@@ -683,8 +500,8 @@ class Segment:
         available memory or the cgroup's headroom, or when ``memfd_create``/``ftruncate``/
         ``fallocate`` fail; no descriptor is left open then.
         """
-        size = _check_size(size, "size")
-        margin = _check_size(margin, "margin")
+        size = policy.check_size(size, "size")
+        margin = policy.check_size(margin, "margin")
         if recycle:
             taken = _free_take(size)
             if taken is not None:
@@ -692,11 +509,12 @@ class Segment:
                 seg._reused = True
                 return seg
         if size:
-            _check_memory(size, margin, what, name)
+            policy.check_memory(size, margin, what, name)
         try:
             fd = _new_memfd(size, size_class(size))
         except OSError as exc:
-            raise _allocation_error(size, what, _os_reason(exc.call, exc), name) from exc
+            raise policy.allocation_error(size, what, policy.os_reason(exc.call, exc),
+                                          name) from exc
         try:
             st = os.fstat(fd)
         except BaseException:
@@ -716,22 +534,13 @@ class Segment:
         Only a ``fd`` that is not a descriptor at all (not an int, or negative) is refused
         without closing anything.
         """
-        _check_fd(fd)
+        policy.check_fd(fd)
         try:
-            size = _check_size(size, "size")
-            offset = _check_size(offset, "offset")
-            if on_release is not None and not callable(on_release):
-                raise TypeError(f"on_release must be callable, got "
-                                f"{type(on_release).__name__}")
+            size = policy.check_size(size, "size")
+            offset = policy.check_size(offset, "offset")
+            policy.check_on_release(on_release)
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise ValueError(f"descriptor {fd} is not a shared-memory segment (not a "
-                                 f"regular file, mode {st.st_mode:o})")
-            if st.st_size < offset + size:
-                what = f"offset {offset} + logical size {size}" if offset else \
-                    f"logical size {size}"
-                raise ValueError(f"descriptor {fd} refers to a segment of {st.st_size} bytes, "
-                                 f"smaller than the {what}")
+            policy.check_received(fd, st.st_mode, st.st_size, size, offset)
         except BaseException:
             os.close(fd)
             raise
@@ -741,8 +550,7 @@ class Segment:
     def fd(self) -> int:
         """The owned descriptor (ValueError once closed); send it, never close it yourself."""
         if not self._finalizer.alive:
-            raise ValueError(f"segment {self._id[0]}:{self._id[1]} is closed: its descriptor "
-                             f"was released by close()")
+            raise policy.closed_segment(self._id)
         return self._fd
 
     @property
@@ -835,8 +643,7 @@ class Segment:
     def _fill(self, view: memoryview, hasher) -> None:
         n = view.nbytes
         if n != self._size:
-            raise ValueError(f"src has {n} bytes but the segment's size is {self._size} "
-                             f"(fill needs exactly the segment's size)")
+            raise policy.fill_size_mismatch(n, self._size)
         if n:
             dst = self.writable(populate=True)
             mapping = dst.obj
@@ -897,15 +704,7 @@ def as_array(segment: Segment, dtype, shape):
     import numpy
 
     dtype = numpy.dtype(dtype)
-    shape = (operator.index(shape),) if not isinstance(shape, tuple) else \
-        tuple(operator.index(n) for n in shape)
-    count = 1
-    for n in shape:
-        count *= n
-    if count * dtype.itemsize != segment.size:
-        raise ValueError(f"an array of dtype {dtype} and shape {shape} needs "
-                         f"{count * dtype.itemsize} bytes but the segment's size is "
-                         f"{segment.size}")
+    shape, count = policy.array_count(dtype, shape, segment.size)
     return numpy.frombuffer(segment.readonly(), dtype=dtype, count=count).reshape(shape)
 
 
@@ -914,8 +713,8 @@ def as_array(segment: Segment, dtype, shape):
 def install_allocator(threshold: int = 1 << 20, headroom: int = 4096) -> bool:
     """No data-memory handler in the pure-Python core: returns False (numpy's own handler
     stays, so results are copied once into a segment)."""
-    _check_size(threshold, "threshold")
-    _check_size(headroom, "headroom")
+    policy.check_size(threshold, "threshold")
+    policy.check_size(headroom, "headroom")
     return False
 
 

@@ -27,6 +27,9 @@ Data flow and ownership:
 - The eventfd (``os.eventfd``) is created by the first ``fileno()``, emptied by ``drain()``
   and closed by ``close()`` (idempotent, also when the window is collected).
 
+Limits and error texts are seamless/_ipc/policy/window.py's (the word layout,
+policy/flags.py's).
+
 Mechanism only: no configuration, logging or retry; callers pass capacities and timeouts.
 The window holds integers and flags only; the caller keeps its objects in a list by slot.
 """
@@ -38,16 +41,14 @@ import os
 import threading
 import time
 
-from seamless._ipc._pure.flags import (  # the word layout is the flag slab's
-    _GENERATION_MASK, _STATE_BITS, _STATE_MASK, CANCELLED, DONE, EMPTY, FAILED, PENDING, RUNNING,
-    _LazyEventfd,
+from seamless._ipc._pure.flags import _LazyEventfd
+from seamless._ipc.policy import flags as flags_policy
+from seamless._ipc.policy import window as policy
+from seamless._ipc.policy.flags import (  # the word layout is the flag slab's
+    CANCELLED, DONE, EMPTY, FAILED, GENERATION_MASK, PENDING, RUNNING, STATE_BITS, STATE_MASK,
 )
 
 __all__ = ["CANCELLED", "DONE", "EMPTY", "FAILED", "PENDING", "RUNNING", "Window"]
-
-_MAX_CAPACITY = (1 << 31) - 1
-_MAX_FIRST_SEQ = 1 << 62
-_TERMINAL = frozenset({DONE, FAILED, CANCELLED})
 
 
 class Window(_LazyEventfd):
@@ -61,11 +62,7 @@ class Window(_LazyEventfd):
         self._closed = False
         n = operator.index(capacity)
         first = operator.index(first_seq)
-        if not 1 <= n <= _MAX_CAPACITY:
-            raise ValueError(f"Window capacity must be in 1..{_MAX_CAPACITY}, got {n} "
-                             f"(the number of items held at once)")
-        if not 0 <= first <= _MAX_FIRST_SEQ:
-            raise ValueError(f"first_seq must be in 0..{_MAX_FIRST_SEQ}, got {first}")
+        policy.check_construction(n, first)
         self._words = [0] * n
         self._cap = n
         self._head = first
@@ -93,7 +90,7 @@ class Window(_LazyEventfd):
         """The ring slot of ``seq`` (``seq % capacity``): where callers keep its objects."""
         seq = operator.index(seq)
         if seq < 0:
-            raise ValueError(f"seq must be >= 0, got {seq}")
+            raise policy.negative_seq(seq)
         return seq % self._cap
 
     def state(self, seq) -> int:
@@ -102,21 +99,20 @@ class Window(_LazyEventfd):
         with self._cond:
             if not self._head <= seq < self._tail:
                 return EMPTY
-            return self._words[seq % self._cap] & _STATE_MASK
+            return self._words[seq % self._cap] & STATE_MASK
 
     def reserve(self):
         """The next item, set PENDING: ``(seq, slot)`` with ``slot == seq % capacity``, or
         None while ``capacity`` items are held (owner thread only)."""
         with self._cond:
             if self._closed:
-                raise ValueError("this Window is closed; reserve() needs an open one "
-                                 "(make a new Window)")
+                raise policy.closed("reserve")
             seq = self._tail
             if seq - self._head >= self._cap:
                 return None
             slot = seq % self._cap
-            generation = (seq // self._cap + 1) & _GENERATION_MASK
-            self._words[slot] = (generation << _STATE_BITS) | PENDING
+            generation = (seq // self._cap + 1) & GENERATION_MASK
+            self._words[slot] = (generation << STATE_BITS) | PENDING
             self._tail = seq + 1
             return seq, slot
 
@@ -129,14 +125,13 @@ class Window(_LazyEventfd):
                 return False
             slot = seq % self._cap
             word = self._words[slot]
-            state = word & _STATE_MASK
+            state = word & STATE_MASK
             if state == PENDING:
-                self._words[slot] = (word & ~_STATE_MASK) | RUNNING
+                self._words[slot] = (word & ~STATE_MASK) | RUNNING
                 return True
             if state != RUNNING:
                 return False
-        raise ValueError(f"start({seq}): item {seq} is RUNNING already; start() moves a "
-                         f"PENDING item to RUNNING once, by its one writer")
+        raise policy.started_twice(seq)
 
     def complete(self, seq, state) -> bool:
         """Move item ``seq`` to DONE, FAILED or CANCELLED, first writer wins (any thread);
@@ -144,17 +139,16 @@ class Window(_LazyEventfd):
         reused, or never reserved) or the window is closed (a late callback is harmless)."""
         seq = operator.index(seq)
         state = operator.index(state)
-        if state not in _TERMINAL:
-            raise ValueError(f"complete() takes a terminal state, DONE (3), FAILED (4) or "
-                             f"CANCELLED (5), got {state!r}")
+        if state not in flags_policy.TERMINAL:
+            raise flags_policy.not_terminal("complete", state)
         with self._cond:
             if self._closed or not self._head <= seq < self._tail:
                 return False
             slot = seq % self._cap
             word = self._words[slot]
-            if word & _STATE_MASK >= DONE:
+            if word & STATE_MASK >= DONE:
                 return False
-            self._words[slot] = (word & ~_STATE_MASK) | state
+            self._words[slot] = (word & ~STATE_MASK) | state
             self._cond.notify_all()
             if self._efd >= 0:
                 try:
@@ -166,7 +160,7 @@ class Window(_LazyEventfd):
     def _take(self):
         """Release the head if its word is terminal: ``(seq, state)``, else None (lock held)."""
         seq = self._head
-        state = self._words[seq % self._cap] & _STATE_MASK
+        state = self._words[seq % self._cap] & STATE_MASK
         if state < DONE:
             return None
         self._head = seq + 1
@@ -178,16 +172,13 @@ class Window(_LazyEventfd):
         so Ctrl-C interrupts the wait; nothing is released then."""
         with self._cond:
             if self._closed:
-                raise ValueError("this Window is closed; next_ready() needs an open one "
-                                 "(make a new Window)")
+                raise policy.closed("next_ready")
             if self._tail == self._head:
-                raise RuntimeError("next_ready(): the window holds nothing, so nothing can "
-                                   "become ready (reserve() an item before waiting for it)")
-            if timeout is not None and not timeout >= 0:
-                raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
-            deadline = None if timeout is None else time.monotonic() + min(float(timeout), 1e9)
+                raise RuntimeError(policy.NOTHING_HELD)
+            deadline = None if timeout is None else \
+                time.monotonic() + flags_policy.timeout_ns(timeout) / 1e9
             slot = self._head % self._cap
-            while self._words[slot] & _STATE_MASK < DONE:
+            while self._words[slot] & STATE_MASK < DONE:
                 pause = None
                 if deadline is not None:
                     pause = deadline - time.monotonic()
@@ -201,8 +192,7 @@ class Window(_LazyEventfd):
         released), None if it is not or nothing is held."""
         with self._cond:
             if self._closed:
-                raise ValueError("this Window is closed; try_next() needs an open one "
-                                 "(make a new Window)")
+                raise policy.closed("try_next")
             if self._tail == self._head:
                 return None
             return self._take()
