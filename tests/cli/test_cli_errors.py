@@ -20,8 +20,8 @@ def bad_yaml(cli):
 
 
 EXPECTED = ("seamless.yaml, line 1: unknown key 'workrs'; did you mean 'workers'? (accepted "
-            "keys: cache, execution, inherit_from_parent, memory_cache, nparallel, scheduler, "
-            "workers)")
+            "keys: cache, cache_max, execution, inherit_from_parent, memory_cache, nparallel, "
+            "scheduler, workers)")
 
 
 def test_seamless_run_one_line(bad_yaml):
