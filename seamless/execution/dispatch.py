@@ -83,7 +83,7 @@ def in_worker() -> bool:
     return _worker_backend is not None
 
 
-def become_worker(channel_backend, hook, index: int):
+def become_worker(channel_backend, hook):
     """Called once by a pool worker: children go to the parent through ``channel_backend``."""
     from .parent import ParentPool
 

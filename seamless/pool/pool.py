@@ -56,7 +56,8 @@ from ..execution.runner import Failure, Outcome
 from . import wire
 from ..execution.backend import Hooks
 from .env import usable_cpu_count
-from .protocol import EXIT_CHANNEL_LOST, MAX_FDS, OUTBOX_OFFSET, Channel, ProtocolError
+from .protocol import (EXIT_CHANNEL_LOST, IDLE_TRIM_S, MAX_FDS, OUTBOX_OFFSET, Channel,
+                       ProtocolError)
 from .scheduling import MAX_START_FAILURES, Fail, Forget, Kill, Launch, Revoke, Scheduler, Send
 from .supervise import Child, describe_signal, raise_nofile_limit
 
@@ -64,7 +65,6 @@ __all__ = ["Pool"]
 
 _log = logging.getLogger("seamless")
 _HELLO_TIMEOUT = 30.0
-_IDLE_TRIM_S = 2.0  # free-list segments unused this long are closed (docs/worker-pool.md)
 _SHUTDOWN_GRACE = 2.0
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _SHARED_SIZE = OUTBOX_OFFSET + (256 << 10)  # the memfd shared with a worker
@@ -303,7 +303,7 @@ class Pool:
             self._carry_out()
             if now >= self._next_idle_trim:
                 self._next_idle_trim = now + 1.0
-                self._shm_array.trim_idle(_IDLE_TRIM_S)
+                self._shm_array.trim_idle(IDLE_TRIM_S)
 
     def _next_timeout(self) -> float:
         """At most 1 s (the hello deadline of starting workers and the idle trim of the free
@@ -425,7 +425,6 @@ class Pool:
     def _init_header(self, worker: _Worker) -> dict:
         per_worker = str(max(1, usable_cpu_count() // self.n))
         return {"environ": dict(os.environ), "cwd": os.getcwd(), "sys_path": list(sys.path),
-                "index": worker.index,
                 "threads": {name: per_worker for name in _THREAD_VARS if name not in os.environ}}
 
     def _on_stderr(self, worker: _Worker):

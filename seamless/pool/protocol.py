@@ -28,10 +28,8 @@ with more is split into several calls; each frame has at most 253.
 Ownership and threads
 - ``Channel`` owns its socket (one end of an ``AF_UNIX``/``SOCK_STREAM`` socketpair) from
   construction until ``close()``.
-- **Sending.** ``send()`` never takes the caller's descriptors: with ``wait=True`` (default) they
-  are in the kernel when it returns, so the caller may close its own at once; with
-  ``wait=False`` the channel sends duplicates it owns for whatever it queues, and closes them once
-  sent or on ``close()``.  Sends from several threads are serialised by one lock (the worker
+- **Sending.** ``send()`` never takes the caller's descriptors: they are in the kernel when it
+  returns, so the caller may close its own at once.  Sends from several threads are serialised by one lock (the worker
   sends from its main thread and helper threads; the parent from its I/O thread).
 - **Receiving.** Descriptors received but not yet handed to a frame are the channel's (closed by
   ``close()``); those handed out in ``Frame.fds`` are the receiver's (``Segment.from_fd`` takes
@@ -86,6 +84,9 @@ OUTBOX_OFFSET = 16
 #: Exit code of a worker that can no longer answer its parent (a body closed or replaced its
 #: channel, or a send failed): the body it had started is the one that fails.
 EXIT_CHANNEL_LOST = 74  # EX_IOERR
+# Both ends keep released segments in a free list; those unused this long are closed
+# (docs/worker-pool.md).
+IDLE_TRIM_S = 2.0
 PREFIX_SIZE = 20            # fixed part: length, kind, nfds, reserved, id, hlen
 _AFTER_LENGTH = PREFIX_SIZE - 4
 
@@ -264,12 +265,11 @@ class _Pending:
 class _Out:
     """One queued chunk and the descriptors to attach no later than its first byte."""
 
-    __slots__ = ("view", "fds", "owned")
+    __slots__ = ("view", "fds")
 
-    def __init__(self, view: memoryview, fds: list, owned: bool):
+    def __init__(self, view: memoryview, fds: list):
         self.view = view
         self.fds = fds
-        self.owned = owned
 
 
 class Channel:
@@ -307,60 +307,47 @@ class Channel:
 
     # --- sending ---
 
-    def send(self, frames, *, wait: bool = True) -> None:
+    def send(self, frames) -> None:
         """Send ``frames``, a list of ``(kind, id, header, inline, fds)``, in order.
 
-        As few ``sendmsg`` calls as possible (at most 253 descriptors and IOV_MAX chunks each).
-        ``wait=True`` returns once everything is in the kernel, waiting for room on a
-        non-blocking socket.  ``wait=False`` sends what fits now and queues the rest (with
-        duplicates of its descriptors): the owner must then call ``flush()`` whenever the socket
-        is writable while ``wants_write`` is true.
+        As few ``sendmsg`` calls as possible (at most 253 descriptors and IOV_MAX chunks each);
+        returns once everything is in the kernel, waiting for room on a non-blocking socket.
         """
         entries = []
         small = None  # the chunk that small frames are being joined into (a bytearray)
-        try:
-            for frame in frames:
-                kind, fid, header, inline, fds = frame
-                if fds:
-                    fds = [_check_fd(fd) for fd in fds]
-                chunks = encode_frame(kind, fid, header, inline, len(fds))
-                owned = not wait
-                if fds and owned:
-                    fds = _dup_all(fds)
-                if len(chunks) == 1 or sum(len(c) for c in chunks) <= _JOIN_MAX:
-                    # Small frames travel as one chunk: fewer buffers to track and one
-                    # iovec.  A frame's descriptors go with the first byte of the chunk it
-                    # joins, which is no later than its own first byte.
-                    if small is not None and (not fds or not small.fds) \
-                            and len(small.view) < _JOIN_MAX:
-                        small.view.extend(b"".join(chunks) if len(chunks) > 1 else chunks[0])
-                        if fds:
-                            small.fds = fds
-                            small.owned = owned
-                        continue
-                    small = _Out(bytearray().join(chunks), fds, owned)
-                    entries.append(small)
+        for frame in frames:
+            kind, fid, header, inline, fds = frame
+            if fds:
+                fds = [_check_fd(fd) for fd in fds]
+            chunks = encode_frame(kind, fid, header, inline, len(fds))
+            if len(chunks) == 1 or sum(len(c) for c in chunks) <= _JOIN_MAX:
+                # Small frames travel as one chunk: fewer buffers to track and one
+                # iovec.  A frame's descriptors go with the first byte of the chunk it
+                # joins, which is no later than its own first byte.
+                if small is not None and (not fds or not small.fds) \
+                        and len(small.view) < _JOIN_MAX:
+                    small.view.extend(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+                    if fds:
+                        small.fds = fds
                     continue
-                small = None
-                entries.append(_Out(memoryview(chunks[0]), fds, owned))
-                entries.extend(_Out(memoryview(c), [], False) for c in chunks[1:])
-            for entry in entries:
-                if type(entry.view) is bytearray:
-                    entry.view = memoryview(entry.view)
-        except BaseException:
-            _close_owned(entries)
-            raise
+                small = _Out(bytearray().join(chunks), fds)
+                entries.append(small)
+                continue
+            small = None
+            entries.append(_Out(memoryview(chunks[0]), fds))
+            entries.extend(_Out(memoryview(c), []) for c in chunks[1:])
+        for entry in entries:
+            if type(entry.view) is bytearray:
+                entry.view = memoryview(entry.view)
         with self._send_lock:
             if self._closed:
-                _close_owned(entries)
                 raise ValueError("cannot send on a closed channel")
             if self._send_error is not None:
-                _close_owned(entries)
                 raise ProtocolError(
                     f"cannot send: an earlier send on this channel failed midway "
                     f"({type(self._send_error).__name__}: {self._send_error})")
             self._out.extend(entries)
-            self._flush_locked(wait)
+            self._send_queued()
 
     def send_encoded(self, data) -> None:
         """Send bytes that already are whole frames without descriptors (``encode_frame``
@@ -368,8 +355,8 @@ class Channel:
         with self._send_lock:
             if self._closed:
                 raise ValueError("cannot send on a closed channel")
-            self._out.append(_Out(memoryview(data), [], False))
-            self._flush_locked(True)
+            self._out.append(_Out(memoryview(data), []))
+            self._send_queued()
 
     def feed(self, data) -> list:
         """Frames from bytes that did not come through the socket (frames a dead worker held
@@ -381,19 +368,8 @@ class Channel:
             raise self._error
         return frames
 
-    @property
-    def wants_write(self) -> bool:
-        """Whether bytes queued by ``send(..., wait=False)`` are waiting for ``flush()``."""
-        return bool(self._out)
-
-    def flush(self) -> bool:
-        """Send queued bytes without waiting; True when nothing is left queued."""
-        with self._send_lock:
-            if self._closed:
-                raise ValueError("cannot flush a closed channel")
-            return self._flush_locked(False)
-
-    def _flush_locked(self, wait: bool) -> bool:
+    def _send_queued(self) -> None:
+        """Send ``_out`` (the send lock held), waiting for room when the socket is full."""
         out = self._out
         try:
             while out:
@@ -413,16 +389,11 @@ class Channel:
                 try:
                     sent = self._sock.sendmsg(bufs, anc, _SEND_FLAGS)
                 except BlockingIOError:
-                    if not wait:
-                        return False
                     _wait_writable(self._sock)
                     continue
                 # The descriptors went with this call's first byte.
                 for entry in batch:
-                    if entry.fds:
-                        if entry.owned:
-                            _close_fds(entry.fds)
-                        entry.fds = []
+                    entry.fds = []
                 while sent:
                     head = out[0]
                     n = head.view.nbytes
@@ -432,11 +403,9 @@ class Channel:
                     else:
                         head.view = head.view[sent:]
                         sent = 0
-            return True
         except BaseException as exc:
             # The stream may now end inside a frame: nothing more can be sent on it.
             self._send_error = exc
-            _close_owned(out)
             out.clear()
             raise
 
@@ -652,7 +621,7 @@ class Channel:
     # --- closing ---
 
     def close(self) -> None:
-        """Close the socket, queued outgoing duplicates and descriptors no frame took.
+        """Close the socket and the descriptors no frame took.
 
         Idempotent.  Wakes a thread blocked in ``receive_blocking`` (it sees end of stream).
         """
@@ -663,8 +632,7 @@ class Channel:
         # is already disconnected, so no thread can be blocked on it.
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        with self._send_lock:
-            _close_owned(self._out)
+        with self._send_lock:  # a send woken by the shutdown has given up
             self._out.clear()
         with self._recv_lock:
             for frame in self._ready:
@@ -688,27 +656,9 @@ def _check_fd(fd) -> int:
     return fd
 
 
-def _dup_all(fds: list) -> list:
-    dups: list = []
-    try:
-        for fd in fds:
-            dups.append(os.dup(fd))
-    except BaseException:
-        _close_fds(dups)
-        raise
-    return dups
-
-
 def _close_fds(fds) -> None:
     for fd in fds:
         os.close(fd)
-
-
-def _close_owned(entries) -> None:
-    for entry in entries:
-        if entry.owned and entry.fds:
-            _close_fds(entry.fds)
-            entry.fds = []
 
 
 def _wait_writable(sock: socket.socket) -> None:

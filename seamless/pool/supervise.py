@@ -127,10 +127,6 @@ class Child:
         os.close(self.pidfd)
         self.proc.stderr.close()
 
-    def close_after_fork(self):
-        """In a forked copy of the supervisor: drop our descriptors, leave the process alone."""
-        self.release()
-
     def explain_exit(self, rss: int = 0) -> tuple:
         """``(exitcode, signal, how, cause)`` for a child that ended unexpectedly: ``how`` says
         how it ended ("exited with code 3"), ``cause`` what most likely happened."""

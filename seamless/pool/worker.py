@@ -52,7 +52,7 @@ Threads and ownership inside the worker:
   result from its own memory and sends ``result-checksum``; the memory is unmapped here when
   the body's values are dropped.  When the parent drops the result it sends the descriptor
   back (``recycle``): the segment joins this worker's free list, already touched; the list
-  trims itself after ``_IDLE_TRIM_S`` without use, and at once on a trimming ``recycle``.
+  trims itself after ``IDLE_TRIM_S`` without use, and at once on a trimming ``recycle``.
 - Nested transformations started by a body go to the parent (``nested-submit``).  The parent
   answers with the child's result or error, or with ``run-here``: then the thread that waits
   for the child runs it itself, so nesting never deadlocks.
@@ -79,8 +79,8 @@ import threading
 import time
 
 from seamless.errors import SeamlessError
-from seamless.pool.protocol import (EXIT_CHANNEL_LOST, OUTBOX_OFFSET, Channel, ProtocolError,
-                                    encode_frame)
+from seamless.pool.protocol import (EXIT_CHANNEL_LOST, IDLE_TRIM_S, OUTBOX_OFFSET, Channel,
+                                    ProtocolError, encode_frame)
 
 __all__ = ["EXIT_CHANNEL_LOST", "main"]
 
@@ -92,7 +92,6 @@ _BATCH = 8
 _ENGAGE_S = 0.002  # a body running longer than this gets the watcher thread on the channel
 _HOLD_MAX_BODY_S = 0.0002  # only the results of bodies shorter than this are held back
 _IDLE_LOOK_S = 0.01  # how often the watcher looks at a worker that waits for work
-_IDLE_TRIM_S = 2.0  # free-list segments unused this long are closed (docs/worker-pool.md)
 _ALLOCATOR_MIN = 1 << 20  # numpy allocations from this size on are born in segments
 _ALLOCATOR_HEADROOM = 4096  # room for the canonical header in front of such an allocation
 
@@ -372,7 +371,7 @@ class Worker:
             if now >= next_beat:
                 next_beat = now + 1.0
                 with contextlib.suppress(OSError):  # a body may have closed a list entry
-                    shm_array.trim_idle(_IDLE_TRIM_S)
+                    shm_array.trim_idle(IDLE_TRIM_S)
                 current = self.current
                 if current is not None:  # the send also notices a channel the body closed
                     self.send([("heartbeat", current, {"rss": _rss_bytes()}, [], [])])
@@ -423,7 +422,7 @@ class Worker:
                 self.idle = False
                 if not got:
                     with contextlib.suppress(OSError):  # a body may have closed a list entry
-                        shm_array.trim_idle(_IDLE_TRIM_S)
+                        shm_array.trim_idle(IDLE_TRIM_S)
                 continue
             frame = inbox.popleft()
             kind = frame.kind
@@ -798,7 +797,7 @@ def main():
     # Bodies run in this thread: their large numpy allocations are born in segments, so a
     # result such as ``a * 2`` travels without a copy (docs/worker-pool.md, "What travels how").
     seamless._ipc.shm_array.install_allocator(_ALLOCATOR_MIN, _ALLOCATOR_HEADROOM)
-    dispatch.become_worker(_ParentBackend(worker), worker.wait_for, init.header["index"])
+    dispatch.become_worker(_ParentBackend(worker), worker.wait_for)
     sock.setblocking(False)  # the main thread reads what is there, and polls when idle
     threading.Thread(target=worker.watch, name="seamless-worker-watcher", daemon=True).start()
     hello = {"pid": os.getpid(), "python": sys.version.split()[0],
