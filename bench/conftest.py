@@ -1,4 +1,5 @@
-"""Benchmark plumbing shared by bench/bench_*.py (performance.md, section 4).
+"""Benchmark plumbing shared by bench/bench_*.py
+(docs/design/benchmark-method.md, "How a benchmark judges").
 
 Flow of one gated benchmark: ``time_reference(fn)`` times the reference first
 (warm-up, then the minimum of several rounds); ``time_subject(fn)`` runs the
@@ -17,10 +18,18 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import pathlib
+import platform
+import sys
 import time
 import warnings
 
 import pytest
+
+# bench/peers.py (the peer adapters) is imported as ``peers`` by the benchmarks; appended, so
+# it never shadows an installed package.
+sys.path.append(str(pathlib.Path(__file__).resolve().parent))
 
 
 def pytest_addoption(parser):
@@ -28,6 +37,27 @@ def pytest_addoption(parser):
         "--inject-extra-copy", action="store_true", default=False,
         help="gate self-test: copy every input sent to a worker once more (counted), so the "
              "transport benchmarks' bytes_copied() checks must fail")
+    parser.addoption(
+        "--report-sizes", action="store_true", default=False,
+        help="peer benchmarks also run the large arrays (40 to 400 MB) that `python -m "
+             "bench.report` plots; the gated run keeps to the small ones")
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """The machine facts the report prints: CPU, cores, memory, Python, numpy."""
+    import numpy
+
+    model, sha_ni = _cpu_facts()
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            memory = int(next(line for line in f if line.startswith("MemTotal:")).split()[1]) * 1024
+    except (OSError, StopIteration, ValueError):
+        memory = "unknown"
+    machine_info["seamless_bench"] = {
+        "cpu_model": model, "sha_ni": sha_ni, "cores": os.cpu_count(),
+        "memory_bytes": memory, "python": platform.python_version(),
+        "numpy": numpy.__version__, "system": platform.platform(),
+        "load_average_at_end": list(os.getloadavg())}
 
 
 @pytest.fixture(autouse=True)
