@@ -136,7 +136,6 @@ def test_floors(benchmark, sizes_mb):
         copy_s.append(_min_seconds(lambda: np.copyto(dst, a), *_rounds(size, smoke)))
         hash_s.append(_min_seconds(lambda: hashlib.sha256(memoryview(a)).digest(),
                                    *_rounds(size, smoke)))
-        del dst
     benchmark.extra_info.update(sizes_mb=list(sizes_mb), copy_seconds=copy_s,
                                 hash_seconds=hash_s)
     benchmark.pedantic(lambda: None, rounds=1)

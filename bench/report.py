@@ -2,9 +2,10 @@
 
 Data flow: without ``--benchmark-json`` this runs ``pytest bench --report-sizes`` once in a
 child process (its JSON and JUnit files live in a temporary directory this command creates
-and removes; ``--save-json FILE`` keeps a copy of the JSON); with ``--benchmark-json A.json [B.json ...]`` it reads those (a later file's
-benchmark replaces an earlier one of the same name, as a CI retry does), and ``--junitxml``
-files, when given, supply the reasons of skipped rows.  From the records that the benchmarks
+and removes; ``--save-json FILE`` keeps a copy of the JSON); with ``--benchmark-json A.json
+[B.json ...]`` it reads those (a later file's benchmark replaces an earlier one of the same
+name, as a CI retry does), and ``--junitxml`` files, when given, supply the reasons of
+skipped and expected-failure rows.  From the records that the benchmarks
 left in ``extra_info`` (see bench/conftest.py, ``record_ratio``) it builds:
 
 - the machine (CPU, cores, memory, Python, numpy) from the JSON's ``machine_info``;
@@ -259,10 +260,10 @@ def plot_transport(curves: dict, floors: dict, path: pathlib.Path) -> None:
         sizes = floors["sizes_mb"]
         both = [h + c for h, c in zip(floors["hash_seconds"], floors["copy_seconds"])]
         ax.plot(sizes, both, "k--", marker="x", linewidth=1.5, label="floor: SHA-256 + copy")
-        ax.plot(sizes, floors["hash_seconds"], color="grey", linestyle=":", linewidth=2, marker="x",
-                label="floor: one SHA-256 pass")
-        ax.plot(sizes, floors["copy_seconds"], color="grey", linestyle="-.", linewidth=1.5, marker="x",
-                label="floor: one np.copyto")
+        ax.plot(sizes, floors["hash_seconds"], color="grey", linestyle=":", linewidth=2,
+                marker="x", label="floor: one SHA-256 pass")
+        ax.plot(sizes, floors["copy_seconds"], color="grey", linestyle="-.", linewidth=1.5,
+                marker="x", label="floor: one np.copyto")
     ax.set_xscale("log")
     ax.set_yscale("log")
     sizes = sorted({size for curve in curves.values() for size in curve[0]})

@@ -154,7 +154,8 @@ def test_peer_sweep_breakdown_and_rates(rendered):
     assert "1.70x the array" in text
     total = _row(text, "**total** (T1's subject)")
     assert total[1] == "420" and total[3] == "+120"
-    assert _row(text, "seamless .start() + .run()")[1] == "20,000"  # median per-task time of its runs: 50 us
+    # seamless: the median of its per-task times beside each peer, 50 us
+    assert _row(text, "seamless .start() + .run()")[1] == "20,000"
     assert _row(text, "Dask submit")[1] == "500"
     assert _row(text, "seamless parallel()")[1] == "8,000"
     assert _row(text, "`tsp -S 2`")[1] == "1.25"
