@@ -18,7 +18,8 @@ from __future__ import annotations
 import threading
 from typing import NamedTuple
 
-__all__ = ["SmallResult", "LargeResult", "LARGE", "RemoteBuffer", "result_class"]
+__all__ = ["SmallResult", "LargeResult", "LARGE", "RemoteBuffer", "result_class",
+           "transportable"]
 
 #: From this many bytes a buffer is "large": scattered once instead of travelling inside a
 #: task, and a result left on the worker until it is asked for.
@@ -48,6 +49,16 @@ class LargeResult(NamedTuple):
 
 def result_class(nbytes: int) -> type:
     return LargeResult if nbytes >= LARGE else SmallResult
+
+
+def transportable(buffer):
+    """``buffer`` as something Dask serialises without a copy: ``bytes`` and numpy arrays
+    as they are, any other buffer (a memoryview of a cache file) viewed as a uint8 array."""
+    if type(buffer) is bytes or hasattr(buffer, "dtype"):
+        return buffer
+    import numpy
+
+    return numpy.frombuffer(buffer, numpy.uint8)
 
 
 class RemoteBuffer:

@@ -29,7 +29,7 @@ import marshal
 import threading
 
 from . import sharedfs
-from .results import LARGE
+from .results import LARGE, transportable
 
 __all__ = ["Shipper", "task_key"]
 
@@ -101,8 +101,7 @@ class Shipper:
             buffer = buffer.fetch()   # another client's result (reconnected): ship the bytes
         nbytes = _nbytes(buffer)
         if nbytes < LARGE:
-            return buffer if type(buffer) is bytes or hasattr(buffer, "dtype") \
-                else bytes(buffer)
+            return transportable(buffer)
         if shared is not None and sharedfs.has(shared[0], cs, nbytes):
             return None
         return self._scatter(cs, buffer, nbytes)
@@ -113,12 +112,8 @@ class Shipper:
             if future is not None:
                 self._scattered.move_to_end(cs)
                 return future
-            if not hasattr(buffer, "dtype") and type(buffer) is not bytes:
-                import numpy  # a memoryview (a cache file) does not pickle; an array does
-
-                buffer = numpy.frombuffer(buffer, numpy.uint8)
             key = f"seamless-buf-{cs}"
-            future = self.client.scatter({key: buffer}, hash=False)[key]
+            future = self.client.scatter({key: transportable(buffer)}, hash=False)[key]
             self._scattered[cs] = future
             self._sizes[cs] = nbytes
             self._scattered_bytes += nbytes

@@ -31,7 +31,7 @@ from ..encoding import Encoded
 from ..execution.runner import Work, run
 from . import sharedfs
 from .failures import BodyFailed
-from .results import LargeResult, SmallResult, result_class
+from .results import LargeResult, SmallResult, result_class, transportable
 
 __all__ = ["run_task", "metadata", "in_task", "secede_once"]
 
@@ -77,7 +77,7 @@ def run_task(payload: bytes, buffers: dict):
     cls = result_class(nbytes)
     stored = cls is LargeResult and shared is not None \
         and sharedfs.visible(*shared) and sharedfs.write(shared[0], result.checksum, buffer)
-    return cls(result.kind, str(result.checksum), buffer, outcome.duration, stored)
+    return cls(result.kind, str(result.checksum), transportable(buffer), outcome.duration, stored)
 
 
 def metadata(result) -> tuple:

@@ -69,3 +69,19 @@ def test_spawn_and_remote_are_exclusive(remote):
     seamless.config.init(dask_client=remote)
     with pytest.raises(ConfigurationError, match="spawn"):
         ident(2).run()
+
+
+@delayed
+def same(a):
+    return a
+
+
+def test_an_input_read_from_the_directory_can_be_the_result(remote, tmp_path):
+    """The worker's input is a view of a cache file; returned as is, it still travels back."""
+    cache_dir = str(tmp_path / "cache")
+    seamless.config.init(dask_client=remote, cache=cache_dir)
+    a = np.arange(2 * 2**20 // 8, dtype=np.float64)
+    tripled = triple(a).run()
+    seamless.close()
+    seamless.config.init(dask_client=remote, cache=cache_dir)
+    assert same(tripled).run()[-1] == a[-1] * 3
