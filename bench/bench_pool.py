@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import subprocess
 import sys
 import textwrap
@@ -48,9 +49,13 @@ def test_s1_seed_example(benchmark, time_subject, record_ratio, tmp_path):
     script = tmp_path / "seed.py"
     script.write_text(SEED)
 
+    # A private, empty persistent cache: a result cached by an earlier run would turn the
+    # 20 one-second jobs into hits.
+    env = {**os.environ, "SEAMLESS_CACHE": str(tmp_path / "cache")}
+
     def subject():
         out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                             cwd=tmp_path, timeout=120)
+                             cwd=tmp_path, env=env, timeout=120)
         assert out.returncode == 0, out.stderr
         return float(out.stdout)
 

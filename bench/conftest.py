@@ -21,7 +21,9 @@ import math
 import os
 import pathlib
 import platform
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 
@@ -41,6 +43,22 @@ def pytest_addoption(parser):
         "--report-sizes", action="store_true", default=False,
         help="peer benchmarks also run the large arrays (40 to 400 MB) that `python -m "
              "bench.report` plots; the gated run keeps to the small ones")
+
+
+def pytest_configure(config):
+    """A private, empty persistent cache for the session unless SEAMLESS_CACHE is set: the
+    nonces of the timed transformations restart at every run, so results a previous run left
+    in the default cache directory would turn timed misses into hits."""
+    if "SEAMLESS_CACHE" not in os.environ:
+        config.seamless_bench_cache = tempfile.mkdtemp(prefix="seamless-bench-cache-")
+        os.environ["SEAMLESS_CACHE"] = config.seamless_bench_cache
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "seamless_bench_cache", None)
+    if path is not None:
+        del os.environ["SEAMLESS_CACHE"]
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
