@@ -15,6 +15,7 @@ Every module here is skipped, with the reason, when ``distributed`` is not insta
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,8 @@ _shared: list = []  # [(cluster, client)] while the shared cluster runs
 
 
 def _close_shared():
+    if not _shared:
+        return
     while _shared:
         cluster, client = _shared.pop()
         client.close()
@@ -67,12 +70,24 @@ def _close_shared():
     _stop_resource_tracker()
 
 
+def _children() -> set:
+    pids = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            pids.update(int(p) for p in f.read().split())
+    return pids
+
+
 def _stop_resource_tracker():
     """Starting worker processes started multiprocessing's resource tracker, a child of this
-    process that would otherwise live until the session ends."""
+    process that would otherwise live until the session ends.  Stopped only when it is this
+    process's last child: it ends when every process holding its pipe has gone, and a live
+    process of another cluster (another suite's fixture) would make the stop wait for ever."""
     from multiprocessing import resource_tracker
 
-    resource_tracker._resource_tracker._stop()
+    tracker = resource_tracker._resource_tracker
+    if tracker._pid is not None and _children() == {tracker._pid}:
+        tracker._stop()
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +103,8 @@ def pytest_runtest_teardown(item, nextitem):
     """Close the shared cluster after the last test of this directory: the suites after it
     fail a test that leaves child processes, and its workers are children of this process."""
     here = Path(__file__).parent
-    if nextitem is None or Path(nextitem.path).parent != here:
+    if Path(item.path).parent == here and (nextitem is None
+                                           or Path(nextitem.path).parent != here):
         _close_shared()
 
 
