@@ -1,31 +1,16 @@
-"""Shared by the ``seamless-cache`` tests: checksums, a cache opened for a block, and the
-fixture that checks a test leaks no descriptor or thread.
+"""Shared by the cache tests: checksums, a cache opened for a block, and ``FakeConfig``.
 
-Importable from tests (pyproject.toml puts ``tests/`` on ``sys.path``); a test module uses the
-fixture by importing ``no_leaks``.
+Importable from tests (pyproject.toml puts ``tests/`` on ``sys.path``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import threading
-
-import pytest
-from fdcheck import fd_links, no_new_descriptors
 
 from seamless.cache.persistent import PersistentCache
 
-__all__ = ["no_leaks", "sha", "tf_checksum", "opened"]
-
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    """Every test closes the caches, pseudo-terminals and pipes it opens and starts no thread."""
-    before, threads = fd_links(), set(threading.enumerate())
-    yield
-    no_new_descriptors(before)
-    assert set(threading.enumerate()) <= threads
+__all__ = ["FakeConfig", "sha", "tf_checksum", "opened"]
 
 
 def sha(data: bytes) -> str:
@@ -44,3 +29,28 @@ def opened(directory):
         yield cache
     finally:
         cache.close()
+
+
+class FakeConfig:
+    """Stands in for seamless.config where seamless.cache reads it (``cache._config``): ``get``
+    (each read recorded in ``reads``), ``generation`` and ``cache_is_implicit``; ``set`` changes
+    a value and starts a new generation."""
+
+    def __init__(self, **values):
+        self.values = {"cache": None, "memory_cache": 1 << 20, "cache_max": None, **values}
+        self.gen = 1
+        self.reads: list = []
+
+    def get(self, key):
+        self.reads.append(key)
+        return self.values[key]
+
+    def cache_is_implicit(self):
+        return False
+
+    def generation(self):
+        return self.gen
+
+    def set(self, key, value):
+        self.values[key] = value
+        self.gen += 1

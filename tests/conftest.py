@@ -7,6 +7,10 @@ and ``SEAMLESS_CACHE=off``, so a test (and every process it starts, which inheri
 environment) computes what it computes: a result of another test, or of an earlier run, is
 never a hit. A test about the persistent cache configures its own directory, or for the
 default one sets ``XDG_CACHE_HOME`` and removes ``SEAMLESS_CACHE`` in its own environment.
+
+Fixtures for every test directory (helpers in tests/leaks.py): ``fresh_seamless_state`` (autouse)
+starts and ends each test with default settings, no backend and empty memory caches;
+``no_leaks`` fails a test that leaves a process, thread, descriptor or segment behind.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import pytest
 
 import seamless
 import seamless._ipc
+from leaks import Snapshot, reset_seamless
 
 
 def _requested_backend() -> str:
@@ -63,11 +68,17 @@ def pytest_sessionstart(session):
 
 @pytest.fixture(autouse=True)
 def fresh_seamless_state():
-    """Each test starts with default settings, no executor threads and empty memory caches."""
-    import seamless.cache
-    import seamless.config
-
+    """Each test starts and ends with default settings, no backend and empty memory caches."""
+    reset_seamless()
     yield
-    seamless.close()
-    seamless.config._reset_for_tests()
-    seamless.cache._reset_for_tests()
+    reset_seamless()
+
+
+@pytest.fixture
+def no_leaks():
+    """Fail a test that leaves a child process, a thread, a descriptor or a segment behind
+    (after closing what seamless itself holds: see tests/leaks.py)."""
+    before = Snapshot()
+    yield
+    reset_seamless()
+    before.assert_nothing_new()

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from leaks import run_in_session
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```", re.S | re.M)
@@ -67,17 +67,10 @@ def test_examples_run(page, tmp_path):
 
 
 def _run_script(script: Path, workdir: Path, env: dict) -> subprocess.CompletedProcess:
-    """Run ``script`` with bash in a session of its own; on timeout kill the whole session's
-    process group (background jobs included) before failing."""
-    proc = subprocess.Popen(["bash", str(script)], cwd=workdir, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"{script.name} did not finish within {TIMEOUT_S} s:\n{stdout}\n{stderr}")
+    """Run ``script`` with bash in a session of its own; a timeout fails the test, and what the
+    session leaves running (background jobs included) is stopped in any case."""
+    proc, stdout, stderr, _ = run_in_session(["bash", str(script)], TIMEOUT_S, cwd=workdir,
+                                             env=env, text=True)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 

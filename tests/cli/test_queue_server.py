@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from procs import live_processes
+from leaks import live_processes
 from seamless.queue import location, wire
 from seamless.shell import future
 

@@ -12,14 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from procs import live_processes
+from leaks import run_in_session
 
 SCRIPT_TIMEOUT_S = 600
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
@@ -36,43 +34,13 @@ printf 'p\\nq\\n' > data/f.txt
 """
 
 
-def _session_processes(sid: int) -> list:
-    return live_processes(3, sid)
-
-
-def _stop_session(sid: int) -> list:
-    """SIGTERM what is left of session ``sid``, wait up to 30 s, then SIGKILL; returns the
-    pids that had to be stopped."""
-    left = _session_processes(sid)
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-    deadline = time.monotonic() + 30
-    while _session_processes(sid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in _session_processes(sid):
-        os.kill(pid, signal.SIGKILL)
-    return left
-
-
 def run_bash(cli, text: str, timeout=SCRIPT_TIMEOUT_S) -> subprocess.CompletedProcess:
     """Run ``text`` with bash in ``cli.work`` with the console scripts first on PATH; fails the
     test if the script leaves a process behind (after stopping it)."""
     env = dict(cli.env)
     env["PATH"] = os.path.dirname(cli.argv("seamless-run")[0]) + os.pathsep + env["PATH"]
-    proc = subprocess.Popen(["bash", "-c", PROLOGUE + text], cwd=cli.work, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _stop_session(proc.pid)
-        out, err = proc.communicate()
-        pytest.fail(f"the script did not finish in {timeout} s:\n{out.decode()}\n{err.decode()}")
-    finally:
-        left = _stop_session(proc.pid)
+    proc, out, err, left = run_in_session(["bash", "-c", PROLOGUE + text], timeout,
+                                          cwd=cli.work, env=env)
     assert not left, f"the script left processes running: {left}\n{err.decode()}"
     run_dir = cli.tmp / f"seamless-{os.getuid()}"
     assert not (run_dir.exists() and list(run_dir.iterdir())), list(run_dir.iterdir())

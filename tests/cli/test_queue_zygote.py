@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from procs import live_processes
+from leaks import live_processes
 from seamless.queue import location, wire
 from seamless.shell import future
 
@@ -31,9 +31,13 @@ class Server:
         self._log = open(self.log_path, "wb")
         self.proc = cli.start("seamless-queue", "--workers", str(workers),
                               stdout=subprocess.DEVNULL, stderr=self._log)
-        _wait_until(lambda: SERVING.search(self.log()) or self.proc.poll() is not None, 30,
-                    "the server serving")
-        assert self.proc.poll() is None, self.log()
+        try:
+            _wait_until(lambda: SERVING.search(self.log()) or self.proc.poll() is not None, 30,
+                        "the server serving")
+            assert self.proc.poll() is None, self.log()
+        except BaseException:
+            self.stop()  # the fixture never saw this server
+            raise
         self.socket = SERVING.search(self.log()).group(1)
 
     def log(self) -> str:

@@ -15,10 +15,12 @@ import sys
 import time
 
 import pytest
-from cachehelpers import no_leaks, opened, sha, tf_checksum  # noqa: F401 (no_leaks: autouse)
+from cachehelpers import opened, sha, tf_checksum
 
 from seamless.cache.persistent import PersistentCache
 from seamless.cli.cache_cmd import human_size, parse_size
+
+pytestmark = pytest.mark.usefixtures("no_leaks")  # tests/conftest.py
 
 
 def populate(directory, contents) -> list:

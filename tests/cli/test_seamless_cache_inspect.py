@@ -11,9 +11,11 @@ import sqlite3
 import time
 
 import pytest
-from cachehelpers import no_leaks, opened, sha, tf_checksum  # noqa: F401 (no_leaks: autouse)
+from cachehelpers import opened, sha, tf_checksum
 
 from seamless.cli.cache_cmd import human_age
+
+pytestmark = pytest.mark.usefixtures("no_leaks")  # tests/conftest.py
 
 HEADER = f"{'TRANSFORMATION':<64}  {'SIZE':>10}  {'AGE':>5}  {'KIND':<6}  NAME"
 

@@ -340,7 +340,13 @@ def test_concurrent_runs_writing_one_output(cli, data):
     cmd = f"sleep 0.2; head -c {n} /dev/zero | tr '\\0' z > big.txt"
     procs = [cli.start("seamless-run", "--no-cache", cmd, stderr=subprocess.PIPE)
              for _ in range(2)]
-    errors = [p.communicate(timeout=120)[1] for p in procs]
+    try:
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
     assert [p.returncode for p in procs] == [0, 0], errors
     assert (data / "big.txt").read_bytes() == b"z" * n
     assert sorted(os.listdir(data)) == ["a.txt", "b.txt", "big.txt"]

@@ -13,14 +13,13 @@ import hashlib
 import json
 import os
 import pty
-import signal
 import subprocess
 import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from procs import live_processes
+from leaks import run_in_session
 
 from seamless.shell.job import ShellJob
 
@@ -174,35 +173,13 @@ def test_verbose_lists_only_real_inputs(cli):
     assert not any("not tracked" in line for line in lines), lines
 
 
-def _stop_session(sid: int) -> list:
-    """SIGTERM what is left of session ``sid``, SIGKILL after 30 s; the pids that were left."""
-    left = live_processes(3, sid)
-    for pid in left:
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while live_processes(3, sid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in live_processes(3, sid):
-        os.kill(pid, signal.SIGKILL)
-    return left
-
-
 def _run_bash(cli, text: str, timeout: float):
     """``text`` under ``bash -eu`` in a session of its own (console scripts first on PATH);
     whatever it leaves running is stopped, and fails the test."""
     env = dict(cli.env)
     env["PATH"] = os.path.dirname(cli.argv("seamless-run")[0]) + os.pathsep + env["PATH"]
-    proc = subprocess.Popen(["bash", "-euc", text], cwd=cli.work, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _stop_session(proc.pid)
-        out, err = proc.communicate()
-        pytest.fail(f"the script did not finish in {timeout} s:\n{out!r}\n{err!r}")
-    finally:
-        left = _stop_session(proc.pid)
+    proc, out, err, left = run_in_session(["bash", "-euc", text], timeout, cwd=cli.work,
+                                          env=env)
     assert not left, f"the script left processes running: {left}\n{err!r}"
     return proc.returncode, err.decode(errors="replace")
 

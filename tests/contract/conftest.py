@@ -19,10 +19,8 @@ import time
 
 import pytest
 
-import seamless
-import seamless.cache
 import seamless.config
-from procs import live_processes
+from leaks import live_processes, reset_seamless
 from seamless.transformer import spawn
 
 MODES = ("process", "spawn", "remote")
@@ -65,9 +63,7 @@ def backend(request) -> str:
     elif mode == "spawn":
         spawn(2)
     yield mode
-    seamless.close()
-    seamless.config._reset_for_tests()
-    seamless.cache._reset_for_tests()
+    reset_seamless()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and _strays(allowed):
         time.sleep(0.05)

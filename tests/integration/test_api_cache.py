@@ -68,7 +68,13 @@ def test_processes_writing_the_same_result_at_once(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-W", "error", str(script), str(log), "200000"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                               cwd=tmp_path) for _ in range(3)]
-    outs = [p.communicate(timeout=120) for p in procs]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
     assert [p.returncode for p in procs] == [0, 0, 0], [o[1] for o in outs]
     assert len({o[0] for o in outs}) == 1
     run_script(tmp_path, cache_dir, log, 200000)  # a fourth run is a hit

@@ -8,7 +8,7 @@ import collections
 import os
 
 import pytest
-from fdcheck import fd_links
+from leaks import fd_links
 
 from seamless import completion
 from seamless.errors import TransformationCancelledError

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 
 import pytest
+from leaks import run_in_session
 
 pytestmark = pytest.mark.integration
 
@@ -70,20 +69,9 @@ def test_parallel_in_a_running_jupyter_kernel(tmp_path):
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
                IPYTHONDIR=str(tmp_path / "ipython"), XDG_CACHE_HOME=str(tmp_path / "cache"))
     cells = [textwrap.dedent(cell).strip() for cell in CELLS]
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(cells)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=tmp_path, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("the notebook did not finish within 240 s")
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the kernel too, whatever happened
-        except ProcessLookupError:
-            pass
+    # The kernel is stopped with the driver, whatever happened.
+    proc, out, err, _ = run_in_session([sys.executable, "-c", DRIVER, json.dumps(cells)], 240,
+                                       text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 0, err[-3000:]
     result = json.loads(out.strip().splitlines()[-1])
     assert result == dict(loop_running=True, in_order=[i * i for i in range(8)],

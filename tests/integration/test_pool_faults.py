@@ -10,14 +10,11 @@ bodies count their runs in a marker file, one line per run.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import textwrap
 
 import pytest
-from procs import live_processes
+from leaks import run_in_session
 
 from seamless.pool.worker import EXIT_CHANNEL_LOST
 
@@ -64,30 +61,16 @@ def ones(n):
 '''
 
 
-def _group_members(pgid: int) -> list:
-    """Live processes of process group ``pgid``."""
-    return live_processes(2, pgid)
-
-
 def scenario(tmp_path, script: str, *args, timeout: float = 60) -> tuple:
-    """Run ``script`` after ``_PRELUDE`` in a new interpreter and process group; return (the
-    JSON it printed last, its stderr).  A scenario that hangs, fails or leaves a process of
-    its group behind fails the test; its group is killed in any case.  The script is a file
+    """Run ``script`` after ``_PRELUDE`` in a new interpreter and session; return (the JSON it
+    printed last, its stderr).  A scenario that hangs, fails or leaves a process of its
+    session behind fails the test; what it left is stopped in any case.  The script is a file
     (``delayed`` reads the source of the functions it wraps)."""
     path = tmp_path / "scenario.py"
     path.write_text(_PRELUDE + textwrap.dedent(script))
-    proc = subprocess.Popen([sys.executable, str(path), *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"the scenario hung for {timeout} s; its stderr ends with:\n{err[-3000:]}")
-    left = _group_members(proc.pid)  # the scenario reaped its workers and forked children
-    if left:
-        os.killpg(proc.pid, signal.SIGKILL)
+    # The scenario must reap its workers and forked children itself.
+    proc, out, err, left = run_in_session([sys.executable, str(path), *map(str, args)],
+                                          timeout, text=True)
     assert proc.returncode == 0, f"the scenario exited with {proc.returncode}:\n{err[-3000:]}"
     assert left == [], f"processes of the scenario outlived it: {left}"
     return json.loads(out.strip().splitlines()[-1]), err

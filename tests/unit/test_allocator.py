@@ -46,20 +46,7 @@ def shm():
         module.trim()
 
 
-def _fds() -> set:
-    return set(os.listdir("/proc/self/fd"))
-
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    gc.collect()
-    seamless._ipc.trim()
-    fds, live = _fds(), seamless._ipc.live_segments()
-    yield
-    gc.collect()
-    seamless._ipc.trim()
-    assert seamless._ipc.live_segments() == live
-    assert _fds() - fds == set(), "descriptors left open"
+pytestmark = pytest.mark.usefixtures("no_leaks")  # tests/conftest.py
 
 
 def _big(n=MiB):

@@ -237,11 +237,7 @@ def clean_env(monkeypatch, tmp_path):
     monkeypatch.delenv("SEAMLESS_CACHE_MAX", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.chdir(tmp_path)
-    config._reset_for_tests()
-    cache_pkg._reset_for_tests()
-    yield tmp_path
-    config._reset_for_tests()
-    cache_pkg._reset_for_tests()
+    return tmp_path  # tests/conftest.py resets the settings and caches before and after
 
 
 def test_on_by_default_in_the_default_directory_with_the_default_cap(clean_env):

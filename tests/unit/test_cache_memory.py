@@ -10,6 +10,7 @@ import sys
 import threading
 
 import pytest
+from cachehelpers import FakeConfig
 
 import seamless.cache as cache_pkg
 from seamless.cache.memory import BufferCache, ResultMap
@@ -207,26 +208,6 @@ def test_result_map_is_consistent_under_threads():
 # -- the package singletons and config coupling -----------------------------------------------
 
 
-class FakeConfig:
-    """Stands in for seamless.config: get() and generation() as the brief specifies."""
-
-    def __init__(self, **values):
-        self.values = dict(values)
-        self.gen = 1
-        self.reads = []
-
-    def get(self, key):
-        self.reads.append(key)
-        return self.values[key]
-
-    def generation(self):
-        return self.gen
-
-    def set(self, key, value):
-        self.values[key] = value
-        self.gen += 1
-
-
 @pytest.fixture
 def fresh_memory_buffers(monkeypatch):
     fake = FakeConfig(memory_cache=100, cache=None)
@@ -257,17 +238,12 @@ def test_memory_buffers_follow_real_config(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SEAMLESS_CACHE", raising=False)
-    config._reset_for_tests()
-    try:
-        config.init(memory_cache=4096)
-        cache_pkg.memory_buffers.put(CS[0], b"a" * 100)
-        assert cache_pkg.memory_buffers.max_bytes == 4096
-        config.init(memory_cache=50)
-        assert cache_pkg.memory_buffers.get(CS[0]) is None
-        assert cache_pkg.memory_buffers.max_bytes == 50
-    finally:
-        config._reset_for_tests()
-        cache_pkg.memory_buffers.clear()
+    config.init(memory_cache=4096)
+    cache_pkg.memory_buffers.put(CS[0], b"a" * 100)
+    assert cache_pkg.memory_buffers.max_bytes == 4096
+    config.init(memory_cache=50)
+    assert cache_pkg.memory_buffers.get(CS[0]) is None
+    assert cache_pkg.memory_buffers.max_bytes == 50
 
 
 def test_module_singletons_types():

@@ -25,6 +25,7 @@ import threading
 import time
 
 import pytest
+from cachehelpers import FakeConfig
 
 import seamless.cache as cache_pkg
 # ``seamless.cache.persistent`` is also the name of the package's function persistent(); the
@@ -748,32 +749,11 @@ def test_cache_works_in_a_forked_child(tmp_path):
 # -- the package: persistent(), flush() -------------------------------------------------------
 
 
-class FakeConfig:
-    def __init__(self, cache):
-        self.values = {"cache": cache, "memory_cache": 1 << 20, "cache_max": None}
-        self.gen = 1
-
-    def get(self, key):
-        return self.values[key]
-
-    def cache_is_implicit(self):
-        return False
-
-    def generation(self):
-        return self.gen
-
-    def set(self, key, value):
-        self.values[key] = value
-        self.gen += 1
-
-
 @pytest.fixture
 def fake_config(monkeypatch):
-    cache_pkg._reset_for_tests()
-    fake = FakeConfig(None)
+    fake = FakeConfig()
     monkeypatch.setattr(cache_pkg, "_config", lambda: fake)
-    yield fake
-    cache_pkg._reset_for_tests()
+    return fake
 
 
 def test_persistent_follows_config(fake_config, tmp_path):
@@ -819,16 +799,10 @@ def test_persistent_with_real_config(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SEAMLESS_CACHE", "envcache")
-    config._reset_for_tests()
-    cache_pkg._reset_for_tests()
-    try:
-        c = cache_pkg.persistent()
-        assert c is not None and c.directory == str(tmp_path / "envcache")
-        config.init(cache=False)
-        assert cache_pkg.persistent() is None
-    finally:
-        config._reset_for_tests()
-        cache_pkg._reset_for_tests()
+    c = cache_pkg.persistent()
+    assert c is not None and c.directory == str(tmp_path / "envcache")
+    config.init(cache=False)
+    assert cache_pkg.persistent() is None
 
 
 def test_deferred_write_warning_is_emitted_on_the_caller_thread(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ import threading
 import time
 
 import pytest
-from fdcheck import fd_links, no_new_descriptors
+from leaks import fd_links, no_new_descriptors
 
 from seamless.shell.future import (
     HEARTBEAT_S,

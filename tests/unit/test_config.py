@@ -33,9 +33,7 @@ def fresh_config(tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    config._reset_for_tests()
-    yield work
-    config._reset_for_tests()
+    return work  # tests/conftest.py resets the settings before and after the test
 
 
 def write(path, text):

@@ -22,10 +22,9 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
-from fdcheck import fd_links, no_new_descriptors
+from ipc_twins import backend_params, eventfd_count, until_asleep
 
 import seamless._ipc
 
@@ -34,18 +33,7 @@ GENERATION_MASK = (1 << 29) - 1
 MODULES = {"python": "seamless._ipc._pure.flags", "cython": "seamless._ipc.flags"}
 
 
-def _backends():
-    reason = None
-    if seamless._ipc._purepython_requested():
-        reason = "SEAMLESS_PUREPYTHON is set: only the pure-Python twin runs"
-    elif not seamless._ipc._has_compiled("flags"):
-        reason = "seamless._ipc.flags is not built (pip install -e . --no-build-isolation)"
-    return [pytest.param("python", id="python"),
-            pytest.param("cython", id="cython",
-                         marks=[pytest.mark.skip(reason=reason)] if reason else [])]
-
-
-@pytest.fixture(params=_backends())
+@pytest.fixture(params=backend_params("flags"))
 def flags(request):
     """The flags module of one backend, by its own module name."""
     missing = object()
@@ -57,16 +45,7 @@ def flags(request):
             seamless._ipc.flags = chosen  # importing the submodule rebinds the attribute
 
 
-def _eventfds() -> int:
-    return sum(link == "anon_inode:[eventfd]" for link in fd_links().values())
-
-
-@pytest.fixture(autouse=True)
-def no_descriptor_leaks():
-    gc.collect()
-    before = fd_links()
-    yield
-    no_new_descriptors(before)
+pytestmark = pytest.mark.usefixtures("no_leaks")  # tests/conftest.py
 
 
 class _SharedWords:
@@ -101,19 +80,6 @@ def make_slab(flags, request):
     gc.collect()
     for words in made:
         words.close()
-
-
-def _until_asleep(thread: threading.Thread) -> None:
-    """Return once `thread` sleeps in the kernel (it is then blocked in its wait, or
-    about to be: either way the test stays correct, only the wake-up path differs)."""
-    for _ in range(10_000):
-        try:
-            with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
-                if stat.read().rsplit(")", 1)[1].split()[0] == "S":
-                    return
-        except FileNotFoundError:  # the thread is done already
-            return
-        time.sleep(0.001)
 
 
 class _Waiter(threading.Thread):
@@ -310,7 +276,7 @@ def test_wait_wakes_on_finish_from_another_thread(flags, make_slab):
     slot, gen = slab.acquire()
     waiter = _Waiter(slab, slot, gen)
     waiter.start()
-    _until_asleep(waiter)
+    until_asleep(waiter)
     slab.start(slot, gen)
     assert slab.finish(slot, gen, flags.FAILED)
     waiter.join()
@@ -338,13 +304,13 @@ def test_wait_returns_when_the_owner_moves_the_generation_on(flags, make_slab):
     slot, gen = slab.acquire()
     waiter = _Waiter(slab, slot, gen)
     waiter.start()
-    _until_asleep(waiter)
+    until_asleep(waiter)
     new = slab.reset(slot)
     waiter.join()
     assert waiter.result == flags.PENDING
     waiter = _Waiter(slab, slot, new)
     waiter.start()
-    _until_asleep(waiter)
+    until_asleep(waiter)
     slab.release(slot)
     waiter.join()
     assert waiter.result == flags.EMPTY
@@ -415,34 +381,34 @@ def test_eventfd_is_readable_after_each_won_transition(flags):
 
 
 def test_eventfd_is_closed_by_close_context_and_collection(flags):
-    before = _eventfds()
+    before = eventfd_count()
     with flags.Slab(2) as slab:
         slab.fileno()
-        assert _eventfds() == before + 1
-    assert _eventfds() == before
+        assert eventfd_count() == before + 1
+    assert eventfd_count() == before
     slab = flags.Slab(2)
     slab.fileno()
     del slab
     gc.collect()
-    assert _eventfds() == before
+    assert eventfd_count() == before
 
 
 def test_fan_out_of_10000_words_uses_one_eventfd_per_slab(flags):
-    before = _eventfds()
+    before = eventfd_count()
     slabs = [flags.Slab() for _ in range(3)]
     words = []
     for i in range(10_000):
         slab = slabs[i // 4096]
         words.append((slab, *slab.acquire()))
-    assert _eventfds() == before  # lazily: no eventfd until someone watches
+    assert eventfd_count() == before  # lazily: no eventfd until someone watches
     for slab, slot, gen in words:
         slab.fileno()  # each waiter asks for its word's slab's eventfd
         assert slab.finish(slot, gen, flags.DONE)
-    assert _eventfds() == before + 3
+    assert eventfd_count() == before + 3
     assert [slab.drain() for slab in slabs] == [4096, 4096, 10_000 - 2 * 4096]
     for slab in slabs:
         slab.close()
-    assert _eventfds() == before
+    assert eventfd_count() == before
 
 
 # --- another process ---------------------------------------------------------------------------
@@ -481,7 +447,7 @@ def test_child_process_finishes_a_word_the_parent_waits_on(flags, tmp_path):
     waiter = _Waiter(slab, slot, gen)
     try:
         waiter.start()
-        _until_asleep(waiter)
+        until_asleep(waiter)
         out, err = child.communicate("go\n", timeout=120)
     finally:
         if child.poll() is None:

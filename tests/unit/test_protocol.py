@@ -9,7 +9,6 @@ An autouse fixture fails any test that leaves a descriptor open.
 from __future__ import annotations
 
 import array
-import gc
 import hashlib
 import importlib
 import json
@@ -25,7 +24,6 @@ import threading
 
 import numpy as np
 import pytest
-from fdcheck import fd_links, no_new_descriptors
 
 from seamless.errors import SeamlessError
 from seamless.pool import protocol
@@ -37,12 +35,7 @@ PREFIX = struct.Struct("<IBBHQI")
 PROJECT_ROOT = pathlib.Path(importlib.import_module("seamless.errors").__file__).parents[1]
 
 
-@pytest.fixture(autouse=True)
-def no_descriptor_leaks():
-    gc.collect()
-    before = fd_links()
-    yield
-    no_new_descriptors(before)
+pytestmark = pytest.mark.usefixtures("no_leaks")  # tests/conftest.py
 
 
 class CountingSocket(socket.socket):

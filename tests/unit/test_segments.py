@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 import pytest
-from fdcheck import fd_links, no_new_descriptors
+from leaks import fd_links
 
 import seamless._ipc
 from seamless._ipc.policy import segments as segment_policy
@@ -67,19 +67,7 @@ def _segment_fds() -> set:
     return {fd for fd, link in fd_links().items() if link.startswith("/memfd:seamless-segment")}
 
 
-def _trim_all():
-    gc.collect()
-    for param in _backends():
-        _module(param.values[0]).trim()
-
-
-@pytest.fixture(autouse=True)
-def no_descriptor_leaks():
-    _trim_all()
-    before = fd_links()
-    yield
-    _trim_all()
-    no_new_descriptors(before)
+pytestmark = pytest.mark.usefixtures("no_leaks")  # tests/conftest.py
 
 
 @pytest.fixture

@@ -13,10 +13,9 @@ import importlib
 import select
 import signal
 import threading
-import time
 
 import pytest
-from fdcheck import fd_links, no_new_descriptors
+from ipc_twins import backend_params, eventfd_count, until_asleep
 
 import seamless._ipc
 
@@ -24,18 +23,7 @@ GENERATION_MASK = (1 << 29) - 1
 MODULES = {"python": "seamless._ipc._pure.window", "cython": "seamless._ipc.window"}
 
 
-def _backends():
-    reason = None
-    if seamless._ipc._purepython_requested():
-        reason = "SEAMLESS_PUREPYTHON is set: only the pure-Python twin runs"
-    elif not seamless._ipc._has_compiled("window"):
-        reason = "seamless._ipc.window is not built (pip install -e . --no-build-isolation)"
-    return [pytest.param("python", id="python"),
-            pytest.param("cython", id="cython",
-                         marks=[pytest.mark.skip(reason=reason)] if reason else [])]
-
-
-@pytest.fixture(params=_backends())
+@pytest.fixture(params=backend_params("window"))
 def window(request):
     """The window module of one backend, by its own module name.
 
@@ -54,29 +42,7 @@ def window(request):
                 bound.pop(name, None)  # still unchosen: loaded lazily on first use
 
 
-def _eventfds() -> int:
-    return sum(link == "anon_inode:[eventfd]" for link in fd_links().values())
-
-
-@pytest.fixture(autouse=True)
-def no_descriptor_leaks():
-    gc.collect()
-    before = fd_links()
-    yield
-    no_new_descriptors(before)
-
-
-def _until_asleep(thread: threading.Thread) -> None:
-    """Return once `thread` sleeps in the kernel (it is then blocked in its wait, or about to
-    be: either way the test stays correct, only the wake-up path differs)."""
-    for _ in range(10_000):
-        try:
-            with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
-                if stat.read().rsplit(")", 1)[1].split()[0] == "S":
-                    return
-        except FileNotFoundError:  # the thread is done already
-            return
-        time.sleep(0.001)
+pytestmark = pytest.mark.usefixtures("no_leaks")  # tests/conftest.py
 
 
 class _Waiter(threading.Thread):
@@ -266,9 +232,9 @@ def test_next_ready_wakes_on_a_complete_from_another_thread(window):
     waiter = _Waiter(win)
     waiter.start()
     try:
-        _until_asleep(waiter)
+        until_asleep(waiter)
         assert win.complete(1, window.DONE)  # not the head: the waiter keeps waiting
-        _until_asleep(waiter)
+        until_asleep(waiter)
         assert waiter.is_alive() and waiter.result is None
         assert win.complete(0, window.CANCELLED)
     finally:
@@ -413,16 +379,16 @@ def test_close_refuses_late_completions_and_owner_calls(window):
 
 
 def test_eventfd_is_closed_by_close_context_and_collection(window):
-    before = _eventfds()
+    before = eventfd_count()
     with window.Window(2) as win:
         win.fileno()
-        assert _eventfds() == before + 1
-    assert _eventfds() == before
+        assert eventfd_count() == before + 1
+    assert eventfd_count() == before
     win = window.Window(2)
     win.fileno()
     del win
     gc.collect()
-    assert _eventfds() == before
+    assert eventfd_count() == before
 
 
 # --- many cycles -------------------------------------------------------------------------------
