@@ -498,7 +498,8 @@ def _run_once(job: ShellJob, text: str, inputs: dict, outputs: list, cache, tf: 
             result = ResultBytes(run.stdout_path, produced)
             with warnings_as_messages(PROG):
                 cache.write_stream_now(tf, RESULT_KIND, result, result.size,
-                                       duration=duration, replace=not job.use_cache)
+                                       duration=duration, replace=not job.use_cache,
+                                       label=_cache_label(text))
         return 0
     finally:
         run.close()
@@ -638,3 +639,11 @@ def plan_submission(job: ShellJob, stdin=None) -> SubmitPlan:
     except OutputError as e:
         raise CommandError(str(e)) from None
     return SubmitPlan(targets, candidates, [], tf, hit)
+
+
+def _cache_label(command: str) -> str:
+    """The command as ``seamless-cache list`` shows it: one line of valid UTF-8 (bytes that
+    are not UTF-8 as escapes), at most 200 characters."""
+    line = " ".join(command.split())
+    line = line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return line if len(line) <= 200 else line[:199] + "…"
