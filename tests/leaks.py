@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ import pytest
 __all__ = ["Snapshot", "children_of", "fd_links", "live_processes", "no_new_descriptors",
            "reset_seamless", "run_in_session", "stop_session"]
 
+_FD_LISTING = re.compile(r"/proc/(\d+|self|thread-self)/fd$")
 _SHM_TWINS = ("seamless._ipc.shm_array", "seamless._ipc._pure.shm_array")
 # Threads the library starts at most once per process, on first need, and keeps by design
 # (seamless/execution/dispatch.py: the persistent-cache lookups of pool jobs).
@@ -54,13 +56,18 @@ def reset_seamless() -> None:
 
 
 def fd_links() -> dict:
-    """Open descriptors of this process: number (as str) -> what it points to."""
+    """Open descriptors of this process: number (as str) -> what it points to.
+
+    A ``/proc/<pid>/fd`` directory open at this moment is another thread counting descriptors
+    the same way (a Dask scheduler of the session, through psutil): it is left out."""
     links = {}
     for name in os.listdir("/proc/self/fd"):
         try:
-            links[name] = os.readlink(f"/proc/self/fd/{name}")
+            link = os.readlink(f"/proc/self/fd/{name}")
         except OSError:  # the directory's own descriptor, already closed
             continue
+        if not _FD_LISTING.match(link):
+            links[name] = link
     return links
 
 
