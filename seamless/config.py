@@ -61,7 +61,7 @@ import warnings
 from typing import Any, NamedTuple
 
 from seamless.errors import ConfigurationError, SeamlessWarning
-from seamless.pool.env import physical_memory, usable_cpu_count
+from seamless import machine
 
 __all__ = [
     "init", "set_nparallel", "get_nparallel", "set_workdir", "get_workdir", "get_settings",
@@ -541,7 +541,7 @@ def _resolve(python: dict, client, env_layer: dict, file_layer: list, workdir: s
 
     settings = {}
     settings["execution"] = pick("execution", "process")
-    settings["workers"] = pick("workers", usable_cpu_count)
+    settings["workers"] = pick("workers", lambda: machine.snapshot().cpus)
     settings["nparallel"] = pick("nparallel", NPARALLEL_DEPTH * settings["workers"].value)
     cache = pick("cache", True)
     if cache.value is True:
@@ -561,13 +561,13 @@ def _resolve(python: dict, client, env_layer: dict, file_layer: list, workdir: s
     settings["scheduler"] = pick("scheduler", None)
     memory = chosen["memory_cache"]
     if memory is None or memory.value is None:
-        phys = physical_memory()
+        phys = machine.snapshot().physical_memory
         default = min(_MEMORY_CACHE_CAP, phys // _MEMORY_CACHE_FRACTION)
         settings["memory_cache"] = Setting(default, memory.label if memory else "default")
     else:
         kind, amount = memory.value
         if kind == "percent":
-            amount = int(physical_memory() * amount / 100)
+            amount = int(machine.snapshot().physical_memory * amount / 100)
         settings["memory_cache"] = Setting(amount, memory.label)
 
     if settings["execution"].value == "remote" and client is None:

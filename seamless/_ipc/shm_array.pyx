@@ -79,6 +79,7 @@ import os
 
 import numpy
 
+from seamless import machine
 from seamless._ipc.policy import segments as policy
 from seamless._ipc.policy.segments import CHUNK_BYTES, SAFETY_MARGIN, available_memory
 
@@ -118,11 +119,8 @@ cdef extern from "<sys/mman.h>" nogil:
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
     int ftruncate(int fd, off_t length)
-    long sysconf(int name)
     pid_t getpid()
     ssize_t read(int fd, void *buf, size_t count)
-    int _SC_PAGESIZE
-    int _SC_PHYS_PAGES
 
 cdef extern from "<fcntl.h>" nogil:
     int open(const char *path, int flags)
@@ -194,9 +192,9 @@ cdef Py_ssize_t _CHUNK = CHUNK_BYTES
 _THREAD_MIN_BYTES = 4 << 20
 cdef Py_ssize_t _thread_min = _THREAD_MIN_BYTES
 
-# Above this a cgroup v1 limit means "no limit" (policy.UNLIMITED, as a C integer for the
+# Above this a cgroup v1 limit means "no limit" (machine.UNLIMITED, as a C integer for the
 # allocator's memory check, which runs without the GIL).
-cdef unsigned long long _C_UNLIMITED = policy.UNLIMITED
+cdef unsigned long long _C_UNLIMITED = machine.UNLIMITED
 
 
 # --- process-wide C state ----------------------------------------------------------------------
@@ -422,15 +420,16 @@ cdef void _fork_child() noexcept nogil:
         _allocs[i].exported = True
 
 
-cdef void _init_state() noexcept nogil:
+cdef void _init_state(size_t page, size_t budget) noexcept nogil:
     global _page, _budget
     pthread_mutex_init(&_lock, NULL)
-    _page = <size_t>sysconf(_SC_PAGESIZE)
-    _budget = <size_t>sysconf(_SC_PHYS_PAGES) * _page // 4
+    _page = page
+    _budget = budget
     pthread_atfork(_fork_prepare, _fork_parent, _fork_child)
 
 
-_init_state()
+# The page size and the free-list budget (a quarter of RAM) come from seamless.machine.
+_init_state(machine.snapshot().page_size, machine.snapshot().total_memory // 4)
 
 
 
@@ -1188,8 +1187,8 @@ def install_allocator(threshold=1 << 20, headroom=4096):
     cdef _Handler *cur = _handler_of(current)
     if cur.data.allocator.malloc == _h_malloc:
         current = <object>cur.prev_capsule    # replace ours, never stack on it
-    limits = [(limit, usage) for limit, usage, _ in
-              policy.limit_files(policy.CGROUP_ROOT, policy.PROC_CGROUP) if os.path.exists(limit)]
+    limits = [(limit, usage) for limit, usage, _ in machine.memory_limit_files()
+              if os.path.exists(limit)]
     cdef _Handler *h = <_Handler *>calloc(1, sizeof(_Handler))
     if h == NULL:
         raise MemoryError("install_allocator(): no memory for the handler")
@@ -1201,7 +1200,7 @@ def install_allocator(threshold=1 << 20, headroom=4096):
         for j in range(2):
             h.limits[2 * i + j] = strdup(os.fsencode(pair[j]))
     h.nlimits = len(limits)
-    h.meminfo = strdup(os.fsencode(policy.MEMINFO))
+    h.meminfo = strdup(os.fsencode(machine.MEMINFO))
     h.threshold = threshold
     h.headroom = headroom
     h.margin = SAFETY_MARGIN

@@ -79,20 +79,20 @@ _config_module = None
 
 
 def _default_memory_bytes() -> int:
-    """The smaller of 2 GiB and 25 % of physical memory (the bound before config is read)."""
-    limit = 2 << 30
-    try:
-        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return limit
-    return min(limit, physical // 4) if physical > 0 else limit
+    """The smaller of 2 GiB and 25 % of physical memory (the configuration's default, used
+    while the configuration cannot be read)."""
+    from seamless import machine
+
+    return min(2 << 30, machine.snapshot().physical_memory // 4)
 
 
 class _ConfiguredBufferCache(BufferCache):
     """A ``BufferCache`` whose bound tracks ``config.get("memory_cache")``."""
 
     def __init__(self):
-        super().__init__(_default_memory_bytes())
+        # No bound until the first _sync() sets one (every use syncs first), so importing this
+        # package reads nothing from the machine: the seamless-run hit path stays short.
+        super().__init__(0)
         self._generation = None
 
     def _sync(self) -> None:
@@ -110,6 +110,8 @@ class _ConfiguredBufferCache(BufferCache):
             from seamless.cache.persistent import _log
 
             _log.debug("memory cache bound unchanged (%s)", e)
+            if self._generation is None:
+                self.set_max_bytes(_default_memory_bytes())
         else:
             self.set_max_bytes(bound)
         self._generation = generation

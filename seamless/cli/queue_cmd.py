@@ -51,9 +51,9 @@ def _default_workers() -> int:
     env = os.environ.get("SEAMLESS_WORKERS")
     if env is not None and env.strip():
         return parse_workers(env, "SEAMLESS_WORKERS")
-    from seamless.pool.env import usable_cpu_count
+    from seamless import machine
 
-    return usable_cpu_count()
+    return machine.snapshot().cpus
 
 
 def _log(message: str, is_error: bool) -> None:

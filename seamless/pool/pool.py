@@ -55,7 +55,7 @@ from ..encoding import PendingChecksum
 from ..execution.runner import Failure, Outcome
 from . import wire
 from ..execution.backend import Hooks
-from .env import usable_cpu_count
+from .. import machine
 from .protocol import (EXIT_CHANNEL_LOST, IDLE_TRIM_S, MAX_FDS, OUTBOX_OFFSET, Channel,
                        ProtocolError)
 from .scheduling import MAX_START_FAILURES, Fail, Forget, Kill, Launch, Revoke, Scheduler, Send
@@ -423,7 +423,7 @@ class Pool:
         worker.send([("init", 0, self._init_header(worker), [], [])])
 
     def _init_header(self, worker: _Worker) -> dict:
-        per_worker = str(max(1, usable_cpu_count() // self.n))
+        per_worker = str(max(1, machine.snapshot().cpus // self.n))
         return {"environ": dict(os.environ), "cwd": os.getcwd(), "sys_path": list(sys.path),
                 "threads": {name: per_worker for name in _THREAD_VARS if name not in os.environ}}
 

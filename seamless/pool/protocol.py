@@ -59,6 +59,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from seamless import machine
 from seamless.errors import SeamlessError
 
 # JSON headers: msgspec writes and reads the same compact UTF-8 JSON as the json module, about
@@ -102,10 +103,7 @@ assert _PREFIX.size == PREFIX_SIZE
 
 _FD_SIZE = array.array("i").itemsize
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
-try:
-    _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))
-except (AttributeError, ValueError, OSError):
-    _IOV_MAX = 1024
+_IOV_MAX = machine.snapshot().iov_max
 _READ_CHUNK = 256 << 10     # one read into the scratch buffer
 _DIRECT_READ = 64 << 10     # a body remainder above this is read straight into the body
 _JOIN_MAX = 16 << 10     # frames up to this size are joined into one chunk for sendmsg

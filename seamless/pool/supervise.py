@@ -21,6 +21,8 @@ import resource
 import signal
 import subprocess
 
+from seamless import machine
+
 __all__ = ["Child", "describe_signal", "signal_name", "raise_nofile_limit"]
 
 STDERR_TAIL = 64 * 1024
@@ -43,7 +45,7 @@ def describe_signal(signum: int) -> str:
 def raise_nofile_limit():
     """Soft RLIMIT_NOFILE up to the hard limit: a server holds descriptors per child (and the
     pool one per live segment it may resend)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = machine.open_files_limit()
     if soft != hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

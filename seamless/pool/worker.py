@@ -78,6 +78,7 @@ import sys
 import threading
 import time
 
+from seamless import machine
 from seamless.errors import SeamlessError
 from seamless.pool.protocol import (EXIT_CHANNEL_LOST, IDLE_TRIM_S, OUTBOX_OFFSET, Channel,
                                     ProtocolError, encode_frame)
@@ -188,7 +189,7 @@ def _exit_status(failure) -> tuple:
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            return int(f.read().split()[1]) * machine.snapshot().page_size
     except (OSError, ValueError, IndexError):
         return 0
 
@@ -202,7 +203,7 @@ class Worker:
         self.channel_fd = channel.fileno()
         self.channel_id = _file_id(self.channel_fd)  # a body may close or replace it
         self.stderr_id = _file_id(2)
-        self.fsize_soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        self.fsize_soft = machine.file_size_limit()[0]
         self.inbox: collections.deque = collections.deque()
         self.cond = threading.Condition()
         self.current = None  # request id of the running body
@@ -544,7 +545,7 @@ class Worker:
     def _restore_file_size_limit(self):
         """A body that lowered the soft RLIMIT_FSIZE would make later results fail to get a
         segment: put the worker's own back (kept if the body lowered the hard limit too)."""
-        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        soft, hard = machine.file_size_limit()
         if soft != self.fsize_soft:
             with contextlib.suppress(ValueError, OSError):
                 resource.setrlimit(resource.RLIMIT_FSIZE, (self.fsize_soft, hard))

@@ -1,4 +1,4 @@
-"""seamless.config and seamless.pool.env (docs/configuration.md;
+"""seamless.config (docs/configuration.md;
 docs/design/configuration.md, "Errors")."""
 
 import logging
@@ -13,9 +13,9 @@ import types
 import pytest
 
 import seamless.config as config
+from seamless import machine
 from seamless.config import Setting
 from seamless.errors import ConfigurationError, SeamlessWarning
-from seamless.pool import env as pool_env
 
 ENV_NAMES = ("SEAMLESS_CACHE", "SEAMLESS_EXECUTION", "SEAMLESS_WORKERS", "SEAMLESS_NPARALLEL",
              "SEAMLESS_SCHEDULER", "XDG_CACHE_HOME")
@@ -55,14 +55,14 @@ def config_error(text, name="seamless.yaml"):
 
 def test_defaults_without_any_configuration():
     settings = config.get_settings()
-    workers = pool_env.usable_cpu_count()
+    workers = machine.snapshot().cpus
     assert settings["execution"] == Setting("process", "default")
     assert settings["workers"] == Setting(workers, "default")
     assert settings["nparallel"] == Setting(8 * workers, "default")
     assert settings["cache"] == Setting(config.default_cache_dir(), "default")
     assert settings["cache_max"] == Setting(5 * GiB, "default")
     assert settings["scheduler"] == Setting(None, "default")
-    expected_memory = min(2 * GiB, pool_env.physical_memory() // 4)
+    expected_memory = min(2 * GiB, machine.snapshot().physical_memory // 4)
     assert settings["memory_cache"] == Setting(expected_memory, "default")
     assert config.get_nparallel() == 8 * workers
     assert config.get("dask_client") is None
@@ -742,10 +742,10 @@ def test_stage_blocks_are_skipped_with_a_warning(fresh_config):
     ("10%", 100_000),
     ("12.5%", 125_000),
 ])
-def test_memory_cache_values(fresh_config, monkeypatch, text, expected):
-    monkeypatch.setattr(config, "physical_memory", lambda: 1_000_000)
+def test_memory_cache_values(fresh_config, text, expected):
     write(fresh_config / "seamless.yaml", f"- memory_cache: {text}\n")
-    assert config.get_settings()["memory_cache"] == Setting(expected, "seamless.yaml:1")
+    with machine.override(physical_memory=1_000_000):
+        assert config.get_settings()["memory_cache"] == Setting(expected, "seamless.yaml:1")
 
 
 @pytest.mark.parametrize("text, shown", [
@@ -766,27 +766,27 @@ def test_memory_cache_bad_values(text, shown):
 
 
 @pytest.mark.parametrize("physical, expected", [(64 * GiB, 2 * GiB), (4 * GiB, GiB)])
-def test_memory_cache_default_is_min_of_2gib_and_a_quarter(monkeypatch, physical, expected):
-    monkeypatch.setattr(config, "physical_memory", lambda: physical)
-    assert config.get("memory_cache") == expected
+def test_memory_cache_default_is_min_of_2gib_and_a_quarter(physical, expected):
+    with machine.override(physical_memory=physical):
+        assert config.get("memory_cache") == expected
 
 
-def test_init_memory_cache(monkeypatch):
-    monkeypatch.setattr(config, "physical_memory", lambda: 8 * GiB)
-    config.init(memory_cache="1GiB")
-    assert config.get_settings()["memory_cache"] == Setting(GiB, "python")
-    config.init(memory_cache="25%")
-    assert config.get("memory_cache") == 2 * GiB
-    config.init(memory_cache=123)
-    assert config.get("memory_cache") == 123
-    with pytest.raises(ValueError, match=r"got 'big' \(use seamless\.config\.init"
-                                         r"\(memory_cache='512MiB'\)\)$"):
-        config.init(memory_cache="big")
-    with pytest.raises(TypeError, match=r"got 1\.5 \(a float; use seamless\.config\.init"):
-        config.init(memory_cache=1.5)
-    with pytest.raises(TypeError, match=r"got True \(a bool;"):
-        config.init(memory_cache=True)
-    assert config.get("memory_cache") == 123
+def test_init_memory_cache():
+    with machine.override(physical_memory=8 * GiB):
+        config.init(memory_cache="1GiB")
+        assert config.get_settings()["memory_cache"] == Setting(GiB, "python")
+        config.init(memory_cache="25%")
+        assert config.get("memory_cache") == 2 * GiB
+        config.init(memory_cache=123)
+        assert config.get("memory_cache") == 123
+        with pytest.raises(ValueError, match=r"got 'big' \(use seamless\.config\.init"
+                                             r"\(memory_cache='512MiB'\)\)$"):
+            config.init(memory_cache="big")
+        with pytest.raises(TypeError, match=r"got 1\.5 \(a float; use seamless\.config\.init"):
+            config.init(memory_cache=1.5)
+        with pytest.raises(TypeError, match=r"got True \(a bool;"):
+            config.init(memory_cache=True)
+        assert config.get("memory_cache") == 123
 
 
 # --------------------------------------------------------------------------------------------
@@ -1101,89 +1101,13 @@ def test_yaml_imported_only_when_a_file_exists(fresh_config):
 
 
 # --------------------------------------------------------------------------------------------
-# seamless.pool.env
+# machine facts behind the defaults (seamless.machine itself: test_machine.py)
 
 
-def fake_cgroup(tmp_path, files, proc="0::/\n"):
-    root = tmp_path / "cgroup"
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    root.mkdir(exist_ok=True)
-    proc_file = tmp_path / "proc-self-cgroup"
-    proc_file.write_text(proc)
-    return str(root), str(proc_file)
-
-
-def affinity():
-    return len(os.sched_getaffinity(0))
-
-
-@pytest.mark.parametrize("cpu_max, expected", [
-    ("max 100000\n", None),
-    ("200000 100000\n", 2),
-    ("150000 100000\n", 2),
-    ("50000 100000\n", 1),
-    ("1000 100000\n", 1),
-    ("6400000 100000\n", 64),
-])
-def test_usable_cpu_count_cgroup_v2(tmp_path, cpu_max, expected):
-    root, proc = fake_cgroup(tmp_path, {"cpu.max": cpu_max})
-    count = pool_env.usable_cpu_count(cgroup_root=root, proc_cgroup=proc)
-    assert count == (affinity() if expected is None else min(affinity(), expected))
-    assert count >= 1
-
-
-def test_usable_cpu_count_cgroup_v2_nested_lowest_wins(tmp_path):
-    root, proc = fake_cgroup(tmp_path, {"cpu.max": "max 100000\n",
-                                        "user.slice/job/cpu.max": "100000 100000\n"},
-                             proc="0::/user.slice/job\n")
-    assert pool_env.usable_cpu_count(cgroup_root=root, proc_cgroup=proc) == 1
-
-
-@pytest.mark.parametrize("quota, period, expected", [
-    ("-1", "100000", None),
-    ("100000", "100000", 1),
-    ("250000", "100000", 3),
-    ("20000", "100000", 1),
-])
-def test_usable_cpu_count_cgroup_v1(tmp_path, quota, period, expected):
-    root, proc = fake_cgroup(tmp_path, {"cpu/cpu.cfs_quota_us": quota,
-                                        "cpu/cpu.cfs_period_us": period},
-                             proc="4:cpu,cpuacct:/\n")
-    count = pool_env.usable_cpu_count(cgroup_root=root, proc_cgroup=proc)
-    assert count == (affinity() if expected is None else min(affinity(), expected))
-
-
-def test_usable_cpu_count_without_cgroup_files(tmp_path):
-    root, proc = fake_cgroup(tmp_path, {})
-    assert pool_env.usable_cpu_count(cgroup_root=root, proc_cgroup=proc) == affinity()
-    assert pool_env.usable_cpu_count(cgroup_root=str(tmp_path / "none"),
-                                     proc_cgroup=str(tmp_path / "none")) == affinity()
-
-
-def test_usable_cpu_count_is_the_workers_default(monkeypatch):
-    monkeypatch.setattr(config, "usable_cpu_count", lambda: 7)
-    assert config.get_settings()["workers"] == Setting(7, "default")
-    assert config.get_nparallel() == 56
-
-
-def test_physical_memory_from_meminfo_and_cgroup(tmp_path):
-    meminfo = tmp_path / "meminfo"
-    meminfo.write_text("MemTotal:       16384 kB\nMemFree:   100 kB\n")
-    root, proc = fake_cgroup(tmp_path, {})
-    assert pool_env.physical_memory(root, str(meminfo), proc) == 16384 * 1024
-    root, proc = fake_cgroup(tmp_path, {"memory.max": "max\n"})
-    assert pool_env.physical_memory(root, str(meminfo), proc) == 16384 * 1024
-    root, proc = fake_cgroup(tmp_path, {"memory.max": "1048576\n"})
-    assert pool_env.physical_memory(root, str(meminfo), proc) == 1048576
-    v1 = tmp_path / "v1"
-    v1.mkdir()
-    root, proc = fake_cgroup(v1, {"memory/memory.limit_in_bytes": "9223372036854771712\n",
-                                  "memory/job/memory.limit_in_bytes": "2097152\n"},
-                             proc="4:memory:/job\n")
-    assert pool_env.physical_memory(root, str(meminfo), proc) == 2097152
+def test_usable_cpu_count_is_the_workers_default():
+    with machine.override(cpus=7):
+        assert config.get_settings()["workers"] == Setting(7, "default")
+        assert config.get_nparallel() == 56
 
 
 # --------------------------------------------------------------------------------------------

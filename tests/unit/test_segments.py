@@ -28,7 +28,7 @@ import pytest
 from leaks import fd_links
 
 import seamless._ipc
-from seamless._ipc.policy import segments as segment_policy
+from seamless import machine
 from seamless.errors import SharedMemoryError
 
 MiB = 1 << 20
@@ -75,9 +75,9 @@ def roomy(segments, tmp_path, monkeypatch):
     """Point the memory check at a fake system with 64 GiB available and no cgroup limit."""
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       67108864 kB\nMemAvailable:   67108864 kB\n")
-    monkeypatch.setattr(segment_policy, "MEMINFO", str(meminfo))
-    monkeypatch.setattr(segment_policy, "PROC_CGROUP", str(tmp_path / "no-cgroup"))
-    monkeypatch.setattr(segment_policy, "CGROUP_ROOT", str(tmp_path / "no-cgroup-root"))
+    monkeypatch.setattr(machine, "MEMINFO", str(meminfo))
+    monkeypatch.setattr(machine, "PROC_CGROUP", str(tmp_path / "no-cgroup"))
+    monkeypatch.setattr(machine, "CGROUP_ROOT", str(tmp_path / "no-cgroup-root"))
     return segments
 
 
@@ -364,9 +364,9 @@ def test_cgroup_shortage_gives_the_spec_message(segments, tmp_path, monkeypatch)
     current = limit - int(310.5 * MiB)
     root, meminfo, proc = _fake_v2(tmp_path, {"/": ("max", 5 << 30),
                                               "/user.slice/job": (limit, current)})
-    monkeypatch.setattr(segment_policy, "CGROUP_ROOT", root)
-    monkeypatch.setattr(segment_policy, "MEMINFO", meminfo)
-    monkeypatch.setattr(segment_policy, "PROC_CGROUP", proc)
+    monkeypatch.setattr(machine, "CGROUP_ROOT", root)
+    monkeypatch.setattr(machine, "MEMINFO", meminfo)
+    monkeypatch.setattr(machine, "PROC_CGROUP", proc)
     base = segments.live_segments()
     with pytest.raises(SharedMemoryError) as info:
         segments.Segment.create(400 * MiB, "argument 'arr' of transformation f", name="f")
@@ -409,8 +409,8 @@ def test_available_memory_reads_cgroup_v1(segments, tmp_path):
 def test_the_safety_margin_is_named_when_it_is_what_fails(segments, tmp_path, monkeypatch):
     meminfo = tmp_path / "meminfo"
     meminfo.write_text(f"MemAvailable: {100 * 1024} kB\n")  # 100 MiB
-    monkeypatch.setattr(segment_policy, "MEMINFO", str(meminfo))
-    monkeypatch.setattr(segment_policy, "PROC_CGROUP", str(tmp_path / "none"))
+    monkeypatch.setattr(machine, "MEMINFO", str(meminfo))
+    monkeypatch.setattr(machine, "PROC_CGROUP", str(tmp_path / "none"))
     with pytest.raises(SharedMemoryError) as info:
         segments.Segment.create(50 * MiB)
     assert str(info.value) == (

@@ -72,6 +72,7 @@ import threading
 import time
 import weakref
 
+from seamless import machine
 from seamless._ipc.policy import segments as policy
 from seamless._ipc.policy.segments import CHUNK_BYTES, SAFETY_MARGIN, available_memory
 
@@ -99,7 +100,7 @@ _injected: list = []          # OSErrors that the next create() calls raise inst
 _trim_hooks = policy.TrimHooks()
 _free: list = []              # free-list entries [fd, capacity, last_used (time.monotonic())]
 _free_bytes = 0
-_budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+_budget = machine.snapshot().total_memory // 4   # a quarter of RAM, as the compiled twin
 
 
 # --- copy and hash ---------------------------------------------------------------------------

@@ -7,8 +7,8 @@ text of a failed allocation, the validation of a received descriptor, and the tr
 
 Data flow: pure functions of their arguments and of the files they read; the only state is a
 ``TrimHooks`` registry, which each backend module creates once and owns.  The paths read by
-the memory check (``MEMINFO``, ``CGROUP_ROOT``, ``PROC_CGROUP``) are module attributes here,
-read on every call, so tests point both backends at a fake tree by patching this module.
+the memory check belong to seamless.machine (the one reader of machine facts), looked up on
+every call, so tests point both backends at a fake tree by patching that module.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from __future__ import annotations
 import errno
 import operator
 import os
-import resource
 import stat
 import threading
 
-from seamless.cgroup import cgroup_paths, dirs_upwards, read_int, read_text
+from seamless import machine
 from seamless.errors import SharedMemoryError
 
 # Granularity of hasher.update() calls (and of the compiled copy thread's memcpy).  Part of
@@ -29,14 +28,6 @@ CHUNK_BYTES = 1 << 20
 
 # Bytes kept free beyond the segment's size when checking available memory.
 SAFETY_MARGIN = 64 << 20
-
-# Where the memory check reads; module attributes so tests can point them at a fake tree.
-MEMINFO = "/proc/meminfo"
-CGROUP_ROOT = "/sys/fs/cgroup"
-PROC_CGROUP = "/proc/self/cgroup"
-
-# cgroup v1 reports "no limit" as a huge page-rounded number; anything above this is no limit.
-UNLIMITED = 1 << 60
 
 
 # --- argument checks -------------------------------------------------------------------------
@@ -160,60 +151,21 @@ OVERLAP = "src and dst overlap in memory (copy into a separate buffer)"
 
 # --- memory check ----------------------------------------------------------------------------
 
-def _mem_available(meminfo: str) -> int | None:
-    text = read_text(meminfo)
-    if text is None:
-        return None
-    for line in text.splitlines():
-        if line.startswith("MemAvailable:"):
-            fields = line.split()
-            if len(fields) >= 2 and fields[1].isdigit():
-                return int(fields[1]) * 1024
-    return None
-
-
-def limit_files(cgroup_root: str, proc_cgroup: str) -> list[tuple[str, str, str]]:
-    """(limit file, usage file, limit name) for the process's cgroup and each ancestor."""
-    v2, v1_paths = cgroup_paths(proc_cgroup)
-    v1 = v1_paths.get("memory")
-    files = []
-    for root in (cgroup_root, os.path.join(cgroup_root, "unified")):
-        for d in dirs_upwards(root, v2):
-            files.append((os.path.join(d, "memory.max"), os.path.join(d, "memory.current"),
-                          "memory.max"))
-    for d in dirs_upwards(os.path.join(cgroup_root, "memory"), v1):
-        files.append((os.path.join(d, "memory.limit_in_bytes"),
-                      os.path.join(d, "memory.usage_in_bytes"), "memory.limit_in_bytes"))
-    return files
-
-
 def available_memory(cgroup_root: str | None = None, meminfo: str | None = None,
                      proc_cgroup: str | None = None) -> tuple[int | None, str]:
     """Bytes that can still be allocated, and a phrase naming the binding limit.
 
-    The smallest of ``MemAvailable`` and, in the process's cgroup and each ancestor, the cgroup
-    headroom (v2 ``memory.max - memory.current``, v1 ``memory.limit_in_bytes -
-    memory.usage_in_bytes``).  ``(None, "")`` when nothing could be read.  Read afresh on every
-    call; the paths default to the live system.
+    ``machine.available_memory()`` (the smallest of ``MemAvailable`` and each cgroup's
+    headroom) put in words; ``(None, "")`` when nothing could be read.  The paths default to
+    seamless.machine's, read afresh on every call.
     """
-    cgroup_root = CGROUP_ROOT if cgroup_root is None else cgroup_root
-    meminfo = MEMINFO if meminfo is None else meminfo
-    proc_cgroup = PROC_CGROUP if proc_cgroup is None else proc_cgroup
-    best: tuple[int, str] | None = None
-    avail = _mem_available(meminfo)
-    if avail is not None:
-        best = (avail, f"(MemAvailable in {meminfo})")
-    for limit_file, usage_file, limit_name in limit_files(cgroup_root, proc_cgroup):
-        limit = read_int(limit_file)
-        if limit is None or limit >= UNLIMITED:
-            continue
-        usage = read_int(usage_file) or 0
-        headroom = max(0, limit - usage)
-        if best is None or headroom < best[0]:
-            best = (headroom, f"under the cgroup limit {limit_name} = {human(limit)}")
-    if best is None:
+    found = machine.available_memory(cgroup_root, meminfo, proc_cgroup)
+    if found is None:
         return None, ""
-    return best
+    available, limit_name, limit = found
+    if limit is None:
+        return available, f"(MemAvailable in {machine.MEMINFO if meminfo is None else meminfo})"
+    return available, f"under the cgroup limit {limit_name} = {human(limit)}"
 
 
 def human(n: int) -> str:
@@ -243,8 +195,8 @@ def os_reason(call: str, exc: OSError) -> str:
     """Why system call ``call`` failed, naming RLIMIT_FSIZE when that is the cause."""
     reason = f"{call} failed with [Errno {exc.errno}] {exc.strerror or os.strerror(exc.errno)}"
     if exc.errno == errno.EFBIG:
-        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        if soft != resource.RLIM_INFINITY:
+        soft = machine.file_size_limit()[0]
+        if soft != machine.RLIM_INFINITY:
             reason += f": the file size limit RLIMIT_FSIZE (ulimit -f) is {human(soft)}"
     return reason
 
