@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import sys
 import threading
 import time
+from typing import Any
 
 from . import config
 from .transformation import Transformation
@@ -142,10 +144,10 @@ class _Arrivals:
     def __init__(self, capacity: int):
         self._free = list(range(capacity - 1, -1, -1))
         self._waiting: set = set()           # reserved, not finished
-        self._ready = collections.deque()    # (seq, state), in the order they finished
+        self._ready: collections.deque = collections.deque()  # (seq, state), as they finished
         self._held = 0
         self._cond = threading.Condition(threading.Lock())
-        self._fd = None
+        self._fd: int | None = None
         self._closed = False
 
     @property
@@ -193,10 +195,11 @@ class _Arrivals:
             return self._fd
 
     def drain(self) -> None:
-        try:
+        if self._fd is None:
+            return
+        # non-blocking: an eventfd already at zero raises, and there is simply nothing to drain
+        with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self._fd)
-        except BlockingIOError:
-            pass
 
     def close(self) -> None:
         with self._cond:
@@ -229,7 +232,9 @@ class _Batch:
         self.capacity = nparallel
         self.adaptive = adaptive  # None, or (workers, byte budget): see _nparallel
         self.held_bytes = 0
-        self.window = None  # made at the first pull: an empty input starts nothing
+        # made at the first pull (an empty input starts nothing): the compiled Window or
+        # _Arrivals, which answer the same calls
+        self.window: Any = None
         self.slots: list = [None] * nparallel
         self.pulled = 0
         self.exhausted = False

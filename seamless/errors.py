@@ -182,6 +182,7 @@ def _find_class(qualified: str):
     else:
         splits = [(".".join(parts[:i]), parts[i:]) for i in range(len(parts) - 1, 0, -1)]
     for module_name, path in splits:
+        found: object
         try:
             found = importlib.import_module(module_name)
         except Exception:  # not importable here (or its import failed): try a shorter prefix

@@ -30,8 +30,14 @@ from hashlib import sha256
 from . import completion
 from .checksum import Checksum, _trusted
 from .encoding import Encoded, PendingChecksum, decode, resolved
-from .errors import (RemoteTraceback, SeamlessError, TransformationCancelledError,
-                     TransformationError, WorkerCrashedError, error_class)
+from .errors import (
+    RemoteTraceback,
+    SeamlessError,
+    TransformationCancelledError,
+    TransformationError,
+    WorkerCrashedError,
+    error_class,
+)
 from .execution import dispatch
 from .execution.backend import materialize
 from .execution.runner import Failure, Outcome, Work
@@ -326,25 +332,38 @@ class Transformation:
         as the ``__cause__`` (``RemoteTraceback``, displayed first), or in the message when
         the cause is the machinery's own error."""
         checksum = self._public_checksum()
+        line = self._failure_line or self._label()  # set with the terminal status
         if self._status == CANCELLED:
-            return TransformationCancelledError(self._failure_line, checksum=checksum,
-                                                traceback=self._failure_line, name=self.name)
-        failure = self._outcome.failure
+            return TransformationCancelledError(line, checksum=checksum, traceback=line,
+                                                name=self.name)
+        failure = self._failure()
         text = failure.text
         if failure.crash is not None:
             crash = failure.crash
             cause = crash["cause"]
-            err = WorkerCrashedError(f"{self._failure_line}\n{text}" if cause else
-                                     self._failure_line, checksum=checksum, traceback=text,
+            err = WorkerCrashedError(f"{line}\n{text}" if cause else
+                                     line, checksum=checksum, traceback=text,
                                      name=self.name, exitcode=crash["exitcode"],
                                      signal=crash["signal"], pid=crash["pid"])
             err.__cause__ = SeamlessError(cause) if cause else RemoteTraceback(text)
             return err
         err = error_class(failure.exception_type)(
-            self._failure_line, checksum=checksum, traceback=text, name=self.name,
+            line, checksum=checksum, traceback=text, name=self.name,
             exception_type=failure.exception_type)
         err.__cause__ = RemoteTraceback(text)
         return err
+
+    def _failure(self) -> Failure:
+        """The failure of a failed handle (stored with the status, under the lock)."""
+        outcome = self._outcome
+        assert outcome is not None and outcome.failure is not None
+        return outcome.failure
+
+    def _result(self) -> Encoded:
+        """The result of a done handle (stored with the status, under the lock)."""
+        outcome = self._outcome
+        assert outcome is not None and outcome.result is not None
+        return outcome.result
 
     # ------------------------------------------------------------ public API
 
@@ -431,7 +450,7 @@ class Transformation:
     @property
     def exception(self) -> str | None:
         if self._status == FAILED:
-            return self._outcome.failure.text
+            return self._failure().text
         if self._status == CANCELLED:
             return self._failure_line
         return None
@@ -461,7 +480,7 @@ class Transformation:
     def result_checksum(self) -> Checksum | None:
         """The result's checksum once done (may wait for a pool worker's deferred hash)."""
         if self._status == DONE:
-            checksum = self._outcome.result.checksum
+            checksum = self._result().checksum
             if type(checksum) is PendingChecksum:
                 return checksum.wait()
             return checksum if type(checksum) is Checksum else _trusted(checksum)
@@ -476,7 +495,8 @@ class Transformation:
         """True when this handle is done and its result came from a cache (this process's
         memory or the persistent cache) instead of a run; False otherwise, and before it is
         done (docs/caching.md)."""
-        return self._status == DONE and self._outcome.from_cache
+        outcome = self._outcome
+        return self._status == DONE and outcome is not None and outcome.from_cache
 
     def cancel(self) -> bool:
         """Cancel a pending or running handle (terminal); False if it had finished."""

@@ -15,9 +15,9 @@ import functools
 import inspect
 import types
 
-from .code import FunctionCode, capture, capture_module
-from .encoding import canonical_json, encode, encode_argument
 from .batches import TransformationList, parallel, parallel_async
+from .code import FunctionCode, capture, capture_module
+from .encoding import Encoded, canonical_json, encode, encode_argument
 from .transformation import Transformation
 
 __all__ = ["direct", "delayed", "Transformation", "Transformer", "spawn", "has_spawned",
@@ -83,6 +83,15 @@ class _Entries:
 class Transformer:
     """A function made into a transformer; ``delayed`` ones return handles, ``direct`` ones run."""
 
+    __name__: str  # with the rest of the function's metadata, from functools.update_wrapper
+    _func: types.FunctionType
+    _code: FunctionCode
+    _signature: inspect.Signature
+    _args_store: dict
+    _globals_store: dict
+    _modules_store: dict
+    local: bool
+
     def __init__(self, func, kind: str, _copy_from: "Transformer | None" = None):
         self._kind = kind
         if _copy_from is not None:
@@ -95,7 +104,7 @@ class Transformer:
             modules = dict(src._modules_store)
             self.local = src.local
         else:
-            self._code: FunctionCode = capture(func, kind)
+            self._code = capture(func, kind)
             self._func = func
             self._signature = inspect.signature(func)
             args, globals_, modules = {}, {}, {}
@@ -227,7 +236,7 @@ class Transformer:
         name = self.__name__
         if self._has_embedded:
             self._refresh_embedded_modules()
-        arguments = {}
+        arguments: dict[str, Transformation | Encoded] = {}
         for pname, value in self._bind(args, kwargs).items():
             if isinstance(value, Transformation):
                 arguments[pname] = value
