@@ -15,6 +15,8 @@ import pytest
 import seamless.config as config
 from seamless import machine
 from seamless.config import Setting
+from seamless.config import files as config_files
+from seamless.config import layers as config_layers
 from seamless.errors import ConfigurationError, SeamlessWarning
 
 ENV_NAMES = ("SEAMLESS_CACHE", "SEAMLESS_EXECUTION", "SEAMLESS_WORKERS", "SEAMLESS_NPARALLEL",
@@ -523,13 +525,13 @@ def test_error_unreadable(fresh_config):
 
 
 def test_error_unreadable_permission_denied(fresh_config, monkeypatch):
-    # root reads any file, so the refusal of open() is simulated for this module only
+    # root reads any file, so the refusal of open() is simulated for the YAML reader only
     write(fresh_config / "seamless.yaml", "- nparallel: 2\n")
 
     def refuse(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr(config, "open", refuse, raising=False)
+    monkeypatch.setattr(config_files, "open", refuse, raising=False)
     with pytest.raises(ConfigurationError) as info:
         config.get_nparallel()
     assert str(info.value) == "seamless.yaml: cannot read the file ([Errno 13] Permission denied)"
@@ -605,13 +607,13 @@ def test_error_missing_scheduler_from_file_and_python(fresh_config):
 
 
 def test_remote_needs_dask(monkeypatch):
-    monkeypatch.setattr(config, "_dask_available", lambda: False)
+    monkeypatch.setattr(config_layers, "_dask_available", lambda: False)
     monkeypatch.setenv("SEAMLESS_EXECUTION", "remote")
     monkeypatch.setenv("SEAMLESS_SCHEDULER", "tcp://head:8786")
     with pytest.raises(ConfigurationError) as info:
         config.get("execution")
     assert str(info.value) == 'execution: remote needs Dask: pip install "seamless[dask]"'
-    monkeypatch.setattr(config, "_dask_available", lambda: True)
+    monkeypatch.setattr(config_layers, "_dask_available", lambda: True)
     assert config.get("execution") == "remote"
     assert config.get("scheduler") == "tcp://head:8786"
 
