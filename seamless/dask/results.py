@@ -47,6 +47,38 @@ class LargeResult(NamedTuple):
     stored: bool
 
 
+def _serialize(result):
+    """Dask serialisation of a task's value: the buffer through Dask's own (zero-copy for
+    arrays and bytes), the fields in the header.  Pickling the named tuple whole is several
+    times slower for a large array."""
+    from distributed.protocol import serialize
+
+    header, frames = serialize(result.buffer)
+    return {"fields": [result.kind, result.checksum, result.duration, result.stored],
+            "buffer": header}, frames
+
+
+def _deserializer(cls):
+    def deserialize_result(header, frames):
+        from distributed.protocol import deserialize
+
+        kind, checksum, duration, stored = header["fields"]
+        return cls(kind, checksum, deserialize(header["buffer"], frames), duration, stored)
+
+    return deserialize_result
+
+
+def _register_serialization():
+    from distributed.protocol import dask_deserialize, dask_serialize
+
+    for cls in (SmallResult, LargeResult):
+        dask_serialize.register(cls)(_serialize)
+        dask_deserialize.register(cls)(_deserializer(cls))
+
+
+_register_serialization()
+
+
 def result_class(nbytes: int) -> type:
     return LargeResult if nbytes >= LARGE else SmallResult
 
