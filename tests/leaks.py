@@ -6,8 +6,8 @@ shared-memory segment or thread of its own.
   The root conftest's autouse ``fresh_seamless_state`` calls it around every test; the contract
   tests' ``backend`` fixture calls it before it counts stray processes.
 - ``Snapshot()`` records this process's descriptors (number -> what it points to), live
-  segments, threads (except the library's one cache-lookup thread per process, kept by design)
-  and child processes; ``snapshot.assert_nothing_new()`` fails naming what a
+  segments, threads (except the library's process-wide cache lookup and writer threads) and
+  child processes; ``snapshot.assert_nothing_new()`` fails naming what a
   test left behind. Segments are counted after ``trim()`` of every loaded ``shm_array`` twin,
   before and after: a free list holds released segments on purpose. Segments are anonymous
   memfds (nothing in ``/dev/shm``): a leaked one is also a leaked descriptor. The root conftest's
@@ -37,11 +37,12 @@ import pytest
 __all__ = ["Snapshot", "children_of", "fd_links", "live_processes", "no_new_descriptors",
            "reset_seamless", "run_in_session", "stop_session"]
 
-_FD_LISTING = re.compile(r"/proc/(\d+|self|thread-self)/fd$")
+_FD_LISTING = re.compile(r"/proc/(\d+|self|thread-self)/")
 _SHM_TWINS = ("seamless._ipc.shm_array", "seamless._ipc._pure.shm_array")
-# Threads the library starts at most once per process, on first need, and keeps by design
-# (seamless/execution/dispatch.py: the persistent-cache lookups of pool jobs).
-_PROCESS_LIFETIME_THREADS = frozenset({"seamless-cache-lookup"})
+# Threads the library shares among everything in the process, started on first need: the
+# persistent-cache lookups of pool jobs (seamless/execution/dispatch.py, kept for the process's
+# life) and the cache writer (seamless/cache/persistent.py, ends itself after 5 s idle).
+_PROCESS_LIFETIME_THREADS = frozenset({"seamless-cache-lookup", "seamless-cache-writer"})
 
 
 def reset_seamless() -> None:
@@ -58,8 +59,8 @@ def reset_seamless() -> None:
 def fd_links() -> dict:
     """Open descriptors of this process: number (as str) -> what it points to.
 
-    A ``/proc/<pid>/fd`` directory open at this moment is another thread counting descriptors
-    the same way (a Dask scheduler of the session, through psutil): it is left out."""
+    A file under ``/proc/<pid>/`` open at this moment is another thread reading process
+    statistics (a Dask scheduler of the session, through psutil): it is left out."""
     links = {}
     for name in os.listdir("/proc/self/fd"):
         try:
