@@ -16,8 +16,9 @@ Four sources feed one published snapshot, highest precedence first::
 ``Setting(value, source)`` pairs (``get_settings()``).  The snapshot is immutable and published by
 rebinding one module global, so ``get()`` is a dict lookup without a lock once it exists.
 
-Ownership: everything here belongs to this module and is changed only under ``_lock`` (one
-``RLock``).  Files and environment are read on first use (the first ``get()``, ``get_nparallel()``,
+Ownership: the layers and the snapshot belong to this module and are changed only under
+``_lock`` (one ``RLock``); the record of warnings already given belongs to files.py.  Files
+and environment are read on first use (the first ``get()``, ``get_nparallel()``,
 ``get_settings()`` or ``init()``), once per process; ``init()`` and ``set_workdir()`` make the next
 use read them again.  A read that fails (``ConfigurationError``) changes nothing, so the next use
 tries again and raises again until the file is fixed.  ``generation()`` is bumped whenever the

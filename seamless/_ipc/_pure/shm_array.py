@@ -86,7 +86,7 @@ __all__ = [
 ]
 
 _MMAP_KW = {"trackfd": False} if sys.version_info >= (3, 13) else {}
-_PAGE = mmap.PAGESIZE
+_PAGE = machine.snapshot().page_size
 
 # posix_fallocate errors that mean "not supported here", not "no memory": allocation then
 # happens on first touch, as without fallocate.
