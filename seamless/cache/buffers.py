@@ -6,8 +6,10 @@ SHA-256 is ``<checksum>``. A write in progress is ``<same dir>/.tmp-<checksum>-<
 Data flow and ownership:
 
 - ``write_file`` (called on the persistent cache's writer thread, or synchronously by
-  ``write_now``) writes the caller's buffer to a temp file in the final directory, ``fsync``s it,
-  ``os.replace``s it onto the final name and ``fsync``s the directory (best effort). The temp
+  ``write_now``) writes the caller's buffer to a temp file in the final directory and
+  ``os.replace``s it onto the final name. No ``fsync``: every read verifies size and SHA-256,
+  so a file a crash left torn is a miss (discarded, recomputed), never a wrong result, and a
+  cache of many small results does not pay a disk flush per result (ccache does the same). The temp
   file belongs to the writing call until the rename; on any error that call removes it. After
   the rename the file belongs to the cache directory: any process may read, replace (with
   identical content) or delete it.
@@ -92,20 +94,6 @@ class BufferCorrupt(Exception):
 
 class BufferMissing(Exception):
     """The buffer file does not exist (a miss, not corruption)."""
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make a rename durable; some file systems refuse to fsync a directory: best effort."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        return
-    finally:
-        os.close(fd)
 
 
 def _advise_huge_pages(mm) -> bool:
@@ -289,9 +277,7 @@ class BufferStore(HexTree):
         makedirs_0700(directory)
         with _temp_file(directory, cs) as (tmp, fd):
             _write_pieces(fd, [view])
-            os.fsync(fd)
             os.replace(tmp, final)
-        _fsync_dir(directory)
         return True
 
     def write_stream(self, pieces, size_hint: int) -> tuple[str, int]:
@@ -307,12 +293,10 @@ class BufferStore(HexTree):
         hasher = new_sha256(size_hint)
         with _temp_file(self.root, "stream") as (tmp, fd):
             size = _write_pieces(fd, pieces, hasher)
-            os.fsync(fd)
             cs = hasher.hexdigest()
             final = self.path(cs)
             makedirs_0700(os.path.dirname(final))
             os.replace(tmp, final)
-        _fsync_dir(os.path.dirname(final))
         return cs, size
 
     def read_file(self, cs: str, expected_size=None):
