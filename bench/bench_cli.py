@@ -43,7 +43,10 @@ def cli_env(tmp_path):
 
 
 def _run(argv, env, cwd) -> None:
-    subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, check=True)
+    # stdin from /dev/null: seamless-run reads a piped stdin as an input, and pytest's may be
+    # a pipe nobody closes
+    subprocess.run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   check=True)
 
 
 def _min_time(argv, env, cwd, n: int) -> float:
@@ -65,7 +68,8 @@ def _total_time(argv, env, cwd, n: int) -> float:
 def _importtime(argv, env, cwd) -> list:
     """``[(module, cumulative us, depth)]`` of one run of ``argv`` under ``-X importtime``."""
     proc = subprocess.run([sys.executable, "-X", "importtime", *argv], env=env, cwd=cwd,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True)
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, check=True)
     found = []
     for line in proc.stderr.decode(errors="replace").splitlines():
         if not line.startswith("import time:") or "cumulative" in line:

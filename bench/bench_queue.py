@@ -81,8 +81,8 @@ def _timed_run(argv, env, cwd, limit: float = 120) -> bytes:
     ``subprocess.run(timeout=...)`` polls with sleeps of 0.5 to 16 ms, which would add up to
     16 ms to every short command timed here (seamless's and the peers' alike). A watchdog timer
     kills a command that hangs; a non-zero exit fails the benchmark."""
-    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     watchdog = threading.Timer(limit, proc.kill)
     watchdog.start()
     try:
@@ -148,7 +148,8 @@ def _parallel_batch(env, work, n: int) -> float:
 def _starts(argv, env, cwd, n: int) -> float:
     start = time.perf_counter()
     for _ in range(n):
-        subprocess.run(argv, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(argv, env=env, cwd=cwd, check=True, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
