@@ -37,7 +37,7 @@ import pytest
 __all__ = ["Snapshot", "children_of", "fd_links", "live_processes", "no_new_descriptors",
            "reset_seamless", "run_in_session", "stop_session"]
 
-_FD_LISTING = re.compile(r"/proc/(\d+|self|thread-self)/")
+_FD_LISTING = re.compile(r"/proc/")
 _SHM_TWINS = ("seamless._ipc.shm_array", "seamless._ipc._pure.shm_array")
 # Threads the library shares among everything in the process, started on first need: the
 # persistent-cache lookups of pool jobs (seamless/execution/dispatch.py, kept for the process's
@@ -59,8 +59,8 @@ def reset_seamless() -> None:
 def fd_links() -> dict:
     """Open descriptors of this process: number (as str) -> what it points to.
 
-    A file under ``/proc/<pid>/`` open at this moment is another thread reading process
-    statistics (a Dask scheduler of the session, through psutil): it is left out."""
+    A file under ``/proc/`` open at this moment is another thread reading system statistics
+    (a Dask scheduler of the session, through psutil): it is left out."""
     links = {}
     for name in os.listdir("/proc/self/fd"):
         try:
