@@ -72,7 +72,14 @@ def test_list_shows_a_seamless_run_result(cli):
     cli.run("seamless-run", "echo hello", check=0)
     (row,) = rows_of(cli.run("seamless-cache", "list", check=0))
     assert row[4] == "tree" and row[3] in ("0s", "1s", "2s", "3s")
+    assert row[5:] == ["echo", "hello"]  # the NAME column: the command
     assert os.path.exists(index_path(cli.cache, row[0]))
+
+
+def test_list_names_a_non_utf8_command_with_escapes(cli):
+    cli.run("seamless-run", b"echo \xff".decode("utf-8", "surrogateescape"), check=0)
+    (row,) = rows_of(cli.run("seamless-cache", "list", check=0))
+    assert row[5:] == ["echo", "\\xff"]  # the byte 0xff, shown as an escape
 
 
 @pytest.mark.parametrize("seconds, text", [(0, "0s"), (59.9, "59s"), (60, "1m"), (3599, "59m"),

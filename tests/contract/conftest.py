@@ -3,8 +3,8 @@
 - "process": the default in-process executor (bodies run in this process's threads).
 - "spawn": ``spawn(2)``, a pool of two worker processes.
 - "remote": ``seamless.config.init(dask_client=client)`` on one session-wide
-  ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`` (made on first use, always
-  closed at the end of the session); skipped, with the reason, while ``distributed`` or
+  ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`` (made on first use,
+  closed after this directory's last test, tests/daskcluster.py); skipped, with the reason, while ``distributed`` or
   ``seamless.dask.backend`` is missing.
 
 After each test the backends are closed (their processes stopped), the settings reset and the
@@ -26,26 +26,29 @@ from seamless.transformer import spawn
 MODES = ("process", "spawn", "remote")
 
 
+_shared = None  # the session's SharedCluster, made by the first remote test
+
+
 @pytest.fixture(scope="session")
 def dask_client():
-    """One LocalCluster for every remote test of the session, with its client."""
+    """One LocalCluster for every remote test here, with its client."""
     pytest.importorskip("distributed", reason='the remote backend needs Dask: pip install '
                                               '".[dask]"')
-    from distributed import Client, LocalCluster
+    from daskcluster import SharedCluster
 
-    # dashboard_address=None still leaves the scheduler's HTTP routes on port 8787, which
-    # warns when another cluster has that port: a free loopback port instead.
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           host="127.0.0.1", dashboard_address=None,
-                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    global _shared
+    _shared = SharedCluster(os.path.dirname(__file__))
     try:
-        client = Client(cluster, set_as_default=False)
-        try:
-            yield client
-        finally:
-            client.close()
+        yield _shared.client()
     finally:
-        cluster.close()
+        _shared.close()
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Closed after this directory's last test: the suites after it fail a test that leaves
+    child processes, and the cluster's workers are children of this process."""
+    if _shared is not None:
+        _shared.close_after(item, nextitem)
 
 
 @pytest.fixture(params=MODES)

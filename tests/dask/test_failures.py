@@ -11,7 +11,7 @@ import seamless.config
 from seamless.errors import WorkerCrashedError
 from seamless.transformer import delayed, parallel
 
-from .conftest import own_cluster
+from daskcluster import own_cluster
 
 
 @delayed
