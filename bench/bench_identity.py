@@ -10,8 +10,8 @@ memoised); "cold" uses arguments never seen before.  Reported, not gated (issue 
 from __future__ import annotations
 
 import hashlib
-import json
 import itertools
+import json
 
 import pytest
 

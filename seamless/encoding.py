@@ -161,7 +161,8 @@ def _is_array_leaf(v, np) -> bool:
 
 
 def _scan(v, np) -> bool:
-    """Check that ``v`` is a supported json/tree value; True when it holds an array or bytes leaf."""
+    """Check that ``v`` is a supported json/tree value; True when it holds an array or bytes
+    leaf."""
     if v is None or isinstance(v, (bool, int, float, str)):
         return False
     if isinstance(v, (list, tuple)):

@@ -20,10 +20,10 @@ import shutil
 import tempfile
 
 import pytest
+from leaks import Snapshot, reset_seamless
 
 import seamless
 import seamless._ipc
-from leaks import Snapshot, reset_seamless
 
 
 def _requested_backend() -> str:

@@ -88,7 +88,8 @@ def find_references(text: str, source: str) -> list[Reference]:
         line = text.count("\n", 0, m.start()) + 1
         numbers = m.group("numbers") or m.group("bare_number")
         refs.append(Reference(
-            source=f"{source}:{line}", doc=m.group("doc"), heading=m.group("heading") or m.group("heading1"),
+            source=f"{source}:{line}", doc=m.group("doc"),
+            heading=m.group("heading") or m.group("heading1"),
             anchor=m.group("anchor"),
             numbers=tuple(re.findall(_NUMBER, numbers)) if numbers else ()))
     return refs

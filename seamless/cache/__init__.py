@@ -32,10 +32,9 @@ function under that name. Never numpy or ``seamless._ipc``; ``seamless.config`` 
 
 from __future__ import annotations
 
-import atexit
-import os
-import sys
 import _thread  # not threading: a command-line hit loads this package
+import atexit
+import sys
 
 from seamless.cache.memory import BufferCache, ResultMap
 

@@ -60,7 +60,11 @@ import warnings
 import weakref
 
 from seamless.cache.buffers import (
-    BufferCorrupt, BufferMissing, BufferStore, check_checksum, makedirs_0700,
+    BufferCorrupt,
+    BufferMissing,
+    BufferStore,
+    check_checksum,
+    makedirs_0700,
 )
 from seamless.cache.database import Database
 from seamless.cache.result_index import ResultIndex

@@ -29,7 +29,13 @@ import os
 import time
 
 from seamless.cache.buffers import (
-    BufferCorrupt, BufferMissing, BufferStore, HexTree, _temp_file, is_checksum, makedirs_0700,
+    BufferCorrupt,
+    BufferMissing,
+    BufferStore,
+    HexTree,
+    _temp_file,
+    is_checksum,
+    makedirs_0700,
 )
 
 __all__ = ["ResultIndex", "IndexEntry", "read_result", "TOUCH_INTERVAL"]

@@ -1,8 +1,8 @@
 """The in-process executor: ``execution: process``, and ``.local`` transformers in every mode.
 
 A process-wide FIFO of jobs served by up to ``workers`` daemon threads (docs/configuration.md),
-started lazily.  The threads are daemons: interpreter exit does not wait for unfinished in-process work
-(docs/transformations.md).
+started lazily.  The threads are daemons: interpreter exit does not wait for unfinished
+in-process work (docs/transformations.md).
 
 Nesting never deadlocks: a body that waits for a job still in the queue takes it out and runs it
 on its own thread (``run_here``), so a full executor whose threads all wait on children keeps

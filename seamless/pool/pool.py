@@ -42,22 +42,21 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import logging
 import os
 import selectors
 import signal
 import socket
 import sys
-import logging
 import threading
 import time
 
+from .. import machine
 from ..encoding import PendingChecksum
+from ..execution.backend import Hooks
 from ..execution.runner import Failure, Outcome
 from . import wire
-from ..execution.backend import Hooks
-from .. import machine
-from .protocol import (EXIT_CHANNEL_LOST, IDLE_TRIM_S, MAX_FDS, OUTBOX_OFFSET, Channel,
-                       ProtocolError)
+from .protocol import EXIT_CHANNEL_LOST, IDLE_TRIM_S, MAX_FDS, OUTBOX_OFFSET, Channel, ProtocolError
 from .scheduling import MAX_START_FAILURES, Fail, Forget, Kill, Launch, Revoke, Scheduler, Send
 from .supervise import Child, describe_signal, raise_nofile_limit
 

@@ -29,8 +29,9 @@ Ownership and threads
 - ``Channel`` owns its socket (one end of an ``AF_UNIX``/``SOCK_STREAM`` socketpair) from
   construction until ``close()``.
 - **Sending.** ``send()`` never takes the caller's descriptors: they are in the kernel when it
-  returns, so the caller may close its own at once.  Sends from several threads are serialised by one lock (the worker
-  sends from its main thread and helper threads; the parent from its I/O thread).
+  returns, so the caller may close its own at once.  Sends from several threads are serialised
+  by one lock (the worker sends from its main thread and helper threads; the parent from its
+  I/O thread).
 - **Receiving.** Descriptors received but not yet handed to a frame are the channel's (closed by
   ``close()``); those handed out in ``Frame.fds`` are the receiver's (``Segment.from_fd`` takes
   them over).  ``Frame.inline`` views are read-only slices of a body buffer allocated per frame,
@@ -61,6 +62,7 @@ import msgspec
 
 from seamless import machine
 from seamless.errors import SeamlessError
+
 
 # JSON headers: msgspec writes and reads the same compact UTF-8 JSON as the json module, about
 # ten times faster, which matters with one header per tiny task in each direction.

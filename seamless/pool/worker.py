@@ -80,8 +80,14 @@ import time
 
 from seamless import machine
 from seamless.errors import SeamlessError
-from seamless.pool.protocol import (EXIT_CHANNEL_LOST, IDLE_TRIM_S, OUTBOX_OFFSET, Channel,
-                                    ProtocolError, encode_frame)
+from seamless.pool.protocol import (
+    EXIT_CHANNEL_LOST,
+    IDLE_TRIM_S,
+    OUTBOX_OFFSET,
+    Channel,
+    ProtocolError,
+    encode_frame,
+)
 
 __all__ = ["EXIT_CHANNEL_LOST", "main"]
 

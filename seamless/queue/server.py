@@ -57,6 +57,7 @@ import sys
 import tempfile
 import time
 
+from seamless.pool.supervise import signal_name
 from seamless.queue import location, wire
 from seamless.queue.jobs import (
     CACHED,
@@ -72,7 +73,6 @@ from seamless.queue.jobs import (
     Start,
     describe_failure,
 )
-from seamless.pool.supervise import signal_name
 from seamless.shell import future
 from seamless.shell.execute import libc_prctl
 

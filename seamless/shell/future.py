@@ -30,9 +30,9 @@ and no ``json`` (with ``re`` and ``enum`` behind it, about 7 ms): records are wr
 
 from __future__ import annotations
 
+import _thread
 import math
 import os
-import _thread
 import time
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""The queue's clients: ``seamless-run --qsubmit`` and ``seamless-queue-finish`` (docs/cli.md, "Queue").
+"""The queue's clients: ``seamless-run --qsubmit`` and ``seamless-queue-finish``
+(docs/cli.md, "Queue").
 
 Two kinds of test, all with real processes:
 
@@ -104,7 +105,8 @@ def test_a_plain_run_does_not_load_the_queue_client(cli):
         "import sys\n"
         "from seamless.cli import run\n"
         "assert run.main(['echo', 'hi']) == 0\n"
-        "loaded = sorted(m for m in sys.modules if m == 'socket' or m.startswith('seamless.queue'))\n"
+        "loaded = sorted(m for m in sys.modules\n"
+        "                if m == 'socket' or m.startswith('seamless.queue'))\n"
         "sys.stderr.write('QUEUE=%r\\n' % loaded)\n"
     )
     proc = subprocess.run([sys.executable, "-c", probe], cwd=cli.work, env=cli.env,

@@ -17,8 +17,8 @@ import tempfile
 import time
 
 import pytest
-
 from leaks import live_processes
+
 from seamless.queue import location, wire
 from seamless.shell import future
 

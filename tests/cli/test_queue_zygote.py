@@ -13,8 +13,8 @@ import subprocess
 import time
 
 import pytest
-
 from leaks import live_processes
+
 from seamless.queue import location, wire
 from seamless.shell import future
 

@@ -4,8 +4,8 @@
 - "spawn": ``spawn(2)``, a pool of two worker processes.
 - "remote": ``seamless.config.init(dask_client=client)`` on one session-wide
   ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`` (made on first use,
-  closed after this directory's last test, tests/daskcluster.py); skipped, with the reason, while ``distributed`` or
-  ``seamless.dask.backend`` is missing.
+  closed after this directory's last test, tests/daskcluster.py); skipped, with the reason,
+  while ``distributed`` or ``seamless.dask.backend`` is missing.
 
 After each test the backends are closed (their processes stopped), the settings reset and the
 memory caches emptied; no child process of this one may outlive the test (the cluster's own
@@ -18,9 +18,9 @@ import os
 import time
 
 import pytest
+from leaks import live_processes, reset_seamless
 
 import seamless.config
-from leaks import live_processes, reset_seamless
 from seamless.transformer import spawn
 
 MODES = ("process", "spawn", "remote")

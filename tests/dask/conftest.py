@@ -23,7 +23,6 @@ pytest.importorskip("distributed", reason="the Dask backend needs the dask extra
 
 from daskcluster import SharedCluster  # noqa: E402  (after the skip: it needs distributed)
 
-
 _shared = SharedCluster(os.path.dirname(__file__))
 
 

@@ -7,11 +7,11 @@ import subprocess
 import sys
 import textwrap
 
+from daskcluster import own_cluster
+
 import seamless.config
 from seamless.errors import WorkerCrashedError
 from seamless.transformer import delayed, parallel
-
-from daskcluster import own_cluster
 
 
 @delayed

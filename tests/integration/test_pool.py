@@ -15,8 +15,13 @@ import pytest
 
 import seamless
 import seamless._ipc as ipc
-from seamless.errors import (SeamlessError, SharedMemoryError, TransformationCancelledError,
-                             TransformationError, WorkerCrashedError)
+from seamless.errors import (
+    SeamlessError,
+    SharedMemoryError,
+    TransformationCancelledError,
+    TransformationError,
+    WorkerCrashedError,
+)
 from seamless.transformer import delayed, has_spawned, spawn
 
 pytestmark = pytest.mark.integration
@@ -683,6 +688,7 @@ def test_a_result_the_worker_cannot_place_fails_that_transformation_only():
     @delayed
     def no_room(n):
         import numpy as np
+
         import seamless._ipc
 
         seamless._ipc.shm_array._fail_next_create(count=4)

@@ -10,8 +10,7 @@ import traceback
 
 import pytest
 
-from seamless.errors import TransformationCancelledError, TransformationError, \
-    WorkerCrashedError
+from seamless.errors import TransformationCancelledError, TransformationError, WorkerCrashedError
 from seamless.transformer import delayed, spawn
 
 pytestmark = pytest.mark.integration

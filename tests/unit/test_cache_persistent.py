@@ -28,11 +28,12 @@ import pytest
 from cachehelpers import FakeConfig
 
 import seamless.cache as cache_pkg
+from seamless.errors import CacheError, CacheWarning
+
 # ``seamless.cache.persistent`` is also the name of the package's function persistent(); the
 # module itself is reached through the import system.
 persistent_mod = importlib.import_module("seamless.cache.persistent")
 from seamless.cache.persistent import PersistentCache  # noqa: E402
-from seamless.errors import CacheError, CacheWarning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cache_pkg.__file__)))
 

@@ -10,9 +10,9 @@ import os
 
 import pytest
 
+from seamless.encoding import canonical_json, encode
 from seamless.shell import identity, result
 from seamless.shell.paths import from_json_key, json_key, json_value
-from seamless.encoding import canonical_json, encode
 
 NON_UTF8 = os.fsdecode(b"caf\xe9.txt")
 

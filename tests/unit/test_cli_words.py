@@ -17,7 +17,12 @@ import pytest
 
 import seamless.shell.words as words_module
 from seamless.shell.words import (
-    CommandSyntaxError, Split, Word, join_words, split_command, strip_future_suffixes,
+    CommandSyntaxError,
+    Split,
+    Word,
+    join_words,
+    split_command,
+    strip_future_suffixes,
 )
 
 BASH = "/bin/bash"

@@ -128,8 +128,8 @@ def test_identity_ignores_file_name_and_line_numbers(filename, first_line):
 
 
 _constants = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
-    | st.binary(),
+    st.none() | st.booleans() | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text() | st.binary(),
     lambda inner: st.tuples(inner, inner), max_leaves=6)
 
 

@@ -401,8 +401,8 @@ def test_error_unknown_key(fresh_config):
     err = config_error("- nparallel: 2\n- frobnicate: 1\n")
     assert isinstance(err, ValueError)
     assert str(err) == ("seamless.yaml, line 2: unknown key 'frobnicate' (accepted keys: cache, "
-                        "cache_max, execution, inherit_from_parent, memory_cache, nparallel, scheduler, "
-                        "workers)")
+                        "cache_max, execution, inherit_from_parent, memory_cache, nparallel, "
+                        "scheduler, workers)")
     assert (err.source, err.line, err.key, err.value) == (
         str(fresh_config / "seamless.yaml"), 2, "frobnicate", 1)
 

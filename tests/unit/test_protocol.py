@@ -27,8 +27,15 @@ import pytest
 
 from seamless.errors import SeamlessError
 from seamless.pool import protocol
-from seamless.pool.protocol import (KINDS, MAX_FDS, MAX_FRAME, Channel, Frame, ProtocolError,
-                                    TruncatedFrameError)
+from seamless.pool.protocol import (
+    KINDS,
+    MAX_FDS,
+    MAX_FRAME,
+    Channel,
+    Frame,
+    ProtocolError,
+    TruncatedFrameError,
+)
 
 MiB = 1 << 20
 PREFIX = struct.Struct("<IBBHQI")
@@ -478,7 +485,8 @@ MALFORMED = [
                  r"^error frame 4 has an invalid JSON header \(JSON is malformed: ",
                  id="bad-json"),
     pytest.param(_raw_frame(KINDS["error"], 4, b"\xff\xfe"),
-                 r"^error frame 4 has an invalid JSON header \(JSON is malformed: invalid character",
+                 r"^error frame 4 has an invalid JSON header "
+                 r"\(JSON is malformed: invalid character",
                  id="bad-utf8"),
     pytest.param(_raw_frame(KINDS["error"], 4, b"[1, 2]"),
                  r"^error frame 4 has a JSON header that is not an object: list$",

@@ -14,8 +14,20 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from seamless.queue.jobs import (CACHED, DONE, FAILED, QUEUED, RUNNING, UNFINISHED, WAITING,
-                                 Drained, End, JobSpec, JobTable, Start)
+from seamless.queue.jobs import (
+    CACHED,
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    UNFINISHED,
+    WAITING,
+    Drained,
+    End,
+    JobSpec,
+    JobTable,
+    Start,
+)
 
 PATHS = ["/w/a", "/w/b", "/w/c", "/w/d", "/w/dir", "/w/dir/x"]
 FOREIGN = ["/f/1", "/f/2"]

@@ -13,8 +13,17 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from seamless.execution.job import Job
-from seamless.pool.scheduling import (MAX_STAGED, MAX_START_FAILURES, Fail, Forget, Kill, Launch,
-                                      Revoke, Scheduler, Send)
+from seamless.pool.scheduling import (
+    MAX_STAGED,
+    MAX_START_FAILURES,
+    Fail,
+    Forget,
+    Kill,
+    Launch,
+    Revoke,
+    Scheduler,
+    Send,
+)
 
 QUEUED, RUNNING, FINISHED = "queued", "running", "finished"
 TINY = 1e-5

@@ -636,7 +636,8 @@ def _default_budget() -> int:
 @pytest.mark.parametrize("size, expected", [
     (0, 0), (1, 4096), (100, 4096), (4096, 4096), (MiB - 1, MiB), (MiB, MiB), (MiB + 1, 2 * MiB),
     (64 * MiB - 1, 64 * MiB), (64 * MiB, 64 * MiB), (64 * MiB + 1, 72 * MiB),
-    (400_000_000, 384 * MiB), (400 * MiB, 416 * MiB), (1 << 30, 1 << 30), ((1 << 30) + 1, 1152 * MiB),
+    (400_000_000, 384 * MiB), (400 * MiB, 416 * MiB), (1 << 30, 1 << 30),
+    ((1 << 30) + 1, 1152 * MiB),
 ])
 def test_size_classes_waste_at_most_an_eighth(segments, size, expected):
     assert segments.size_class(size) == expected

@@ -44,7 +44,15 @@ import time
 
 from seamless._ipc.policy import flags as policy
 from seamless._ipc.policy.flags import (
-    CANCELLED, DONE, EMPTY, FAILED, GENERATION_MASK, PENDING, RUNNING, STATE_BITS, STATE_MASK,
+    CANCELLED,
+    DONE,
+    EMPTY,
+    FAILED,
+    GENERATION_MASK,
+    PENDING,
+    RUNNING,
+    STATE_BITS,
+    STATE_MASK,
 )
 
 __all__ = ["CANCELLED", "DONE", "EMPTY", "FAILED", "PENDING", "RUNNING", "Slab"]

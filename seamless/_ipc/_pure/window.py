@@ -45,7 +45,15 @@ from seamless._ipc._pure.flags import _LazyEventfd
 from seamless._ipc.policy import flags as flags_policy
 from seamless._ipc.policy import window as policy
 from seamless._ipc.policy.flags import (  # the word layout is the flag slab's
-    CANCELLED, DONE, EMPTY, FAILED, GENERATION_MASK, PENDING, RUNNING, STATE_BITS, STATE_MASK,
+    CANCELLED,
+    DONE,
+    EMPTY,
+    FAILED,
+    GENERATION_MASK,
+    PENDING,
+    RUNNING,
+    STATE_BITS,
+    STATE_MASK,
 )
 
 __all__ = ["CANCELLED", "DONE", "EMPTY", "FAILED", "PENDING", "RUNNING", "Window"]
