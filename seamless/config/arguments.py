@@ -96,24 +96,24 @@ def _py_scheduler(value) -> str:
     return value
 
 
-def _py_memory_cache(value):
-    fix = "use seamless.config.init(memory_cache='512MiB')"
+def _py_size(value, text: str, parse, fix: str):
+    """A size setting given to ``init()``: bytes as an int, or a string with a unit."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise TypeError(f"{_MEMORY_TEXT}, got {value!r} ({_type_note(value)}; {fix})")
+        raise TypeError(f"{text}, got {value!r} ({_type_note(value)}; {fix})")
     try:
-        return _memory_value(value)
+        return parse(value)
     except _BadValue as exc:
         raise ValueError(f"{exc.args[0]} ({fix})") from None
+
+
+def _py_memory_cache(value):
+    return _py_size(value, _MEMORY_TEXT, _memory_value,
+                    "use seamless.config.init(memory_cache='512MiB')")
 
 
 def _py_cache_max(value):
-    fix = "use seamless.config.init(cache_max='5GiB')"
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise TypeError(f"{_CACHE_MAX_TEXT}, got {value!r} ({_type_note(value)}; {fix})")
-    try:
-        return _cache_max_value(value)
-    except _BadValue as exc:
-        raise ValueError(f"{exc.args[0]} ({fix})") from None
+    return _py_size(value, _CACHE_MAX_TEXT, _cache_max_value,
+                    "use seamless.config.init(cache_max='5GiB')")
 
 
 def _py_dask_client(value):
