@@ -29,9 +29,12 @@ import warnings
 
 import pytest
 
-# bench/peers.py (the peer adapters) is imported as ``peers`` by the benchmarks; appended, so
-# it never shadows an installed package.
-sys.path.append(str(pathlib.Path(__file__).resolve().parent))
+# bench/peers.py (the peer adapters) is imported as ``peers`` by the benchmarks.  The repository
+# root too: pytest names a benchmark module ``bench.bench_dask``, and the worker processes of
+# Dask (spawned with this sys.path) unpickle its functions by that name.  Appended, so neither
+# shadows an installed package (``import seamless`` still finds the installed one).
+_HERE = pathlib.Path(__file__).resolve().parent
+sys.path.extend(str(p) for p in (_HERE, _HERE.parent) if str(p) not in sys.path)
 
 
 def pytest_addoption(parser):
