@@ -23,11 +23,11 @@ import hashlib
 import itertools
 import math
 import threading
-import time
 
 import numpy as np
 import peers
 import pytest
+from timing import min_seconds
 
 import seamless
 from seamless.transformer import delayed, spawn
@@ -62,17 +62,6 @@ def _rounds(size_mb: int, smoke: bool) -> tuple[int, int]:
     return (5, 1) if size_mb <= 80 else (3, 1)
 
 
-def _min_seconds(fn, rounds: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    best = math.inf
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def _used_memory() -> int:
     with open("/proc/meminfo") as f:
         fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
@@ -102,7 +91,7 @@ def _peak_extra_memory(fn) -> int:
 def _hash_and_copy_seconds(a: np.ndarray, smoke: bool) -> float:
     dst = np.empty_like(a)
     dst[:] = 0
-    return _min_seconds(lambda: (hashlib.sha256(memoryview(a)).digest(), np.copyto(dst, a)),
+    return min_seconds(lambda: (hashlib.sha256(memoryview(a)).digest(), np.copyto(dst, a)),
                         *_rounds(a.nbytes // MB, smoke))
 
 
@@ -115,7 +104,7 @@ def _sweep(benchmark, record_ratio, sizes, round_trip) -> None:
         out = round_trip(a)
         assert out.shape == a.shape and out[7] == a[7] * 2, "the round trip returned a wrong array"
         del out
-        seconds.append(_min_seconds(lambda: round_trip(a), *_rounds(size, smoke)))
+        seconds.append(min_seconds(lambda: round_trip(a), *_rounds(size, smoke)))
     largest = _array(sizes[-1])
     peak = _peak_extra_memory(lambda: round_trip(largest))
     benchmark.extra_info.update(sizes_mb=list(sizes), seconds=seconds, peak_size_mb=sizes[-1],
@@ -133,8 +122,8 @@ def test_floors(benchmark, sizes_mb):
         a = _array(size)
         dst = np.empty_like(a)
         dst[:] = 0  # the floor copy writes into memory that is already mapped
-        copy_s.append(_min_seconds(lambda: np.copyto(dst, a), *_rounds(size, smoke)))
-        hash_s.append(_min_seconds(lambda: hashlib.sha256(memoryview(a)).digest(),
+        copy_s.append(min_seconds(lambda: np.copyto(dst, a), *_rounds(size, smoke)))
+        hash_s.append(min_seconds(lambda: hashlib.sha256(memoryview(a)).digest(),
                                    *_rounds(size, smoke)))
     benchmark.extra_info.update(sizes_mb=list(sizes_mb), copy_seconds=copy_s,
                                 hash_seconds=hash_s)

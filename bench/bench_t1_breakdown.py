@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 import pytest
+from timing import min_seconds
 
 import seamless
 from seamless._ipc import shm_array
@@ -40,13 +41,7 @@ def double(a, nonce):
 
 
 def _min_ms(fn, rounds: int) -> float:
-    fn()
-    best = math.inf
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
+    return min_seconds(fn, rounds) * 1e3
 
 
 def _floors(a: np.ndarray, rounds: int) -> dict:

@@ -36,6 +36,8 @@ import pytest
 _HERE = pathlib.Path(__file__).resolve().parent
 sys.path.extend(str(p) for p in (_HERE, _HERE.parent) if str(p) not in sys.path)
 
+from timing import min_seconds  # noqa: E402  (bench/ is on sys.path from here on)
+
 
 def pytest_addoption(parser):
     parser.addoption(
@@ -171,14 +173,7 @@ def time_reference(benchmark):
     def run(fn, rounds: int = 5, warmup: int = 1) -> float:
         if benchmark.disabled:
             rounds, warmup = 1, 0
-        for _ in range(warmup):
-            fn()
-        best = math.inf
-        for _ in range(rounds):
-            start = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - start)
-        return best
+        return min_seconds(fn, rounds, warmup)
     return run
 
 
