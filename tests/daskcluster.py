@@ -18,6 +18,8 @@ import contextlib
 import os
 from pathlib import Path
 
+from leaks import children_of
+
 
 def local_cluster(memory_limit="auto", **config):
     """A cluster and its client (``config``: dask settings in force while it starts: the
@@ -40,14 +42,6 @@ def local_cluster(memory_limit="auto", **config):
     return cluster, client
 
 
-def _children() -> set:
-    pids = set()
-    for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children") as f:
-            pids.update(int(p) for p in f.read().split())
-    return pids
-
-
 def stop_resource_tracker():
     """Starting worker processes started multiprocessing's resource tracker, a child of this
     process that would otherwise live until the session ends.  Stopped only when it is this
@@ -56,7 +50,7 @@ def stop_resource_tracker():
     from multiprocessing import resource_tracker
 
     tracker = resource_tracker._resource_tracker
-    if tracker._pid is not None and _children() == {tracker._pid}:
+    if tracker._pid is not None and set(children_of(os.getpid())) == {tracker._pid}:
         tracker._stop()
 
 
