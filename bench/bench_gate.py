@@ -10,6 +10,7 @@ recorded here, not asserted.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -22,12 +23,15 @@ BENCH = pathlib.Path(__file__).resolve().parent
 @pytest.mark.benchmark(group="gate")
 def test_an_extra_copy_fails_t1_and_t4(benchmark, tmp_path):
     report = tmp_path / "gate.json"
+    # The child makes its own private cache (bench/conftest.py): sharing this session's would
+    # leave T4's 200 MB result there, and this session's T4 would then read it as a cache hit.
+    env = {k: v for k, v in os.environ.items() if k != "SEAMLESS_CACHE"}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", str(BENCH / "bench_transport.py"), "-q",
          "-p", "no:cacheprovider", "-k", "test_t1_round_trip or test_t4_chaining",
          "--inject-extra-copy",
          *(["--benchmark-disable"] if benchmark.disabled else [f"--benchmark-json={report}"])],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out  # 1: tests failed (not a usage or internal error)
     assert "FAILED" in out and "test_t1_round_trip_400mb" in out and \
