@@ -472,9 +472,20 @@ class ClaimedBuffer:
         return hasher.hexdigest()
 
 
+#: Set in Dask workers (seamless/dask/task.py): without segments, a result of this many bytes
+#: or more that only the body held is kept where it is (a ``ClaimedBuffer`` without a segment)
+#: and the caller hashes it in place, instead of copying it into a canonical buffer.
+in_place_threshold = None
+
+
 def _claim(arr, prefix: bytes):
     """The result array's own segment with the prefix written in front, or None."""
-    if _segment_threshold is None or len(prefix) + arr.nbytes < _segment_threshold:
+    if _segment_threshold is None:
+        if in_place_threshold is None or not arr.flags.c_contiguous \
+                or len(prefix) + arr.nbytes < in_place_threshold:
+            return None
+        return ClaimedBuffer(None, arr, prefix)
+    if len(prefix) + arr.nbytes < _segment_threshold:
         return None
     from seamless._ipc import shm_array
 

@@ -7,6 +7,12 @@ fetched whole (as cheap as the metadata).  For a large one the client fetches on
 metadata, from a second key ``seamless-meta-<checksum>`` computed next to it, and keeps a
 ``RemoteBuffer``: the bytes move when someone reads the value.
 
+A large array result that only the body held is not copied into a canonical buffer on the
+worker: it stays a ``SplitCanonical`` (the canonical prefix and the body's own array, hashed
+where it is).  Dask sends it as the prefix and the array in frames below its shard size, and
+the receiver joins them into one canonical buffer: the one copy Dask's merge of a large frame's
+shards would have made anyway.
+
 Ownership: a ``RemoteBuffer`` holds the Dask future of its key, so the cluster keeps the
 bytes while a handle (or a downstream shipment) holds the buffer; when the last reference goes,
 the future is released and Dask frees the data.  Fetched bytes are kept by the buffer and
@@ -18,8 +24,8 @@ from __future__ import annotations
 import threading
 from typing import NamedTuple
 
-__all__ = ["SmallResult", "LargeResult", "LARGE", "RemoteBuffer", "result_class",
-           "transportable"]
+__all__ = ["SmallResult", "LargeResult", "LARGE", "RemoteBuffer", "SplitCanonical",
+           "buffer_nbytes", "result_class", "transportable", "whole"]
 
 #: From this many bytes a buffer is "large": scattered once instead of travelling inside a
 #: task, and a result left on the worker until it is asked for.
@@ -68,12 +74,95 @@ def _deserializer(cls):
     return deserialize_result
 
 
+class SplitCanonical:
+    """Canonical bytes held in two parts: ``prefix`` (bytes) and ``array`` (the body's
+    C-contiguous result, read-only, owned by this object alone)."""
+
+    __slots__ = ("prefix", "array")
+
+    def __init__(self, prefix: bytes, array):
+        self.prefix = prefix
+        self.array = array
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.prefix) + self.array.nbytes
+
+    def payload(self):
+        """The array's bytes as a flat uint8 view (no copy)."""
+        import numpy
+
+        return self.array.reshape(-1).view(numpy.uint8)
+
+    def whole(self):
+        """One contiguous, read-only canonical buffer (a copy)."""
+        import numpy
+
+        out = numpy.empty(self.nbytes, numpy.uint8)
+        p = len(self.prefix)
+        out[:p] = numpy.frombuffer(self.prefix, numpy.uint8)
+        out[p:] = self.payload()
+        out.flags.writeable = False
+        return out
+
+    def __sizeof__(self):  # what Dask's memory accounting counts for the key
+        return self.nbytes
+
+
+def whole(buffer):
+    """``buffer`` as one contiguous buffer: a ``SplitCanonical`` is joined, others returned."""
+    return buffer.whole() if type(buffer) is SplitCanonical else buffer
+
+
+def buffer_nbytes(buffer) -> int:
+    if type(buffer) is bytes:
+        return len(buffer)
+    if type(buffer) is SplitCanonical:
+        return buffer.nbytes
+    return memoryview(buffer).nbytes
+
+
+def _frame_bytes() -> int:
+    """Frames of at most this size are sent as they are: Dask splits larger ones into shards
+    and joins them (a copy) on receipt."""
+    import dask
+    from dask.utils import parse_bytes
+
+    return max(1 << 20, parse_bytes(dask.config.get("distributed.comm.shard", "64MiB")))
+
+
+def _serialize_split(split):
+    payload = split.payload()
+    step = _frame_bytes()
+    frames = [split.prefix] + [payload[i:i + step] for i in range(0, payload.nbytes, step)]
+    return {"nbytes": split.nbytes}, frames
+
+
+def _deserialize_split(header, frames):
+    """Join the frames into one canonical buffer, as ``SplitCanonical.whole`` does."""
+    import numpy
+
+    out = numpy.empty(header["nbytes"], numpy.uint8)
+    pos = 0
+    for frame in frames:
+        part = numpy.frombuffer(frame, numpy.uint8)
+        out[pos:pos + part.nbytes] = part
+        pos += part.nbytes
+    if pos != out.nbytes:
+        raise ValueError(f"a split canonical buffer arrived with {pos} of its "
+                         f"{out.nbytes} bytes (frames lost in transfer)")
+    out.flags.writeable = False
+    return out
+
+
 def _register_serialization():
     from distributed.protocol import dask_deserialize, dask_serialize
 
     for cls in (SmallResult, LargeResult):
         dask_serialize.register(cls)(_serialize)
         dask_deserialize.register(cls)(_deserializer(cls))
+    dask_serialize.register(SplitCanonical)(_serialize_split)
+    dask_deserialize.register(SplitCanonical)(_deserialize_split)
 
 
 _register_serialization()
@@ -86,7 +175,7 @@ def result_class(nbytes: int) -> type:
 def transportable(buffer):
     """``buffer`` as something Dask serialises without a copy: ``bytes`` and numpy arrays
     as they are, any other buffer (a memoryview of a cache file) viewed as a uint8 array."""
-    if type(buffer) is bytes or hasattr(buffer, "dtype"):
+    if type(buffer) is bytes or type(buffer) is SplitCanonical or hasattr(buffer, "dtype"):
         return buffer
     import numpy
 
@@ -122,7 +211,7 @@ class RemoteBuffer:
             if self._buffer is None:
                 buffer = self._read_shared(self.checksum) if self.stored else None
                 if buffer is None:
-                    buffer = self.future.result().buffer
+                    buffer = whole(self.future.result().buffer)  # split: same process
                 self._buffer = buffer
                 if self._on_fetch is not None:
                     self._on_fetch(self.checksum, buffer)

@@ -7,6 +7,10 @@
              | None: read from the shared cache dir}      ─┘              │
     SmallResult | LargeResult  ◄── (raise BodyFailed on failure) ◄────────┘
 
+A large array result that only the body holds is not copied: the runner hands it over in place
+(``encoding.in_place_threshold``), this module hashes it where it is and keeps it as a
+``SplitCanonical`` (results.py), which Dask sends without a copy on this side.
+
 The function itself travels by reference (this module's name), the body as its code text: no
 function object is ever pickled.  The buffers a task receives belong to the worker's data
 store (Dask frees them); the result it returns becomes the key's data.
@@ -22,16 +26,19 @@ settings already send children to the cluster.
 
 from __future__ import annotations
 
+import hashlib
 import marshal
 import threading
 
+from .. import encoding
 from ..checksum import _trusted
 from ..code import FunctionCode, ModuleEntry
-from ..encoding import Encoded
+from ..encoding import ClaimedBuffer, Encoded
 from ..execution.runner import Work, run
 from . import sharedfs
 from .failures import BodyFailed
-from .results import LargeResult, SmallResult, result_class, transportable
+from .results import (LARGE, LargeResult, SmallResult, SplitCanonical, buffer_nbytes,
+                      result_class, transportable, whole)
 
 __all__ = ["run_task", "metadata", "in_task", "secede_once"]
 
@@ -60,7 +67,7 @@ def run_task(payload: bytes, buffers: dict):
     del buffers
     _state.task, _state.seceded = True, False
     try:
-        outcome = run(work)
+        outcome = run(work, defer_checksum=True)
     finally:
         _state.task = False
         if _state.seceded:
@@ -71,28 +78,42 @@ def run_task(payload: bytes, buffers: dict):
     failure = outcome.failure
     if failure is not None:
         raise BodyFailed(failure.summary, failure.text, failure.exception_type)
-    result = outcome.result
-    buffer = result.buffer
-    nbytes = len(buffer) if type(buffer) is bytes else memoryview(buffer).nbytes
-    cls = result_class(nbytes)
+    checksum, buffer = _hashed(outcome.result)
+    cls = result_class(buffer_nbytes(buffer))
     stored = cls is LargeResult and shared is not None \
-        and sharedfs.visible(*shared) and sharedfs.write(shared[0], result.checksum, buffer)
-    return cls(result.kind, str(result.checksum), transportable(buffer), outcome.duration, stored)
+        and sharedfs.visible(*shared) and sharedfs.write(shared[0], checksum, whole(buffer))
+    return cls(outcome.result.kind, checksum, transportable(buffer), outcome.duration, stored)
+
+
+def _hashed(result) -> tuple:
+    """``(checksum, buffer)`` of an encoded result; one handed over in place (checksum None)
+    is hashed where it is and becomes a ``SplitCanonical``."""
+    claimed = result.buffer
+    if result.checksum is not None:
+        return str(result.checksum), claimed
+    if type(claimed) is not ClaimedBuffer or claimed.segment is not None:
+        raise RuntimeError(f"a Dask worker got a result of kind {result.kind} without a "
+                           f"checksum in a {type(claimed).__name__}; only arrays handed over "
+                           f"in place are hashed here")
+    split = SplitCanonical(claimed.prefix, claimed.array)
+    split.array.flags.writeable = False  # the body has gone: nobody else holds it
+    hasher = hashlib.sha256(split.prefix)
+    hasher.update(split.payload())
+    return hasher.hexdigest(), split
 
 
 def metadata(result) -> tuple:
     """The value of ``seamless-meta-<checksum>``: a large result's fields without its bytes,
     ``(kind, checksum, nbytes, duration, stored)``."""
-    buffer = result.buffer
-    nbytes = len(buffer) if type(buffer) is bytes else memoryview(buffer).nbytes
-    return result.kind, result.checksum, nbytes, result.duration, result.stored
+    return result.kind, result.checksum, buffer_nbytes(result.buffer), result.duration, \
+        result.stored
 
 
 def _buffer(buffers: dict, checksum: str, shared):
     """An input's bytes: shipped, an upstream task's result, or the shared directory's file."""
     value = buffers[checksum]
     if type(value) in (SmallResult, LargeResult):
-        return value.buffer
+        return whole(value.buffer)  # a result held here, maybe split: joined for this task
     if value is None:
         data = sharedfs.read(shared[0], checksum)
         if data is None:
@@ -113,6 +134,7 @@ def _prepare_process():
         if _process_ready or client_process:
             _process_ready = True
             return
+        encoding.in_place_threshold = LARGE
         import distributed
 
         from .. import config
