@@ -37,8 +37,16 @@ from ..encoding import ClaimedBuffer, Encoded
 from ..execution.runner import Work, run
 from . import sharedfs
 from .failures import BodyFailed
-from .results import (LARGE, LargeResult, SmallResult, SplitCanonical, buffer_nbytes,
-                      result_class, transportable, whole)
+from .results import (
+    LARGE,
+    LargeResult,
+    SmallResult,
+    SplitCanonical,
+    buffer_nbytes,
+    result_class,
+    transportable,
+    whole,
+)
 
 __all__ = ["run_task", "metadata", "in_task", "secede_once"]
 

@@ -8,8 +8,8 @@ import numpy as np
 
 import seamless.encoding as encoding
 from seamless.dask.results import SplitCanonical, buffer_nbytes, whole
-from seamless.dask.task import _hashed
 from seamless.dask.ship import task_key
+from seamless.dask.task import _hashed
 from seamless.transformer import delayed
 
 
