@@ -13,7 +13,9 @@ Data flow:
   A corrupt buffer is deleted with its ``buffers`` row and the ``results`` rows that point to it,
   and reported by one ``CacheWarning``.
 - **Writes** are queued on ONE daemon writer thread per process, shared by every
-  ``PersistentCache`` instance (``_Writer``); jobs run in submission order. A job holds a
+  ``PersistentCache`` instance (``_Writer``); jobs run in submission order. Consecutive result
+  writes of one instance (up to ``_WRITE_BATCH``) are done together: their files, then all
+  their rows in one transaction (``_job_write_many``). A job holds a
   reference to the caller's buffer until it is written, then drops it. The thread is started on
   the first job and ends after ``_IDLE_EXIT`` seconds without work (so an idle process has no
   cache thread); the next job starts a new one. ``flush()`` waits until this instance's queued
@@ -67,7 +69,7 @@ from seamless.cache.buffers import (
     makedirs_0700,
 )
 from seamless.cache.database import Database
-from seamless.cache.result_index import ResultIndex
+from seamless.cache.result_index import INDEXED_KIND, ResultIndex
 from seamless.checksum import Checksum
 from seamless.errors import CacheError, CacheWarning
 
@@ -87,6 +89,9 @@ class _LazyLogger:
 _log = _LazyLogger()
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _IDLE_EXIT = 5.0
+# At most this many queued result writes share one transaction: a row commit costs about as
+# much as writing the small file beside it, and tiny tasks queue results by the thousand.
+_WRITE_BATCH = 256
 _TEMP_MAX_AGE = 3600.0
 # A hit refreshes its buffer's last_used (what trim and gc evict by) at most this often.
 RECENCY_INTERVAL = 60.0
@@ -170,15 +175,25 @@ class _Writer:
                         self._thread = None
                         return
                 cache, function, args = self._jobs.popleft()
+                batch = [args]
+                # Consecutive result writes of one cache share a transaction (_job_write_many).
+                if function == cache._job_write:
+                    while (self._jobs and len(batch) < _WRITE_BATCH
+                           and self._jobs[0][0] is cache and self._jobs[0][1] == function):
+                        batch.append(self._jobs.popleft()[2])
             try:
-                function(*args)
+                if len(batch) == 1:
+                    function(*args)
+                else:
+                    cache._job_write_many(batch)
             except Exception:
                 # Expected failures are handled inside the jobs; anything else is a bug, and
                 # the thread must survive it or flush() would wait forever.
                 _log.exception("seamless cache writer: job %s failed", function.__name__)
             finally:
-                del args
-                cache._job_done()
+                done = len(batch)
+                del args, batch
+                cache._job_done(done)
 
     def thread(self):
         """The running writer thread, or ``None`` (for tests and diagnostics)."""
@@ -298,9 +313,10 @@ class PersistentCache:
                 f"failed verification (size {st.st_size}, expected {size})", st))
             return None
         self._maybe_touch(result, last_used)
-        entry = self._index.read(tf_cs)
-        if entry is None or not entry.fresh() or not entry.same(result, size, kind):
-            self._write_index(tf_cs, result, size, kind)
+        if kind == INDEXED_KIND:
+            entry = self._index.read(tf_cs)
+            if entry is None or not entry.fresh() or not entry.same(result, size, kind):
+                self._write_index(tf_cs, result, size, kind)
         return kind, Checksum(result)
 
     def read_buffer(self, cs):
@@ -345,8 +361,11 @@ class PersistentCache:
             _log.debug(message)
 
     def _write_index(self, tf_cs: str, result: str, size: int, kind: str) -> None:
-        """Write the index entry of a row; a failure only costs the command line its fast
-        hit (it then reads the database), so it is logged, not warned."""
+        """Write the index entry of a row of kind ``INDEXED_KIND`` (other kinds get none); a
+        failure only costs the command line its fast hit (it then reads the database), so it
+        is logged, not warned."""
+        if kind != INDEXED_KIND:
+            return
         try:
             self._index.write(tf_cs, result, size, kind)
         except OSError as e:
@@ -520,19 +539,41 @@ class PersistentCache:
             self._pending += 1
         _writer.submit(self, function, args)
 
-    def _job_done(self) -> None:
+    def _job_done(self, count: int = 1) -> None:
         with self._pending_cond:
-            self._pending -= 1
+            self._pending -= count
             if self._pending == 0:
                 self._pending_cond.notify_all()
 
     def _job_write(self, *args) -> None:
         ok, message = self._do_write(*args)
+        self._record_failure(message)
+        if ok and self.max_bytes is not None:
+            self._keep_under_cap(memoryview(args[3]).nbytes)
+
+    def _job_write_many(self, batch) -> None:
+        """Queued writes (``write``'s argument tuples): each file, then every row in one
+        transaction. A file that cannot be written drops only its own row."""
+        stored, written = [], 0
+        for tf_cs, kind, result_cs, buffer, duration, replace, label in batch:
+            try:
+                self._store.write_file(result_cs, buffer)
+            except OSError as e:
+                self._record_failure(self._failure_message(e))
+                continue
+            size = memoryview(buffer).nbytes
+            stored.append((tf_cs, kind, result_cs, size, duration, replace, label))
+            written += size
+        ok, message = self._do_rows_many(stored)
+        self._record_failure(message)
+        if ok and stored and self.max_bytes is not None:
+            self._keep_under_cap(written)
+
+    def _record_failure(self, message) -> None:
+        """Keep a writer-thread failure for the caller's thread to warn about."""
         if message is not None:
             with self._warn_lock:
                 self._warnings.append(message)
-        if ok and self.max_bytes is not None:
-            self._keep_under_cap(memoryview(args[3]).nbytes)
 
     def _keep_under_cap(self, written: int) -> None:
         """On the writer thread, after a write of ``written`` bytes: trim when over the cap."""
@@ -565,31 +606,42 @@ class PersistentCache:
 
     def _do_rows(self, tf_cs, kind, result_cs, size, duration, replace, label=None):
         """Insert the rows of a stored buffer; ``(ok, message)`` as ``_do_write``."""
-        if label is not None and len(label) > _LABEL_MAX:
-            label = label[:_LABEL_MAX - 1] + "…"
+        return self._do_rows_many([(tf_cs, kind, result_cs, size, duration, replace, label)])
+
+    def _do_rows_many(self, stored):
+        """Insert the rows of stored buffers (``(tf_cs, kind, result_cs, size, duration,
+        replace, label)`` each) in one transaction, then their index entries; ``(ok, message)``
+        as ``_do_write``: all rows or none."""
+        if not stored:
+            return True, None
+        rows = []
         try:
             now = _clock()
-            verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
             with self._db.transaction() as c:
-                c.execute(
-                    "INSERT OR IGNORE INTO buffers (checksum, size, created, last_used) "
-                    "VALUES (?, ?, ?, ?)", (result_cs, size, now, now),
-                )
-                c.execute(
-                    "UPDATE buffers SET last_used = ? WHERE checksum = ? AND last_used < ?",
-                    (now, result_cs, now - RECENCY_INTERVAL),
-                )
-                c.execute(
-                    f"{verb} INTO results (transformation, result, kind, created, duration, "
-                    "label) VALUES (?, ?, ?, ?, ?, ?)",
-                    (tf_cs, result_cs, kind, now, duration, label),
-                )
-                # What the row says now (an older result stays unless ``replace``).
-                row = c.execute(_LOOKUP, (tf_cs,)).fetchone()
+                for tf_cs, kind, result_cs, size, duration, replace, label in stored:
+                    if label is not None and len(label) > _LABEL_MAX:
+                        label = label[:_LABEL_MAX - 1] + "…"
+                    verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+                    c.execute(
+                        "INSERT OR IGNORE INTO buffers (checksum, size, created, last_used) "
+                        "VALUES (?, ?, ?, ?)", (result_cs, size, now, now),
+                    )
+                    c.execute(
+                        "UPDATE buffers SET last_used = ? WHERE checksum = ? AND last_used < ?",
+                        (now, result_cs, now - RECENCY_INTERVAL),
+                    )
+                    c.execute(
+                        f"{verb} INTO results (transformation, result, kind, created, "
+                        "duration, label) VALUES (?, ?, ?, ?, ?, ?)",
+                        (tf_cs, result_cs, kind, now, duration, label),
+                    )
+                    # What the row says now (an older result stays unless ``replace``).
+                    rows.append((tf_cs, c.execute(_LOOKUP, (tf_cs,)).fetchone()))
         except sqlite3.Error as e:
             return False, self._failure_message(e)
-        if row is not None and row[2] is not None:
-            self._write_index(tf_cs, row[1], row[2], row[0])
+        for tf_cs, row in rows:
+            if row is not None and row[2] is not None:
+                self._write_index(tf_cs, row[1], row[2], row[0])
         return True, None
 
     def _failure_message(self, e):
@@ -772,11 +824,12 @@ class PersistentCache:
         return report
 
     def _verify_index(self) -> None:
-        """Make the index say what the rows say: entries without a row, or naming another
-        result, go; rows without an entry (stored before the index existed) get one."""
+        """Make the index say what the rows say: entries without a row of ``INDEXED_KIND``,
+        or naming another result, go; such rows without an entry (stored before the index
+        existed) get one."""
         rows = {tf: (result, size, kind) for tf, result, size, kind in self._db.conn().execute(
             "SELECT r.transformation, r.result, b.size, r.kind FROM results AS r "
-            "JOIN buffers AS b ON b.checksum = r.result")}
+            "JOIN buffers AS b ON b.checksum = r.result WHERE r.kind = ?", (INDEXED_KIND,))}
         stray = []
         for tf, _path in self._index.iter_files():
             entry = self._index.read(tf)

@@ -8,8 +8,9 @@ database. The database stays the source of truth; the index only repeats what it
 
 Data flow and ownership:
 
-- ``PersistentCache`` writes an entry after it committed a ``results`` row (the Python API and
-  the command line store through the same ``_do_rows``), and again after a lookup through the
+- ``PersistentCache`` writes an entry after it committed a ``results`` row of kind
+  ``INDEXED_KIND`` (the Python API and the command line store through the same
+  ``_do_rows_many``; other kinds get no entry), and again after a lookup through the
   database that found the entry missing, different or older than ``TOUCH_INTERVAL``. A write is
   temp file + ``os.replace`` (no fsync: a file damaged by a crash is just unreadable here).
 - ``read_result`` (the command line's hit path) trusts an entry only while it is younger than
@@ -38,8 +39,12 @@ from seamless.cache.buffers import (
     makedirs_0700,
 )
 
-__all__ = ["ResultIndex", "IndexEntry", "read_result", "TOUCH_INTERVAL"]
+__all__ = ["ResultIndex", "IndexEntry", "read_result", "INDEXED_KIND", "TOUCH_INTERVAL"]
 
+# The one kind of result that gets an entry: the command line, the index's only reader, looks
+# up commands, and their results are of this kind (seamless/shell/result.py). An entry for any
+# other result would cost it a file write and never be read.
+INDEXED_KIND = "tree"
 TOUCH_INTERVAL = 3600.0  # buffers.last_used is updated at most this often (seconds)
 _MAX_ENTRY = 512  # bytes read from an entry; a longer file is not one
 

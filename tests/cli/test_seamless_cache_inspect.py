@@ -13,6 +13,7 @@ import time
 import pytest
 from cachehelpers import opened, sha, tf_checksum
 
+from seamless.cache.result_index import INDEXED_KIND
 from seamless.cli.cache_cmd import human_age
 
 pytestmark = pytest.mark.usefixtures("no_leaks")  # tests/conftest.py
@@ -20,11 +21,11 @@ pytestmark = pytest.mark.usefixtures("no_leaks")  # tests/conftest.py
 HEADER = f"{'TRANSFORMATION':<64}  {'SIZE':>10}  {'AGE':>5}  {'KIND':<6}  NAME"
 
 
-def store(directory, items) -> None:
+def store(directory, items, kind="bytes") -> None:
     """``items``: ``[(n, data)]``; transformation ``tf_checksum(n)`` gets result ``data``."""
     with opened(directory) as cache:
         for n, data in items:
-            assert cache.write_now(tf_checksum(n), "bytes", sha(data), data)
+            assert cache.write_now(tf_checksum(n), kind, sha(data), data)
 
 
 def query(directory, sql, params=()):
@@ -120,7 +121,7 @@ def test_missing_cache_is_not_created(cli, tmp_path, subcommand):
 
 
 def test_rm_removes_row_index_and_buffer(cli):
-    store(cli.cache, [(0, b"gone"), (1, b"stays")])
+    store(cli.cache, [(0, b"gone"), (1, b"stays")], kind=INDEXED_KIND)  # commands: indexed
     tf, result = tf_checksum(0), sha(b"gone")
     assert os.path.exists(index_path(cli.cache, tf))
     proc = cli.run("seamless-cache", "rm", tf, check=0)
@@ -132,7 +133,7 @@ def test_rm_removes_row_index_and_buffer(cli):
     assert os.path.exists(buffer_path(cli.cache, sha(b"stays")))
     with opened(cli.cache) as cache:
         assert cache.lookup(tf) is None
-        assert cache.lookup(tf_checksum(1)) == ("bytes", sha(b"stays"))
+        assert cache.lookup(tf_checksum(1)) == (INDEXED_KIND, sha(b"stays"))
 
 
 def test_rm_keeps_a_buffer_another_result_uses(cli):

@@ -518,7 +518,7 @@ def test_flush_waits_for_queued_writes(cache, monkeypatch):
 
 
 def test_writer_survives_an_unexpected_job_error(cache, monkeypatch, caplog):
-    original = persistent_mod.PersistentCache._do_write
+    original = persistent_mod.PersistentCache._do_rows_many
     calls = []
 
     def buggy(self, *args):
@@ -527,13 +527,84 @@ def test_writer_survives_an_unexpected_job_error(cache, monkeypatch, caplog):
             raise KeyError("bug")
         return original(self, *args)
 
-    monkeypatch.setattr(persistent_mod.PersistentCache, "_do_write", buggy)
+    monkeypatch.setattr(persistent_mod.PersistentCache, "_do_rows_many", buggy)
     with caplog.at_level(logging.ERROR, logger="seamless"):
         cache.write(tf("a"), "bytes", sha(b"a"), b"a")
+        assert cache.flush(timeout=30) is True
         cache.write(tf("b"), "bytes", sha(b"b"), b"b")
         assert cache.flush(timeout=30) is True
     assert "cache writer: job" in caplog.text
+    assert cache.lookup(tf("a")) is None
     assert cache.lookup(tf("b")) == ("bytes", sha(b"b"))
+
+
+def _queue_behind_a_held_writer(cache, labels):
+    """Queue a write of each label while the writer thread is held by an earlier job, so they
+    reach it together; returns the event that releases it."""
+    release, holding = threading.Event(), threading.Event()
+
+    def hold():
+        holding.set()
+        assert release.wait(30), "the test never released the writer"
+
+    cache._submit(hold, ())
+    assert holding.wait(30)
+    for label in labels:
+        data = label.encode()
+        cache.write(tf(label), "bytes", sha(data), data, label=label)
+    return release
+
+
+def test_queued_writes_share_transactions(cache, monkeypatch):
+    opened = []
+    original = cache._db.transaction
+
+    def counted():
+        opened.append(1)
+        return original()
+
+    monkeypatch.setattr(cache._db, "transaction", counted)
+    labels = [f"w{i}" for i in range(persistent_mod._WRITE_BATCH + 44)]
+    _queue_behind_a_held_writer(cache, labels).set()
+    assert cache.flush(timeout=30) is True
+    assert len(opened) == 2  # one full batch and the rest
+    for label in labels:
+        assert cache.lookup(tf(label)) == ("bytes", sha(label.encode()))
+        assert bytes(cache.read_buffer(sha(label.encode()))) == label.encode()
+    assert query(cache.directory, "SELECT count(*) FROM results") == [(len(labels),)]
+
+
+def test_a_file_that_cannot_be_written_drops_only_its_own_row(cache, monkeypatch):
+    monkeypatch.setattr(persistent_mod, "_reported", set())
+    original = cache._store.write_file
+
+    def full_for_one(cs, buffer):
+        if cs == sha(b"b2"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(cs, buffer)
+
+    monkeypatch.setattr(cache._store, "write_file", full_for_one)
+    _queue_behind_a_held_writer(cache, ["b1", "b2", "b3"]).set()
+    with pytest.warns(CacheWarning, match=r"No space left on device"):
+        assert cache.flush(timeout=30) is True
+    assert cache.lookup(tf("b1")) == ("bytes", sha(b"b1"))
+    assert cache.lookup(tf("b2")) is None
+    assert cache.lookup(tf("b3")) == ("bytes", sha(b"b3"))
+
+
+def test_a_database_failure_loses_the_batch_and_warns_once(cache, monkeypatch):
+    monkeypatch.setattr(persistent_mod, "_reported", set())
+
+    def locked():
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(cache._db, "transaction", locked)
+    _queue_behind_a_held_writer(cache, ["d1", "d2", "d3"]).set()
+    with pytest.warns(CacheWarning) as record:
+        assert cache.flush(timeout=30) is True
+    assert len(record) == 1 and "database is locked" in str(record[0].message)
+    monkeypatch.undo()
+    assert [cache.lookup(tf(label)) for label in ("d1", "d2", "d3")] == [None, None, None]
 
 
 def test_threads_share_a_cache(cache):

@@ -1,5 +1,5 @@
-"""The result index beside the cache database (docs/caching.md, "Layout"): every stored row gets
-an entry, the command line's hit reads it without SQLite, and every way rows go away takes the
+"""The result index beside the cache database (docs/caching.md, "Layout"): every stored row of a
+command (kind ``INDEXED_KIND``) gets an entry, the command line's hit reads it without SQLite, and every way rows go away takes the
 entries with them; a missing, damaged or old entry means "ask the database"."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 import seamless.cache as cache_pkg
 from seamless.cache.persistent import PersistentCache
-from seamless.cache.result_index import TOUCH_INTERVAL, ResultIndex, read_result
+from seamless.cache.result_index import INDEXED_KIND, TOUCH_INTERVAL, ResultIndex, read_result
 from seamless.errors import CacheWarning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cache_pkg.__file__)))
@@ -43,7 +43,7 @@ def entry_path(cache, label):
     return os.path.join(cache.directory, "results", tf(label)[:2], tf(label))
 
 
-def store(cache, label, data=None, kind="bytes", replace=False):
+def store(cache, label, data=None, kind=INDEXED_KIND, replace=False):
     data = (label * 10).encode() if data is None else data
     assert cache.write_now(tf(label), kind, sha(data), data, replace=replace)
     return data
@@ -52,15 +52,32 @@ def store(cache, label, data=None, kind="bytes", replace=False):
 def test_a_stored_result_has_a_one_line_entry(cache):
     data = store(cache, "a")
     with open(entry_path(cache, "a"), "rb") as f:
-        assert f.read() == f"{sha(data)} {len(data)} bytes\n".encode()
+        assert f.read() == f"{sha(data)} {len(data)} {INDEXED_KIND}\n".encode()
     assert bytes(read_result(cache.directory, tf("a"))) == data
     assert read_result(cache.directory, tf("unknown")) is None
 
 
-def test_queued_writes_of_the_python_api_write_entries_too(cache):
-    cache.write(tf("q"), "json", sha(b"[1]"), b"[1]")
+def test_queued_writes_share_the_store_path_and_index_commands(cache):
+    cache.write(tf("q"), INDEXED_KIND, sha(b"[1]"), b"[1]")
     cache.flush()
     assert bytes(read_result(cache.directory, tf("q"))) == b"[1]"
+
+
+def test_results_of_python_functions_get_no_entry(cache):
+    """Only the command line reads the index, and it looks up commands only."""
+    cache.write(tf("py"), "json", sha(b"[2]"), b"[2]")
+    cache.flush()
+    assert not os.path.exists(entry_path(cache, "py"))
+    assert cache.lookup(tf("py")) == ("json", sha(b"[2]"))  # through the database
+    assert not os.path.exists(entry_path(cache, "py"))  # and the hit writes none either
+    cache.verify()
+    assert not os.path.exists(entry_path(cache, "py"))
+
+
+def test_the_indexed_kind_is_the_kind_of_command_results():
+    from seamless.shell.result import RESULT_KIND
+
+    assert INDEXED_KIND == RESULT_KIND
 
 
 def test_the_entry_follows_the_row_that_stays(cache):
@@ -78,7 +95,7 @@ def test_a_damaged_entry_means_ask_the_database(cache, content):
     with open(entry_path(cache, "d"), "wb") as f:
         f.write(content)
     assert read_result(cache.directory, tf("d")) is None
-    assert cache.lookup(tf("d")) == ("bytes", sha(data))  # the database still knows
+    assert cache.lookup(tf("d")) == (INDEXED_KIND, sha(data))  # the database still knows
     assert bytes(read_result(cache.directory, tf("d"))) == data  # and rewrote the entry
 
 
@@ -163,12 +180,14 @@ def test_verify_makes_the_index_say_what_the_rows_say(cache):
     conn.commit()
     conn.close()
     os.unlink(entry_path(cache, "unindexed"))
-    index.write(tf("kept"), sha(b"other"), 5, "bytes")  # names another result
-    index.write(tf("never"), sha(kept), len(kept), "bytes")  # no row at all
+    python = store(cache, "python", kind="json")
+    index.write(tf("kept"), sha(b"other"), 5, INDEXED_KIND)  # names another result
+    index.write(tf("never"), sha(kept), len(kept), INDEXED_KIND)  # no row at all
+    index.write(tf("python"), sha(python), len(python), "json")  # a row of another kind
     cache.verify()
     assert sorted(t for t, _ in index.iter_files()) == sorted([tf("kept"), tf("unindexed")])
     assert bytes(read_result(cache.directory, tf("kept"))) == kept
-    assert index.read(tf("kept")).same(sha(kept), len(kept), "bytes")
+    assert index.read(tf("kept")).same(sha(kept), len(kept), INDEXED_KIND)
 
 
 def test_a_kind_that_does_not_fit_one_line_is_found_through_the_database(cache):
