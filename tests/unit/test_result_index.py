@@ -1,6 +1,7 @@
 """The result index beside the cache database (docs/caching.md, "Layout"): every stored row of a
-command (kind ``INDEXED_KIND``) gets an entry, the command line's hit reads it without SQLite, and every way rows go away takes the
-entries with them; a missing, damaged or old entry means "ask the database"."""
+command (kind ``INDEXED_KIND``) gets an entry, the command line's hit reads it without SQLite,
+and every way rows go away takes the entries with them; a missing, damaged or old entry means
+"ask the database"."""
 
 from __future__ import annotations
 
