@@ -438,9 +438,10 @@ class Server:
                 sock.close()
                 continue
             if uid != os.getuid():
-                sock.close()
+                # Said before the close: once the peer sees it, the log already holds why.
                 self.error(f"refused a connection from uid {uid} (pid {pid}): only uid "
                            f"{os.getuid()} may use this server")
+                sock.close()
                 continue
             sock.setblocking(False)
             conn = _Conn(sock, now)
