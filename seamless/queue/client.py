@@ -32,12 +32,12 @@ job, else 1).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
 from seamless.errors import QueueError
 from seamless.queue import location, wire
+from seamless.shell.outputs import unlink_quietly
 
 __all__ = [
     "STARTING_WAIT_S", "ANSWER_TIMEOUT_S", "Refused", "ServerGone", "ProtocolError",
@@ -47,6 +47,8 @@ __all__ = [
 STARTING_WAIT_S = 10.0
 ANSWER_TIMEOUT_S = 60.0  # submit, record, status: a select loop answers in milliseconds
 _RETRY_S = 0.05
+# A connection opened before planning is reused if planning took less than this.
+_REUSE_WITHIN_S = wire.FRAME_TIMEOUT_S / 2
 
 
 class Refused(QueueError):
@@ -331,11 +333,22 @@ def submit_job(job, cwd=None, stdin=None) -> Submission:
     ``CommandError`` (a bad job: exit 2), each before or after removing what it created.
     """
     cwd = os.path.abspath(cwd or os.getcwd())
-    connect(cwd).close()  # no server: fail before planning writes or creates anything
-    plan = _plan(job, stdin)
+    # Connected first, so that without a server nothing is planned, written or created; the
+    # same connection carries the submission unless planning (hashing large inputs) took long
+    # enough for the server to drop it as silent.
+    conn = connect(cwd)
+    try:
+        connected_at = time.monotonic()
+        plan = _plan(job, stdin)
+        if time.monotonic() - connected_at > _REUSE_WITHIN_S:
+            conn.close()
+            conn = connect(cwd)
+    except BaseException:
+        conn.close()
+        raise
     outputs = [os.path.join(cwd, t) for t in plan.targets]
     if plan.hit:
-        with connect(cwd) as conn:
+        with conn:
             answer = conn.request({"type": "record", "command": job.command, "cwd": cwd,
                                    "transformation": plan.transformation, "outputs": outputs},
                                   "accepted")
@@ -344,7 +357,7 @@ def submit_job(job, cwd=None, stdin=None) -> Submission:
     sidecars = []
     stdin_path = None
     try:
-        with connect(cwd) as conn:
+        with conn:
             if stdin is not None:
                 stdin_path = _write_stdin(conn.files, stdin)
             sidecars, warnings = _create_sidecars(plan.targets, conn, plan.transformation)
@@ -364,8 +377,7 @@ def submit_job(job, cwd=None, stdin=None) -> Submission:
         return Submission(number, False, plan.transformation, warnings)
     finally:
         if stdin_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(stdin_path)
+            unlink_quietly(stdin_path)  # unless the server removed it already
         for sidecar in sidecars:
             try:
                 sidecar.remove()

@@ -78,7 +78,7 @@ from seamless.shell.execute import libc_prctl
 
 __all__ = ["Server", "ServerError", "FRAME_TIMEOUT_S", "MAX_CONNECTIONS", "STOP_GRACE_S"]
 
-FRAME_TIMEOUT_S = 10.0
+FRAME_TIMEOUT_S = wire.FRAME_TIMEOUT_S
 MAX_CONNECTIONS = 256
 MAX_OUTPUT = 8 << 20  # bytes queued for one client that does not read
 STOP_GRACE_S = 5.0

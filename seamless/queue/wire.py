@@ -32,6 +32,9 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+# A client sends each frame within this many seconds of connecting or of its previous frame
+# (unless it waits for an answer), or the server drops the connection.
+FRAME_TIMEOUT_S = 10.0
 MAX_FRAME = 1 << 20
 _PREFIX = 4
 

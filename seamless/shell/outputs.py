@@ -21,7 +21,7 @@ import os
 from seamless.shell.paths import display
 
 __all__ = ["OutputError", "write_stdout", "copy_to_stdout", "write_file", "write_dir",
-           "same_content", "file_mode", "keep_mode"]
+           "same_content", "file_mode", "keep_mode", "unlink_quietly"]
 
 _TEMP = ".seamless-tmp-"
 _CHUNK = 1 << 20
@@ -184,15 +184,15 @@ def write_file(target: str, source, mode=None) -> None:
         _write_temp(temp, source, _mode_for(target, mode))
         os.replace(temp, target)
     except OSError as e:
-        _unlink_quietly(temp)
+        unlink_quietly(temp)
         raise OutputError(f"could not write {display(target)} ({_describe(e)}); "
                           "the previous file, if any, is unchanged") from None
     except BaseException:
-        _unlink_quietly(temp)
+        unlink_quietly(temp)
         raise
 
 
-def _unlink_quietly(path: str) -> None:
+def unlink_quietly(path: str) -> None:
     """Remove a temporary file we may or may not have created (not contextlib: its import
     costs a cache hit about 3 ms)."""
     try:

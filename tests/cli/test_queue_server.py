@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -474,6 +475,39 @@ def test_submits_records_and_the_finish_report(cli, servers):
     assert "job 1 started: cat a.txt > b.txt" in log and "job 2 cached" in log
     assert re.search(r"job 1 done in \d+\.\d\d s", log)
     assert "job 3 failed (exit 4)\nbad\n" in log
+
+
+_SUBMIT_COUNTING = """
+import sys
+from seamless.queue import client
+from seamless.shell.job import ShellJob
+
+client._REUSE_WITHIN_S = float(sys.argv[1])
+opened = []
+real = client.connect
+
+def counting(*args, **kwargs):
+    opened.append(1)
+    return real(*args, **kwargs)
+
+client.connect = counting
+submission = client.submit_job(ShellJob("echo " + sys.argv[2] + " > " + sys.argv[2] + ".txt"))
+print(len(opened), submission.job)
+"""
+
+
+@pytest.mark.parametrize("reuse_within, connections", [(3600.0, 1), (0.0, 2)])
+def test_a_submission_connects_once_unless_planning_outlasts_the_reuse_window(
+        cli, servers, reuse_within, connections):
+    server = servers()
+    script = cli.tmp / "submit_counting.py"
+    script.write_text(_SUBMIT_COUNTING)
+    out = subprocess.run([sys.executable, str(script), str(reuse_within), "x"], cwd=cli.work,
+                         env=cli.env, capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr.decode(errors="replace")
+    assert out.stdout.split() == [str(connections).encode(), b"1"]
+    assert _states(_finish(server)) == [(1, "done")]
+    assert (cli.work / "x.txt").read_text() == "x\n"
 
 
 def test_quiet_logs_only_errors(cli, servers):
