@@ -79,11 +79,13 @@ N_TINY = 10_000
 
 @pytest.mark.benchmark(group="pool")
 @pytest.mark.xfail(
-    reason="P1 measured 2.4-2.8x of multiprocessing.Pool.apply_async on a quiet 2-core "
-           "target (53 us vs 19-23 us per task; bound 1.0x; 0.6x ProcessPoolExecutor, 0.65x "
-           "loky): the parent spends about 40 us of CPU per task (your thread 13, the pool's "
-           "I/O thread 25-30: scheduling, frames, completion) and the workers about 16 us "
-           "each, where Pool's parent needs about 16-29 us and its workers 3-4; see "
+    reason="P1 measured 2.8x of multiprocessing.Pool.apply_async with the persistent cache "
+           "off (54 us vs 19 us per task) and 3.0-3.2x with it on, as users have it by default "
+           "(75-101 us vs 25-31 us; a lookup and a queued write per result, batched 256 rows a "
+           "transaction), on a quiet 2-core target, 2026-12-07; bound 1.0x; 0.8x "
+           "ProcessPoolExecutor, 0.4x loky. The parent spends about 60 us of CPU per task "
+           "(your thread about 40, the pool's I/O thread about 18) and the workers about 40 "
+           "between them, where Pool's parent needs 16-29 us and its workers 3-4; see "
            "docs/worker-pool.md, 'How fast'",
     strict=False)
 def test_p1_tiny_tasks(benchmark, time_reference, time_subject, record_ratio):

@@ -129,7 +129,10 @@ def test_t1_round_trip_400mb(benchmark, pool2, time_reference, time_subject, rec
     subj_s, _ = time_subject(_round_trip(a), rounds=5, warmup_rounds=1)
     benchmark.extra_info.update(_split(a))
     # Recorded before the structural check, so a run that fails it still reports its timing.
-    record_ratio(benchmark, ref_s, subj_s, bound_now=1.5, goal=1.1, enforce=False)
+    # Bound 1.4 (was 1.5): the breakdown (bench_t1_breakdown.py) puts every stage at its floor,
+    # 0.93-0.98x in total; whole rounds then vary by up to 1.2x on 2 cores, and T1 measured
+    # 1.06x in a CI run and 1.25x in the report run of 2026-12-07.  Goal 1.1x.
+    record_ratio(benchmark, ref_s, subj_s, bound_now=1.4, goal=1.1, enforce=False)
     _check_one_copy_and_read_only(a)
     assert_ratio(benchmark)
 
