@@ -500,10 +500,16 @@ def _startup_section(records, outcomes, img_dir, rel) -> list:
 
 # ---- command ---------------------------------------------------------------------------------
 
+_PYTEST_WITHOUT_CWD = "import sys; del sys.path[0]; import pytest; sys.exit(pytest.console_main())"
+
+
 def run_suite(workdir: pathlib.Path, extra_args: list) -> tuple[int, pathlib.Path, pathlib.Path]:
     """Run ``pytest bench --report-sizes`` in a child process; its exit code and outputs."""
     json_path, junit_path = workdir / "run.json", workdir / "run.xml"
-    argv = [sys.executable, "-m", "pytest", str(REPO / "bench"), "--report-sizes", "-v", "-rfEsx",
+    # Not ``-m pytest``: that puts the working directory (the checkout) first on sys.path, and
+    # the source tree's seamless, without its compiled core, would shadow the installed one.
+    argv = [sys.executable, "-c", _PYTEST_WITHOUT_CWD, str(REPO / "bench"), "--report-sizes",
+            "-v", "-rfEsx",
             "-p", "no:cacheprovider", f"--benchmark-json={json_path}",
             f"--junitxml={junit_path}", *extra_args]
     print("running:", " ".join(argv), flush=True)
