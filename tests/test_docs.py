@@ -6,7 +6,9 @@
   private ``SEAMLESS_CACHE``, ``HOME`` and ``TMPDIR``. A snippet checks its own results with
   ``test`` and ``grep -q``, so exit 0 means every example did what its page says.
 
-Blocks fenced as ```python no-run or ```bash no-run are shown, not run.
+Blocks fenced as ```python no-run or ```bash no-run are shown, not run. A page whose examples
+need an optional extra (``PAGE_NEEDS``) is skipped, with the extra named, where it is not
+installed.
 
 Ownership: everything a page's program creates lies under the test's ``tmp_path``. The bash
 script runs in a session of its own; the test kills that session's process group when the script
@@ -16,6 +18,7 @@ their ``.FUTURE`` sidecars.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -30,6 +33,8 @@ BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```", re.S | re.M)
 BASH_BLOCK = re.compile(r"^```bash[ \t]*\n(.*?)^```", re.S | re.M)
 PAGES = sorted(DOCS.glob("*.md"))
 TIMEOUT_S = 300
+# page -> (module its examples import, the extra that installs it)
+PAGE_NEEDS = {"scale-out.md": ("distributed", "dask")}
 # Names the failing line of a page's script (set -e alone exits silently).
 BASH_PROLOGUE = """set -eu
 trap 'echo "examples: line $LINENO failed (exit $?): $BASH_COMMAND" >&2' ERR
@@ -56,6 +61,9 @@ def test_examples_run(page, tmp_path):
     blocks = BLOCK.findall(page.read_text(encoding="utf-8"))
     if not blocks:
         pytest.skip(f"{page.name} has no ```python examples")
+    module, extra = PAGE_NEEDS.get(page.name, (None, None))
+    if module is not None and importlib.util.find_spec(module) is None:
+        pytest.skip(f"{page.name}'s examples need {module} (pip install \".[{extra}]\")")
     script = tmp_path / f"{page.stem}_examples.py"
     script.write_text("\n\n".join(blocks), encoding="utf-8")
     env = _private_environment(tmp_path)
