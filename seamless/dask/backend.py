@@ -27,9 +27,11 @@ Threads and data flow::
   may block (fetch, scatter, submit more work) without stalling Dask; only a job that never
   reached Dask (answered from a held result, or refused by ``client.submit``) is completed
   by ``submit`` itself.
-- Ownership: ``_inflight`` holds each submitted job and its future until completion; erred
-  futures are released at once, so the scheduler forgets their keys and tracebacks.  A client
-  seamless made (``scheduler`` setting) is closed by ``close()``; the user's is left open.
+- Ownership: ``_inflight`` holds each submitted job, its future and the buffers shipped with
+  it until its outcome is final, so a scattered input stays on the cluster exactly while a
+  job that needs it is in flight (ship.py); erred futures are released at once, so the
+  scheduler forgets their keys and tracebacks.  A client seamless made (``scheduler``
+  setting) is closed by ``close()``; the user's is left open.
 """
 
 from __future__ import annotations
@@ -93,8 +95,8 @@ class DaskBackend:
         self._scheduler_address = getattr(client.scheduler, "address", None) or "(unknown)"
         self._owned = owned
         self._in_worker = in_worker
-        self._shipper = Shipper(client, config.get("memory_cache"))
-        self._inflight: dict = {}  # job -> future, until the job completes
+        self._shipper = Shipper(client)
+        self._inflight: dict = {}  # job -> (future, its buffers), until the job completes
         self._abandoned: set = set()  # in-flight jobs whose handles all left (cancelled)
         self._resent: dict = {}  # job -> times resubmitted after a cancel nobody here asked
         self._held: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # tf cs -> rb
@@ -141,7 +143,7 @@ class DaskBackend:
                 future.release()
                 closed = True
             else:
-                self._inflight[job] = future
+                self._inflight[job] = (future, buffers)  # the buffers keep its scatters alive
                 closed = False
         if closed:
             self._hooks.complete(job, _failed("the Dask backend was closed"))
@@ -155,11 +157,11 @@ class DaskBackend:
 
     def abandon(self, job) -> None:
         with self._lock:
-            future = self._inflight.get(job)
-            if future is not None:
+            sent = self._inflight.get(job)
+            if sent is not None:
                 self._abandoned.add(job)
-        if future is not None:
-            future.cancel()
+        if sent is not None:
+            sent[0].cancel()
 
     def run_here(self, job) -> bool:
         return False
@@ -171,7 +173,7 @@ class DaskBackend:
             self._closed = True
             jobs = list(self._inflight.items())
             self._inflight.clear()
-        for _job, future in jobs:
+        for _job, (future, _buffers) in jobs:
             future.cancel()
         with self._cond:
             self._cond.notify_all()
@@ -181,7 +183,7 @@ class DaskBackend:
         self._held.clear()
         if self._owned:
             self._client.close(timeout=_CLOSE_TIMEOUT_S)
-        return [job for job, _future in jobs]
+        return [job for job, _sent in jobs]
 
     def forget_after_fork(self) -> None:
         """The client's loop thread does not exist in a forked child: drop it, close nothing."""
@@ -263,7 +265,7 @@ class DaskBackend:
                     return
                 job, what = self._done.popleft()
             with self._lock:
-                future = self._inflight.pop(job, None)
+                sent = self._inflight.pop(job, None)
                 abandoned = job in self._abandoned
                 self._abandoned.discard(job)
                 resend = what[0] == "cancelled" and not abandoned and not self._closed \
@@ -272,8 +274,10 @@ class DaskBackend:
                     self._resent[job] = self._resent.get(job, 0) + 1
                 else:
                     self._resent.pop(job, None)
-            if future is None:
+            if sent is None:
                 continue  # closed meanwhile: handed back by close()
+            future = sent[0]
+            del sent  # the outcome is final: its scattered inputs may go (ship.py)
             if resend:
                 # Cancelled by nobody here: the scheduler's late notice of an earlier
                 # abandoned run of the same key, or another client's forced cancel.

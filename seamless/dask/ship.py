@@ -12,21 +12,27 @@ Buffers: ``{checksum: source}``, one entry per distinct input, each travelling t
   dependency, so the bytes go from worker to worker and never through the client;
 - large (``results.LARGE`` and up) bytes already in the shared cache directory: None (the
   worker reads the file);
-- other large bytes: scattered once per checksum (key ``seamless-buf-<checksum>``) and
-  remembered, so a 100 MB array used by 50 transformations crosses the network once.  The
-  remembered futures are dropped oldest first beyond ``memory_cache`` bytes;
+- other large bytes: scattered (key ``seamless-buf-<checksum>``) unless a scatter of the
+  same checksum is still alive, so 50 transformations started together with one 100 MB array
+  send it once;
 - small bytes: inline, inside the task.
 
-Ownership: the ``Shipper`` holds the scattered futures (the cluster keeps those buffers while
-it does); upstream futures are held by their ``RemoteBuffer`` and by the task that depends on
-them.
+Ownership and lifetime of a scattered input: the ``Shipper`` maps checksum -> future weakly
+(for the deduplication above only).  The strong references are the shipments: the backend
+keeps the ``buffers`` dict of each submitted job until the job's outcome is final (its task
+finished, failed or was cancelled).  When the last such job is done, the future goes, the
+client releases the key and Dask frees the bytes on the worker; a later transformation with
+the same input scatters it again.  So the cluster holds an input only while a transformation
+that needs it is still wanted, whatever its size (a worker that keeps every input it was ever
+sent receives each new one into fresh memory, which is slow).  Upstream futures are held by
+their ``RemoteBuffer`` and by the task that depends on them.
 """
 
 from __future__ import annotations
 
-import collections
 import marshal
 import threading
+import weakref
 
 from . import sharedfs
 from .results import LARGE, transportable
@@ -62,14 +68,12 @@ def _code_fields(code) -> tuple:
 
 
 class Shipper:
-    """Builds task payloads for one client and remembers what it scattered."""
+    """Builds task payloads for one client; knows which of its scatters are still alive."""
 
-    def __init__(self, client, scatter_budget: int):
+    def __init__(self, client):
         self.client = client
-        self._budget = scatter_budget
-        self._scattered: collections.OrderedDict = collections.OrderedDict()  # cs -> future
-        self._scattered_bytes = 0
-        self._sizes: dict = {}
+        # checksum -> scatter future, while a shipment holds it
+        self._scattered: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
         self._codes: dict = {}  # code checksum -> marshal-ready fields
 
@@ -86,6 +90,8 @@ class Shipper:
             shared))
 
     def buffers(self, work, shared) -> dict:
+        """``{checksum: source}`` of the job's inputs; the caller keeps the dict until the
+        job's outcome is final (it holds the scattered futures, see the module docstring)."""
         out = {}
         for group in (work.arguments, work.values):
             for enc in group.values():
@@ -104,26 +110,17 @@ class Shipper:
             return transportable(buffer)
         if shared is not None and sharedfs.has(shared[0], cs, nbytes):
             return None
-        return self._scatter(cs, buffer, nbytes)
+        return self._scatter(cs, buffer)
 
-    def _scatter(self, cs: str, buffer, nbytes: int):
+    def _scatter(self, cs: str, buffer):
         with self._lock:
             future = self._scattered.get(cs)
-            if future is not None:
-                self._scattered.move_to_end(cs)
-                return future
-            key = f"seamless-buf-{cs}"
-            future = self.client.scatter({key: transportable(buffer)}, hash=False)[key]
-            self._scattered[cs] = future
-            self._sizes[cs] = nbytes
-            self._scattered_bytes += nbytes
-            while self._scattered_bytes > self._budget and len(self._scattered) > 1:
-                old, _ = self._scattered.popitem(last=False)
-                self._scattered_bytes -= self._sizes.pop(old)
+            if future is None:
+                key = f"seamless-buf-{cs}"
+                future = self.client.scatter({key: transportable(buffer)}, hash=False)[key]
+                self._scattered[cs] = future
             return future
 
     def clear(self):
         with self._lock:
             self._scattered.clear()
-            self._sizes.clear()
-            self._scattered_bytes = 0

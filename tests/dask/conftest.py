@@ -8,6 +8,8 @@
 - ``remote``: seamless configured with the session's client (``init(dask_client=...)``); the
   root conftest's ``fresh_seamless_state`` closes the backend and resets the settings after
   each test (the client stays: it is the session's).
+- ``scattered``: the keys the client scatters during the test, in order (the client's
+  ``scatter`` wrapped for the test; restored after it).
 
 Every module here is skipped, with the reason, when ``distributed`` is not installed.
 """
@@ -44,6 +46,20 @@ def remote(cluster):
 
     seamless.config.init(dask_client=cluster)
     yield cluster
+
+
+@pytest.fixture
+def scattered(remote, monkeypatch):
+    keys: list = []
+    scatter = remote.scatter
+
+    def counting_scatter(data, *args, **kwargs):
+        futures = scatter(data, *args, **kwargs)
+        keys.extend(data)  # seamless scatters {key: buffer} dicts
+        return futures
+
+    monkeypatch.setattr(remote, "scatter", counting_scatter)
+    return keys
 
 
 def worker_pids(client) -> set:

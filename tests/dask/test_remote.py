@@ -180,15 +180,3 @@ def test_task_awaits_in_the_event_loop(remote):
 
     assert [value for value, _pid in asyncio.run(main())] == [200, 202]
 
-
-@delayed
-def add_one(a):
-    return a + 1
-
-
-def test_a_large_input_is_scattered_once(remote):
-    from seamless.execution import dispatch
-
-    a = np.ones(2 * 2**20 // 8)
-    assert double(a).run()[0] == 2 and add_one(a).run()[0] == 2
-    assert len(dispatch._backends.peek("remote")._shipper._scattered) == 1
