@@ -257,40 +257,50 @@ class DaskBackend:
 
     def _serve(self):
         """The completion thread: one outcome at a time, in the order the tasks ended."""
-        while True:
-            with self._cond:
-                while not self._done and not self._closed:
-                    self._cond.wait()
-                if not self._done:
-                    return
-                job, what = self._done.popleft()
-            with self._lock:
-                sent = self._inflight.pop(job, None)
-                abandoned = job in self._abandoned
-                self._abandoned.discard(job)
-                resend = what[0] == "cancelled" and not abandoned and not self._closed \
-                    and self._resent.get(job, 0) < _RESENDS
-                if resend:
-                    self._resent[job] = self._resent.get(job, 0) + 1
-                else:
-                    self._resent.pop(job, None)
-            if sent is None:
-                continue  # closed meanwhile: handed back by close()
-            future = sent[0]
-            del sent  # the outcome is final: its scattered inputs may go (ship.py)
+        while self._wait_for_done():
+            self._finish_next()
+
+    def _wait_for_done(self) -> bool:
+        """Wait until a task ended (True) or the backend closed with none left (False)."""
+        with self._cond:
+            while not self._done and not self._closed:
+                self._cond.wait()
+            return bool(self._done)
+
+    def _finish_next(self):
+        """Complete (or resend) the oldest ended job.  A method of its own so that nothing
+        of it (future, shipped buffers, outcome) outlives it while the thread waits for the
+        next one: a finished job's inputs and result must leave the cluster when its handles
+        go."""
+        with self._cond:
+            job, what = self._done.popleft()
+        with self._lock:
+            sent = self._inflight.pop(job, None)
+            abandoned = job in self._abandoned
+            self._abandoned.discard(job)
+            resend = what[0] == "cancelled" and not abandoned and not self._closed \
+                and self._resent.get(job, 0) < _RESENDS
             if resend:
-                # Cancelled by nobody here: the scheduler's late notice of an earlier
-                # abandoned run of the same key, or another client's forced cancel.
-                self._release_now(future)
-                self._send(job)
-                continue
-            try:
-                outcome = self._outcome(job, future, what)
-            except Exception as exc:  # e.g. fetching a result whose worker just died
-                outcome = _failed(f"its result could not be fetched from the Dask cluster at "
-                                  f"{self._address()} ({type(exc).__name__}: {exc})")
-            del future
-            self._hooks.complete(job, outcome)
+                self._resent[job] = self._resent.get(job, 0) + 1
+            else:
+                self._resent.pop(job, None)
+        if sent is None:
+            return  # closed meanwhile: handed back by close()
+        future = sent[0]
+        del sent  # the outcome is final: its scattered inputs may go (ship.py)
+        if resend:
+            # Cancelled by nobody here: the scheduler's late notice of an earlier
+            # abandoned run of the same key, or another client's forced cancel.
+            self._release_now(future)
+            self._send(job)
+            return
+        try:
+            outcome = self._outcome(job, future, what)
+        except Exception as exc:  # e.g. fetching a result whose worker just died
+            outcome = _failed(f"its result could not be fetched from the Dask cluster at "
+                              f"{self._address()} ({type(exc).__name__}: {exc})")
+        del future
+        self._hooks.complete(job, outcome)
 
     def _outcome(self, job, future, what) -> Outcome:
         kind, value = what

@@ -1,6 +1,7 @@
-"""How long a scattered input stays on the cluster (seamless/dask/ship.py): while a job that
-needs it is in flight, not longer.  Two jobs in flight together share one scatter; once both
-are done the scheduler forgets the key; a later job with the same input scatters it again."""
+"""How long a job's bytes stay on the cluster.  A scattered input (seamless/dask/ship.py): while
+a job that needs it is in flight, not longer.  Two jobs in flight together share one scatter;
+once both are done the scheduler forgets the key; a later job with the same input scatters it
+again.  A large result: while a handle holds it, not until the next job completes."""
 
 from __future__ import annotations
 
@@ -85,3 +86,19 @@ def test_an_input_nobody_needs_is_released_and_scattered_again(remote, scattered
         f"{key} still held by a worker {_RELEASE_DEADLINE_S} s after its jobs finished"
     assert sum_when_open(gate, a, 3).run() == a.sum() + 3
     assert scattered == [key, key]
+
+
+@delayed
+def doubled(a):
+    return a * 2
+
+
+def test_a_large_result_leaves_the_cluster_with_its_last_handle(remote):
+    a = np.arange(2 * 2**20 // 8, dtype=np.float64)
+    handle = doubled(a)
+    assert handle.run()[-1] == a[-1] * 2
+    key = f"seamless-tf-{handle.checksum}"
+    assert _held(remote, key)
+    del handle
+    assert _wait_released(remote, key), \
+        f"{key} still held by a worker {_RELEASE_DEADLINE_S} s after its last handle went"
