@@ -95,7 +95,8 @@ class DaskBackend:
         self._scheduler_address = getattr(client.scheduler, "address", None) or "(unknown)"
         self._owned = owned
         self._in_worker = in_worker
-        self._shipper = Shipper(client)
+        self._direct = connect.direct_transfers(client)
+        self._shipper = Shipper(client, self._direct)
         self._inflight: dict = {}  # job -> (future, its buffers), until the job completes
         self._abandoned: set = set()  # in-flight jobs whose handles all left (cancelled)
         self._resent: dict = {}  # job -> times resubmitted after a cancel nobody here asked
@@ -310,7 +311,8 @@ class DaskBackend:
         if kind == "large":
             result_kind, checksum, nbytes, duration, stored = value
             rb = RemoteBuffer(future, result_kind, checksum, nbytes, stored, self._read_shared,
-                              self._on_fetch(job.checksum, result_kind, duration, job.work.name))
+                              self._on_fetch(job.checksum, result_kind, duration, job.work.name),
+                              self._direct)
             self._held[job.checksum] = rb
             return self._large_outcome(job, rb, duration)
         self._release_now(future)  # a new submission of the key must not find this one

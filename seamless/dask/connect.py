@@ -10,6 +10,12 @@ On connecting, a worker plugin checks the seamless version of every worker, now 
 worker that joins later; a worker with another version is a ``ConfigurationError`` naming it
 and both versions (the workers execute with their own copy of seamless).  A worker that joins
 later with another version can only log the plugin's error: there is no caller to raise to.
+
+Large buffers (scattered inputs, fetched results) go straight between the client and the
+workers when the scheduler listens on loopback: its workers then run on this machine and the
+client can reach them, and the detour through the scheduler costs more than the transfer
+itself.  Otherwise Dask's own choice stands (the client's ``direct_to_workers``; by default
+through the scheduler, which is reachable where the workers may not be).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from distributed import Client, WorkerPlugin
 from ..errors import ConfigurationError, SeamlessError
 
 __all__ = ["client_from_config", "connect_timeout", "check_versions", "cluster_threads",
-           "VersionCheck"]
+           "direct_transfers", "VersionCheck"]
 
 
 def connect_timeout() -> float:
@@ -106,3 +112,31 @@ def check_versions(client):
 def cluster_threads(client) -> int:
     """The cluster's worker threads now (at least 1: a cluster still starting has none)."""
     return max(1, sum(client.nthreads().values()))
+
+
+def direct_transfers(client) -> bool | None:
+    """The ``direct=`` argument for the client's large scatters and gathers: True when the
+    client left ``direct_to_workers`` unset and the scheduler is on loopback, else None
+    (Dask decides, as for any call)."""
+    if getattr(client, "direct_to_workers", None) is not None:
+        return None
+    return True if _on_loopback(getattr(client.scheduler, "address", None)) else None
+
+
+def _on_loopback(address) -> bool:
+    import ipaddress
+
+    from distributed.comm import get_address_host
+
+    if not address:
+        return False
+    try:
+        host = get_address_host(address)
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -191,10 +191,10 @@ class RemoteBuffer:
 
     _seamless_remote = True
     __slots__ = ("future", "kind", "checksum", "nbytes", "stored", "_read_shared", "_on_fetch",
-                 "_buffer", "_lock", "__weakref__")
+                 "_direct", "_buffer", "_lock", "__weakref__")
 
     def __init__(self, future, kind: str, checksum: str, nbytes: int, stored: bool,
-                 read_shared, on_fetch):
+                 read_shared, on_fetch, direct: bool | None = None):
         self.future = future
         self.kind = kind
         self.checksum = checksum
@@ -202,6 +202,7 @@ class RemoteBuffer:
         self.stored = stored
         self._read_shared = read_shared  # checksum -> buffer or None
         self._on_fetch = on_fetch        # (checksum, buffer) -> None: the caches take it
+        self._direct = direct            # gather from the worker itself (connect.py)
         self._buffer = None
         self._lock = threading.Lock()
 
@@ -211,7 +212,8 @@ class RemoteBuffer:
             if self._buffer is None:
                 buffer = self._read_shared(self.checksum) if self.stored else None
                 if buffer is None:
-                    buffer = whole(self.future.result().buffer)  # split: same process
+                    result = self.future.client.gather(self.future, direct=self._direct)
+                    buffer = whole(result.buffer)  # split: same process
                 self._buffer = buffer
                 if self._on_fetch is not None:
                     self._on_fetch(self.checksum, buffer)

@@ -70,8 +70,9 @@ def _code_fields(code) -> tuple:
 class Shipper:
     """Builds task payloads for one client; knows which of its scatters are still alive."""
 
-    def __init__(self, client):
+    def __init__(self, client, direct: bool | None = None):
         self.client = client
+        self._direct = direct  # connect.direct_transfers
         # checksum -> scatter future, while a shipment holds it
         self._scattered: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
@@ -117,7 +118,8 @@ class Shipper:
             future = self._scattered.get(cs)
             if future is None:
                 key = f"seamless-buf-{cs}"
-                future = self.client.scatter({key: transportable(buffer)}, hash=False)[key]
+                future = self.client.scatter({key: transportable(buffer)}, hash=False,
+                                             direct=self._direct)[key]
                 self._scattered[cs] = future
             return future
 
