@@ -207,6 +207,12 @@ def _write_pieces(fd: int, pieces, hasher=None) -> int:
     return total
 
 
+def _write_new(directory: str, cs: str, view, final: str) -> None:
+    with _temp_file(directory, cs) as (tmp, fd):
+        _write_pieces(fd, [view])
+        os.replace(tmp, final)
+
+
 def iter_tree(root: str):
     """Yield ``(subdir name, subdir path, file name)`` for everything one level below the
     subdirectories of ``root`` (the ``<first two hex>/<name>`` layout), sorted."""
@@ -274,10 +280,13 @@ class BufferStore(HexTree):
             return False
         final = self.path(cs)
         directory = os.path.dirname(final)
-        makedirs_0700(directory)
-        with _temp_file(directory, cs) as (tmp, fd):
-            _write_pieces(fd, [view])
-            os.replace(tmp, final)
+        try:
+            _write_new(directory, cs, view, final)
+        except FileNotFoundError:
+            # The first buffer of its subfolder (or the subfolder was removed meanwhile): a
+            # missing folder is found by the failed open, not looked for before every write.
+            makedirs_0700(directory)
+            _write_new(directory, cs, view, final)
         return True
 
     def write_stream(self, pieces, size_hint: int) -> tuple[str, int]:

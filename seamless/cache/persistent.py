@@ -15,7 +15,9 @@ Data flow:
 - **Writes** are queued on ONE daemon writer thread per process, shared by every
   ``PersistentCache`` instance (``_Writer``); jobs run in submission order. Consecutive result
   writes of one instance (up to ``_WRITE_BATCH``) are done together: their files, then all
-  their rows in one transaction (``_job_write_many``). A job holds a
+  their rows in one transaction (``_job_write_many``); a result write first waits up to
+  ``_LINGER_S`` for others to join it (results of tiny tasks arrive one by one), unless a
+  ``flush()`` is waiting (``_Writer.flushing``). A job holds a
   reference to the caller's buffer until it is written, then drops it. The thread is started on
   the first job and ends after ``_IDLE_EXIT`` seconds without work (so an idle process has no
   cache thread); the next job starts a new one. ``flush()`` waits until this instance's queued
@@ -92,6 +94,8 @@ _IDLE_EXIT = 5.0
 # At most this many queued result writes share one transaction: a row commit costs about as
 # much as writing the small file beside it, and tiny tasks queue results by the thousand.
 _WRITE_BATCH = 256
+# A result write waits this long for others to share its transaction, unless a flush waits.
+_LINGER_S = 0.02
 _TEMP_MAX_AGE = 3600.0
 # A hit refreshes its buffer's last_used (what trim and gc evict by) at most this often.
 RECENCY_INTERVAL = 60.0
@@ -106,6 +110,21 @@ _LOOKUP = (
     "SELECT r.kind, r.result, b.size, b.last_used FROM results AS r "
     "LEFT JOIN buffers AS b ON b.checksum = r.result WHERE r.transformation = ?"
 )
+
+_PROBE_MAX = 256  # transformation checksums per ``recorded`` query
+
+
+_probe_statements: dict = {}
+
+
+def _probe_sql(size: int) -> str:
+    sql = _probe_statements.get(size)
+    if sql is None:
+        marks = ", ".join("?" * size)
+        sql = _probe_statements[size] = \
+            f"SELECT transformation FROM results WHERE transformation IN ({marks})"
+    return sql
+
 
 _FIXES = {
     _errno.ENOSPC: "free space, or point SEAMLESS_CACHE elsewhere",
@@ -153,6 +172,8 @@ class _Writer:
         self._cond = threading.Condition(threading.Lock())
         self._jobs: collections.deque = collections.deque()
         self._thread = None
+        self._lingering = False  # the thread waits for a result write to gather company
+        self._flushes = 0  # flush() calls waiting now: no lingering meanwhile
 
     def submit(self, cache, function, args) -> None:
         with self._cond:
@@ -162,7 +183,30 @@ class _Writer:
                     target=self._run, name="seamless-cache-writer", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            if not self._lingering or len(self._jobs) >= _WRITE_BATCH:
+                self._cond.notify()
+
+    def flushing(self, delta: int) -> None:
+        """A flush starts (+1: write what is queued without lingering) or ends (-1)."""
+        with self._cond:
+            self._flushes += delta
+            if delta > 0 and self._jobs:  # an idle thread woken with nothing to do would end
+                self._cond.notify()
+
+    def _linger(self) -> None:
+        """With the lock held and a result write first in the queue: wait up to
+        ``_LINGER_S`` for more, so results that arrive one by one still share a transaction
+        (and the thread is not woken once per result)."""
+        end = time.monotonic() + _LINGER_S
+        self._lingering = True
+        try:
+            while len(self._jobs) < _WRITE_BATCH and not self._flushes:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
+        finally:
+            self._lingering = False
 
     def _run(self) -> None:
         me = threading.current_thread()
@@ -174,6 +218,9 @@ class _Writer:
                     if not self._jobs and self._thread is me:
                         self._thread = None
                         return
+                # (No local names for the head job: an idle thread must not keep its buffer.)
+                if self._jobs[0][1] == self._jobs[0][0]._job_write:
+                    self._linger()
                 cache, function, args = self._jobs.popleft()
                 batch = [args]
                 # Consecutive result writes of one cache share a transaction (_job_write_many).
@@ -318,6 +365,26 @@ class PersistentCache:
             if entry is None or not entry.fresh() or not entry.same(result, size, kind):
                 self._write_index(tf_cs, result, size, kind)
         return kind, Checksum(result)
+
+    def recorded(self, tf_checksums) -> set | None:
+        """Which of ``tf_checksums`` have a ``results`` row, in one query per
+        ``_PROBE_MAX``: a burst of new transformations is mostly misses, which then cost no
+        query of their own.  Only a probe: a row found still goes through ``lookup``.
+        ``None`` when the database cannot be read."""
+        self._emit_warnings()
+        checksums = [str(cs) for cs in tf_checksums]
+        found: set = set()
+        try:
+            conn = self._db.conn()
+            for start in range(0, len(checksums), _PROBE_MAX):
+                chunk = checksums[start:start + _PROBE_MAX]
+                size = 1 << (len(chunk) - 1).bit_length()  # few distinct statements
+                chunk += chunk[-1:] * (size - len(chunk))
+                found.update(row[0] for row in conn.execute(_probe_sql(size), chunk))
+        except sqlite3.Error as e:
+            self._read_failed(e)
+            return None
+        return found
 
     def read_buffer(self, cs):
         """The verified content of buffer ``cs``, or ``None`` (missing, or corrupt and discarded).
@@ -622,21 +689,23 @@ class PersistentCache:
                     if label is not None and len(label) > _LABEL_MAX:
                         label = label[:_LABEL_MAX - 1] + "…"
                     verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
-                    c.execute(
+                    added = c.execute(
                         "INSERT OR IGNORE INTO buffers (checksum, size, created, last_used) "
                         "VALUES (?, ?, ?, ?)", (result_cs, size, now, now),
-                    )
-                    c.execute(
-                        "UPDATE buffers SET last_used = ? WHERE checksum = ? AND last_used < ?",
-                        (now, result_cs, now - RECENCY_INTERVAL),
-                    )
+                    ).rowcount
+                    if not added:  # a buffer stored before: it was just used again
+                        c.execute(
+                            "UPDATE buffers SET last_used = ? WHERE checksum = ? "
+                            "AND last_used < ?", (now, result_cs, now - RECENCY_INTERVAL),
+                        )
                     c.execute(
                         f"{verb} INTO results (transformation, result, kind, created, "
                         "duration, label) VALUES (?, ?, ?, ?, ?, ?)",
                         (tf_cs, result_cs, kind, now, duration, label),
                     )
-                    # What the row says now (an older result stays unless ``replace``).
-                    rows.append((tf_cs, c.execute(_LOOKUP, (tf_cs,)).fetchone()))
+                    if kind == INDEXED_KIND:
+                        # What the row says now (an older result stays unless ``replace``).
+                        rows.append((tf_cs, c.execute(_LOOKUP, (tf_cs,)).fetchone()))
         except sqlite3.Error as e:
             return False, self._failure_message(e)
         for tf_cs, row in rows:
@@ -678,13 +747,18 @@ class PersistentCache:
         Then emits the warnings of failed writes.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._pending_cond:
-            while self._pending:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                self._pending_cond.wait(remaining)
-            done = self._pending == 0
+        writer = _writer
+        writer.flushing(+1)
+        try:
+            with self._pending_cond:
+                while self._pending:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        break
+                    self._pending_cond.wait(remaining)
+                done = self._pending == 0
+        finally:
+            writer.flushing(-1)
         self._emit_warnings()
         return done
 

@@ -208,6 +208,9 @@ def _dispatch(handle):
         _lookups().submit(job)
 
 
+_LOOKUP_BATCH = 256  # jobs the lookup thread takes from its queue at once
+
+
 class _LookupThread:
     """Reads the persistent cache for pool jobs, off the caller's and the pool's threads."""
 
@@ -230,9 +233,22 @@ class _LookupThread:
             with self._cond:
                 while not self._queue:
                     self._cond.wait()
-                job = self._queue.popleft()
-            self._look_up(job)
-            del job  # an idle thread must not keep the last job's buffers alive
+                queue = self._queue
+                jobs = [queue.popleft() for _ in range(min(len(queue), _LOOKUP_BATCH))]
+            self._look_up_all(jobs)
+            del jobs  # an idle thread must not keep the last jobs' buffers alive
+
+    @staticmethod
+    def _look_up_all(jobs):
+        """Jobs queued together are probed with one query: those without a row are misses
+        at once; the others are looked up (and read) one by one."""
+        recorded = _cache_step(_recorded, [job.checksum for job in jobs]) \
+            if len(jobs) > 1 else None
+        for job in jobs:
+            if recorded is not None and job.checksum not in recorded:
+                job.backend.submit(job)
+            else:
+                _LookupThread._look_up(job)
 
     @staticmethod
     def _look_up(job):
@@ -270,6 +286,12 @@ def _cache_step(step, *args):
         _log.warning("persistent cache: %s; continuing from memory",
                      f"{type(exc).__name__}: {exc}")
         return None
+
+
+def _recorded(checksums) -> set | None:
+    """Which of ``checksums`` have a row in the persistent cache (None: unknown)."""
+    store = cache.persistent()
+    return set() if store is None else store.recorded(checksums)
 
 
 def _persistent_hit(checksum):

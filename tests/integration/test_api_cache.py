@@ -3,6 +3,7 @@ corrupt buffer, and never failing a transformation because the disk said no."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -58,6 +59,47 @@ def test_second_process_gets_a_cache_hit(tmp_path):
     assert run_script(tmp_path, cache_dir, log) == float((np.arange(1000) * 2).sum())
     assert lines(log) == 1
     assert (cache_dir / "seamless.db").exists()
+
+
+BURST = textwrap.dedent("""
+    import json, sys
+    import seamless
+    from seamless.transformer import delayed, spawn
+
+    @delayed
+    def marked(log, i):
+        with open(log, "a") as f:
+            f.write(f"{i}\\n")
+        return i * 3
+
+    spawn(2)
+    wanted = json.loads(sys.argv[2])
+    handles = [marked(sys.argv[1], i).start() for i in wanted]  # one burst of lookups
+    print(json.dumps([h.run() for h in handles]))
+    seamless.close()
+""")
+
+
+def test_a_burst_on_the_pool_serves_persistent_hits_and_runs_only_the_misses(tmp_path):
+    """Jobs queued together are probed in one query: the ones with a row still come from
+    the cache, every other one runs once."""
+    script, log = tmp_path / "burst.py", tmp_path / "ran"
+    script.write_text(BURST)
+    env = dict(os.environ, SEAMLESS_CACHE=str(tmp_path / "cache"))
+
+    def burst(values):
+        out = subprocess.run([sys.executable, "-W", "error", str(script), str(log),
+                              json.dumps(values)], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    cached = [3, 150, 299]
+    assert burst(cached) == [i * 3 for i in cached]
+    log.write_text("")
+    assert burst(list(range(300))) == [i * 3 for i in range(300)]
+    ran = sorted(int(line) for line in log.read_text().split())
+    assert ran == [i for i in range(300) if i not in cached]
 
 
 def test_processes_writing_the_same_result_at_once(tmp_path):

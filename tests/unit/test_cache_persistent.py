@@ -10,6 +10,7 @@ the test's temp directory and wait for it.
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import importlib
 import json
@@ -23,6 +24,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 
 import pytest
 from cachehelpers import FakeConfig
@@ -572,6 +574,93 @@ def test_queued_writes_share_transactions(cache, monkeypatch):
         assert cache.lookup(tf(label)) == ("bytes", sha(label.encode()))
         assert bytes(cache.read_buffer(sha(label.encode()))) == label.encode()
     assert query(cache.directory, "SELECT count(*) FROM results") == [(len(labels),)]
+
+
+def test_results_arriving_one_by_one_share_a_transaction(cache, monkeypatch):
+    """Tiny tasks finish one by one: the writer lingers for the next results instead of
+    committing each alone."""
+    monkeypatch.setattr(persistent_mod, "_LINGER_S", 5.0)
+    opened = []
+    original = cache._db.transaction
+
+    def counted():
+        opened.append(1)
+        return original()
+
+    monkeypatch.setattr(cache._db, "transaction", counted)
+    labels = [f"one-by-one-{i}" for i in range(5)]
+    for label in labels:
+        data = label.encode()
+        cache.write(tf(label), "bytes", sha(data), data)
+        time.sleep(0.01)  # apart, as results of tiny tasks arrive
+    assert cache.flush(timeout=30) is True
+    assert len(opened) == 1
+    assert [cache.lookup(tf(label)) for label in labels] == \
+        [("bytes", sha(label.encode())) for label in labels]
+
+
+def test_recorded_names_the_transformations_that_have_a_row(cache):
+    stored = [f"probe-{i}" for i in range(300)]  # more than one probe query, not a power of 2
+    for label in stored:
+        cache.write(tf(label), "bytes", sha(label.encode()), label.encode())
+    assert cache.flush(timeout=30) is True
+    unknown = [tf(f"never-{i}") for i in range(45)]
+    asked = unknown[:20] + [tf(label) for label in stored] + unknown[20:]
+    assert cache.recorded(asked) == {tf(label) for label in stored}
+    assert cache.recorded(unknown[:3]) == set()
+    assert cache.recorded([]) == set()
+
+
+def test_an_idle_writer_keeps_no_buffer_alive(cache):
+    """A written buffer is released: a pool result in shared memory must not outlive its
+    handle because the writer thread still names it."""
+
+    class Buffer(bytearray):  # weakly referenceable, unlike bytes
+        pass
+
+    buffer = Buffer(b"released after the write")
+    gone = weakref.ref(buffer)
+    cache.write(tf("released"), "bytes", sha(bytes(buffer)), buffer)
+    assert cache.flush(timeout=30) is True
+    del buffer
+    gc.collect()
+    assert gone() is None
+    assert cache.lookup(tf("released")) == ("bytes", sha(b"released after the write"))
+
+
+def test_a_flush_does_not_wait_out_the_linger(cache, monkeypatch):
+    monkeypatch.setattr(persistent_mod, "_LINGER_S", 3600.0)
+    cache.write(tf("hurry"), "bytes", sha(b"hurry"), b"hurry")
+    time.sleep(0.05)  # the writer is lingering by now
+    assert cache.flush(timeout=30) is True  # would run out after 30 s if it lingered on
+    assert cache.lookup(tf("hurry")) == ("bytes", sha(b"hurry"))
+
+
+def test_a_removed_buffer_subfolder_is_made_again(cache):
+    first = b"subfolder-1"
+    cache.write(tf("s1"), "bytes", sha(first), first)
+    assert cache.flush(timeout=30) is True
+    subfolder = os.path.join(cache.directory, "buffers", sha(first)[:2])
+    shutil.rmtree(subfolder)
+    again = b"subfolder-1"
+    assert cache._store.write_file(sha(again), again) is True
+    assert stat.S_IMODE(os.stat(subfolder).st_mode) == 0o700
+    with open(os.path.join(subfolder, sha(again)), "rb") as f:
+        assert f.read() == again
+
+
+def test_a_buffer_stored_again_refreshes_its_last_use(cache, monkeypatch):
+    clock = iter(range(1000, 10 ** 6, 1000))
+    monkeypatch.setattr(persistent_mod, "_clock", lambda: float(next(clock)))
+    data = b"shared result"
+    cache.write(tf("first"), "bytes", sha(data), data)
+    assert cache.flush(timeout=30) is True
+    [(used_before,)] = query(cache.directory, "SELECT last_used FROM buffers")
+    cache.write(tf("second"), "bytes", sha(data), data)  # same result, another transformation
+    assert cache.flush(timeout=30) is True
+    [(used_after,)] = query(cache.directory, "SELECT last_used FROM buffers")
+    assert used_after > used_before + persistent_mod.RECENCY_INTERVAL
+    assert query(cache.directory, "SELECT count(*) FROM results") == [(2,)]
 
 
 def test_a_file_that_cannot_be_written_drops_only_its_own_row(cache, monkeypatch):
