@@ -12,9 +12,11 @@ Buffers: ``{checksum: source}``, one entry per distinct input, each travelling t
   dependency, so the bytes go from worker to worker and never through the client;
 - large (``results.LARGE`` and up) bytes already in the shared cache directory: None (the
   worker reads the file);
-- other large bytes: scattered (key ``seamless-buf-<checksum>``) unless a scatter of the
-  same checksum is still alive, so 50 transformations started together with one 100 MB array
-  send it once;
+- other large bytes: scattered (key ``seamless-buf-<checksum>-<n>``) unless a scatter of
+  the same checksum is still alive, so 50 transformations started together with one 100 MB
+  array send it once.  ``n`` counts this process's scatters: the client releases a dropped
+  key through one connection and scatters through others, so a new scatter under the old
+  name could be registered first and then dropped by the late release;
 - small bytes: inline, inside the task.
 
 Ownership and lifetime of a scattered input: the ``Shipper`` maps checksum -> future weakly
@@ -30,6 +32,7 @@ their ``RemoteBuffer`` and by the task that depends on them.
 
 from __future__ import annotations
 
+import itertools
 import marshal
 import threading
 import weakref
@@ -38,6 +41,8 @@ from . import sharedfs
 from .results import LARGE, transportable
 
 __all__ = ["Shipper", "task_key"]
+
+_scatter_numbers = itertools.count()
 
 
 def task_key(checksum: str) -> str:
@@ -117,7 +122,7 @@ class Shipper:
         with self._lock:
             future = self._scattered.get(cs)
             if future is None:
-                key = f"seamless-buf-{cs}"
+                key = f"seamless-buf-{cs}-{next(_scatter_numbers)}"
                 future = self.client.scatter({key: transportable(buffer)}, hash=False,
                                              direct=self._direct)[key]
                 self._scattered[cs] = future
