@@ -105,3 +105,21 @@ def test_a_large_result_leaves_the_cluster_with_its_last_handle(remote):
     del handle
     assert _wait_released(remote, key), \
         f"{key} still held by a worker {_RELEASE_DEADLINE_S} s after its last handle went"
+
+
+def test_an_abandoned_jobs_input_is_released(remote, scattered, tmp_path):
+    """The only handle of a running job is cancelled: so is the task, and its input leaves the
+    cluster without waiting for the body (which the test then lets finish)."""
+    gate = str(tmp_path / "gate")
+    a = np.full(2 * 2**20 // 8, 5.0)
+    handle = sum_when_open(gate, a, 4).start()
+    try:
+        deadline = time.monotonic() + _RELEASE_DEADLINE_S
+        while not scattered and time.monotonic() < deadline:  # start() ships on a thread
+            time.sleep(0.01)
+        [key] = _scatters_of(a, scattered)
+        assert handle.cancel()
+        assert _wait_released(remote, key), \
+            f"{key} still held by a worker {_RELEASE_DEADLINE_S} s after its job was cancelled"
+    finally:
+        open(gate, "w").close()
