@@ -175,8 +175,7 @@ class _temp_file:
     __slots__ = ("tmp", "fd")
 
     def __init__(self, directory: str, label: str):
-        self.tmp = os.path.join(directory,
-                                f"{TEMP_PREFIX}{label}-{os.getpid()}-{os.urandom(4).hex()}")
+        self.tmp = f"{directory}/{TEMP_PREFIX}{label}-{os.getpid()}-{os.urandom(4).hex()}"
         self.fd = -1
 
     def __enter__(self):
@@ -207,6 +206,13 @@ def _write_pieces(fd: int, pieces, hasher=None) -> int:
     return total
 
 
+def _size_at(path: str):
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
 def _write_new(directory: str, cs: str, view, final: str) -> None:
     with _temp_file(directory, cs) as (tmp, fd):
         _write_pieces(fd, [view])
@@ -235,9 +241,10 @@ class HexTree:
 
     def __init__(self, root: str):
         self.root = root
+        self._prefix = os.path.join(root, "")  # paths are built per buffer: no join per call
 
     def path(self, cs: str) -> str:
-        return os.path.join(self.root, cs[:2], cs)
+        return f"{self._prefix}{cs[:2]}/{cs}"
 
     def iter_files(self):
         """Yield ``(checksum, path)`` for every file named like an entry (for verify/gc)."""
@@ -263,10 +270,7 @@ class BufferStore(HexTree):
 
     def size_on_disk(self, cs: str):
         """The file's size, or ``None`` when it does not exist."""
-        try:
-            return os.stat(self.path(cs)).st_size
-        except FileNotFoundError:
-            return None
+        return _size_at(self.path(cs))
 
     def write_file(self, cs: str, buffer) -> bool:
         """Store ``buffer`` as the file of ``cs`` atomically; ``False`` if it was already there.
@@ -276,10 +280,10 @@ class BufferStore(HexTree):
         view = memoryview(buffer)
         if view.ndim != 1 or view.itemsize != 1:
             view = view.cast("B")
-        if self.size_on_disk(cs) == view.nbytes:
-            return False
         final = self.path(cs)
-        directory = os.path.dirname(final)
+        if _size_at(final) == view.nbytes:
+            return False
+        directory = final[:-len(cs) - 1]
         try:
             _write_new(directory, cs, view, final)
         except FileNotFoundError:

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import collections
 import errno as _errno
+import itertools
 import os
 import sqlite3
 import sys
@@ -115,6 +116,13 @@ _PROBE_MAX = 256  # transformation checksums per ``recorded`` query
 
 
 _probe_statements: dict = {}
+
+
+def _short_label(label):
+    """A label as stored: at most ``_LABEL_MAX`` characters."""
+    if label is not None and len(label) > _LABEL_MAX:
+        return label[:_LABEL_MAX - 1] + "…"
+    return label
 
 
 def _probe_sql(size: int) -> str:
@@ -681,31 +689,27 @@ class PersistentCache:
         as ``_do_write``: all rows or none."""
         if not stored:
             return True, None
-        rows = []
         try:
             now = _clock()
             with self._db.transaction() as c:
-                for tf_cs, kind, result_cs, size, duration, replace, label in stored:
-                    if label is not None and len(label) > _LABEL_MAX:
-                        label = label[:_LABEL_MAX - 1] + "…"
+                # A buffer stored before was just used again (new ones are inserted after).
+                c.executemany(
+                    "UPDATE buffers SET last_used = ? WHERE checksum = ? AND last_used < ?",
+                    [(now, row[2], now - RECENCY_INTERVAL) for row in stored])
+                c.executemany(
+                    "INSERT OR IGNORE INTO buffers (checksum, size, created, last_used) "
+                    "VALUES (?, ?, ?, ?)", [(row[2], row[3], now, now) for row in stored])
+                for replace, group in itertools.groupby(stored, key=lambda row: row[5]):
                     verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
-                    added = c.execute(
-                        "INSERT OR IGNORE INTO buffers (checksum, size, created, last_used) "
-                        "VALUES (?, ?, ?, ?)", (result_cs, size, now, now),
-                    ).rowcount
-                    if not added:  # a buffer stored before: it was just used again
-                        c.execute(
-                            "UPDATE buffers SET last_used = ? WHERE checksum = ? "
-                            "AND last_used < ?", (now, result_cs, now - RECENCY_INTERVAL),
-                        )
-                    c.execute(
+                    c.executemany(
                         f"{verb} INTO results (transformation, result, kind, created, "
                         "duration, label) VALUES (?, ?, ?, ?, ?, ?)",
-                        (tf_cs, result_cs, kind, now, duration, label),
-                    )
-                    if kind == INDEXED_KIND:
-                        # What the row says now (an older result stays unless ``replace``).
-                        rows.append((tf_cs, c.execute(_LOOKUP, (tf_cs,)).fetchone()))
+                        [(tf_cs, result_cs, kind, now, duration, _short_label(label))
+                         for tf_cs, kind, result_cs, _size, duration, _r, label in group])
+                # What the rows of indexed results say now (an older result stays unless
+                # ``replace``).
+                rows = [(row[0], c.execute(_LOOKUP, (row[0],)).fetchone()) for row in stored
+                        if row[1] == INDEXED_KIND]
         except sqlite3.Error as e:
             return False, self._failure_message(e)
         for tf_cs, row in rows:
