@@ -61,6 +61,7 @@ REFERENCES = {
     "Q2": "`python -c pass`",
     "H1": "one `hashlib.sha256` pass",
     "H2": "`np.fromfile` + one SHA-256 pass",
+    "W1": "the same files (temp + rename) and rows (one transaction), bare",
 }
 
 
