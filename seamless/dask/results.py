@@ -95,15 +95,8 @@ class SplitCanonical:
         return self.array.reshape(-1).view(numpy.uint8)
 
     def whole(self):
-        """One contiguous, read-only canonical buffer (a copy)."""
-        import numpy
-
-        out = numpy.empty(self.nbytes, numpy.uint8)
-        p = len(self.prefix)
-        out[:p] = numpy.frombuffer(self.prefix, numpy.uint8)
-        out[p:] = self.payload()
-        out.flags.writeable = False
-        return out
+        """One contiguous, read-only canonical buffer (a copy, see ``_joined``)."""
+        return _joined((self.prefix, self.payload()))
 
     def __sizeof__(self):  # what Dask's memory accounting counts for the key
         return self.nbytes
@@ -138,20 +131,22 @@ def _serialize_split(split):
     return {"nbytes": split.nbytes}, frames
 
 
-def _deserialize_split(header, frames):
-    """Join the frames into one canonical buffer, as ``SplitCanonical.whole`` does."""
+def _joined(parts):
+    """``parts`` copied into one read-only uint8 array over a ``bytes`` object.  Not
+    ``numpy.empty``: numpy advises the kernel to back large arrays with huge pages, and
+    faulting those in may wait for memory compaction (0.25 s instead of 0.03 s per 100 MB
+    seen on a VM), while the plain pages of ``bytes`` fault in at a steady pace."""
     import numpy
 
-    out = numpy.empty(header["nbytes"], numpy.uint8)
-    pos = 0
-    for frame in frames:
-        part = numpy.frombuffer(frame, numpy.uint8)
-        out[pos:pos + part.nbytes] = part
-        pos += part.nbytes
-    if pos != out.nbytes:
-        raise ValueError(f"a split canonical buffer arrived with {pos} of its "
-                         f"{out.nbytes} bytes (frames lost in transfer)")
-    out.flags.writeable = False
+    return numpy.frombuffer(b"".join(parts), numpy.uint8)
+
+
+def _deserialize_split(header, frames):
+    """Join the frames into one canonical buffer, as ``SplitCanonical.whole`` does."""
+    out = _joined(frames)
+    if out.nbytes != header["nbytes"]:
+        raise ValueError(f"a split canonical buffer arrived with {out.nbytes} of its "
+                         f"{header['nbytes']} bytes (frames lost in transfer)")
     return out
 
 

@@ -59,6 +59,8 @@ def test_dask_sends_the_parts_in_frames_below_the_shard_size_and_joins_them_once
     assert max(memoryview(f).nbytes for f in frames) <= 2 << 20
     out = deserialize(header, [bytes(f) for f in frames])  # as received: separate buffers
     assert not out.flags.writeable
+    assert type(out.base) is bytes  # plain pages, not numpy's huge-page advice (results.py)
+    assert type(whole(split).base) is bytes
     assert bytes(out) == bytes(encoding.encode(np.arange(5 * 2**20 // 8)).buffer)
     assert encoding.decode("array", out)[-1] == a[-1]
 
