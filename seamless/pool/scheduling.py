@@ -165,11 +165,14 @@ class Scheduler:
         self._order[job] = (0 if nested else 1, next(self._seq))
         if self.broken:
             return self._fail_broken([job] if job.claim() else [])
+        # Every event ends by scheduling, so jobs still queued mean no worker takes one now;
+        # only events that free a place change that (a burst of submits skips the search).
+        waiting = bool(self.queue)
         if nested:
             self._insert(job)  # after the nested children queued before it
         else:
             self.queue.append(job)
-        return self._schedule(now)
+        return [] if waiting else self._schedule(now)
 
     def worker_launched(self, index: int):
         books = self.workers[index]
