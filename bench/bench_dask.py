@@ -7,6 +7,9 @@
   2-core machine shared with other benchmarks (load 1.4-3.3): 0.92-1.50x in 9 runs.  The
   peer keeps Dask's default route through the scheduler; seamless sends large bytes straight
   to the workers of a loopback scheduler (seamless/dask/connect.py).
+- D2D (reported, not gated): D2 against a peer that also goes straight to the workers
+  (``scatter(..., direct=True)``, ``gather(..., direct=True)``): what seamless's identity
+  (two SHA-256 passes, a copy of the input) and its result metadata round trip cost on top.
 
 Both sides use the one cluster (2 worker processes, 1 thread each).  Every seamless round uses
 new inputs, so no round is a cache hit, and the persistent cache is off on both sides.
@@ -16,6 +19,7 @@ Absolute per-task milliseconds go to ``extra_info`` beside the ratio.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -117,3 +121,30 @@ def test_d2_100mb_round_trip(benchmark, remote, time_reference, time_subject, re
     subject_s, _ = time_subject(through_seamless, rounds=3)
     benchmark.extra_info.update(seamless_ms=subject_s * 1e3, dask_ms=reference_s * 1e3)
     record_ratio(benchmark, reference_s, subject_s, bound_now=1.5, goal=1.2)
+
+
+@pytest.mark.benchmark(group="dask")
+def test_d2d_100mb_round_trip_peer_direct(benchmark, remote, time_reference, time_subject,
+                                          record_ratio):
+    rounds = itertools.count(10 ** 6)
+
+    def new_array():
+        a = np.ones(ARRAY_BYTES // 8)
+        a[0] = next(rounds)  # new content every round, and never D2's
+        return a
+
+    def plain_direct():
+        a = new_array()
+        [future] = remote.scatter([a], hash=False, direct=True)
+        out = remote.gather(remote.submit(_times_two, future, pure=False), direct=True)
+        assert out[0] == 2 * a[0]
+
+    def through_seamless():
+        a = new_array()
+        out = times_two(a).run()
+        assert out[0] == 2 * a[0]
+
+    reference_s = time_reference(plain_direct, rounds=3)
+    subject_s, _ = time_subject(through_seamless, rounds=3)
+    benchmark.extra_info.update(seamless_ms=subject_s * 1e3, dask_ms=reference_s * 1e3)
+    record_ratio(benchmark, reference_s, subject_s, bound_now=math.inf, goal=1.5)

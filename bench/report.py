@@ -62,6 +62,9 @@ REFERENCES = {
     "H1": "one `hashlib.sha256` pass",
     "H2": "`np.fromfile` + one SHA-256 pass",
     "W1": "the same files (temp + rename) and rows (one transaction), bare",
+    "D1": "`client.submit(pure=False)` + `gather`",
+    "D2": "`client.scatter` + `submit` + `result()` (Dask's default route)",
+    "D2D": "as D2, scatter and gather `direct=True`",
 }
 
 
