@@ -45,12 +45,13 @@ N_B1 = 2_000
 
 @pytest.mark.benchmark(group="parallel")
 @pytest.mark.xfail(
-    reason="B1 measured 11x of Pool(2).imap(chunksize=1) with the persistent cache off (124 "
-           "us vs 11 us per item) and 15-21x with it on, as by default (273-303 us: every item "
-           "also passes through the cache's lookup thread), on a quiet 2-core target, "
-           "2026-12-07; bound 1.0x: with 8 items held the batch moves in rounds of wake-ups "
-           "(your thread, the lookup thread, the pool's I/O thread, the workers in turn), "
-           "where imap keeps everything in flight; see docs/parallel.md",
+    reason="B1 measured 6.0-8.2x of Pool(2).imap(chunksize=1) with the persistent cache off "
+           "(109-114 us vs 11-19 us per item) and 13-25x with it on, as by default (235-265 us; "
+           "282-306 us before this change, same run), on a quiet 2-core target, 2026-12-08; "
+           "bound 1.0x: with 8 items held the batch moves in rounds of wake-ups (your thread, "
+           "the lookup thread, the pool's I/O thread, the workers in turn), where imap keeps "
+           "everything in flight, and each result is a file of its own in the cache; see "
+           "docs/parallel.md",
     strict=False)
 def test_b1_throughput_vs_pool_imap(benchmark, tmp_path, time_reference, time_subject,
                                     record_ratio):
