@@ -557,7 +557,8 @@ def _queue_behind_a_held_writer(cache, labels):
     return release
 
 
-def test_queued_writes_share_transactions(cache, monkeypatch):
+def _count_transactions(cache, monkeypatch) -> list:
+    """A list that gets one entry per transaction ``cache`` opens from now on."""
     opened = []
     original = cache._db.transaction
 
@@ -566,6 +567,11 @@ def test_queued_writes_share_transactions(cache, monkeypatch):
         return original()
 
     monkeypatch.setattr(cache._db, "transaction", counted)
+    return opened
+
+
+def test_queued_writes_share_transactions(cache, monkeypatch):
+    opened = _count_transactions(cache, monkeypatch)
     labels = [f"w{i}" for i in range(persistent_mod._WRITE_BATCH + 44)]
     _queue_behind_a_held_writer(cache, labels).set()
     assert cache.flush(timeout=30) is True
@@ -580,14 +586,7 @@ def test_results_arriving_one_by_one_share_a_transaction(cache, monkeypatch):
     """Tiny tasks finish one by one: the writer lingers for the next results instead of
     committing each alone."""
     monkeypatch.setattr(persistent_mod, "_LINGER_S", 5.0)
-    opened = []
-    original = cache._db.transaction
-
-    def counted():
-        opened.append(1)
-        return original()
-
-    monkeypatch.setattr(cache._db, "transaction", counted)
+    opened = _count_transactions(cache, monkeypatch)
     labels = [f"one-by-one-{i}" for i in range(5)]
     for label in labels:
         data = label.encode()
