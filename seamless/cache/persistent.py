@@ -113,16 +113,7 @@ _LOOKUP = (
 )
 
 _PROBE_MAX = 256  # transformation checksums per ``recorded`` query
-
-
-_probe_statements: dict = {}
-
-
-def _short_label(label):
-    """A label as stored: at most ``_LABEL_MAX`` characters."""
-    if label is not None and len(label) > _LABEL_MAX:
-        return label[:_LABEL_MAX - 1] + "…"
-    return label
+_probe_statements: dict = {}  # IN-list size -> its SELECT
 
 
 def _probe_sql(size: int) -> str:
@@ -132,6 +123,13 @@ def _probe_sql(size: int) -> str:
         sql = _probe_statements[size] = \
             f"SELECT transformation FROM results WHERE transformation IN ({marks})"
     return sql
+
+
+def _short_label(label):
+    """A label as stored: at most ``_LABEL_MAX`` characters."""
+    if label is not None and len(label) > _LABEL_MAX:
+        return label[:_LABEL_MAX - 1] + "…"
+    return label
 
 
 _FIXES = {
